@@ -1,0 +1,244 @@
+"""The Python client: `clusterai.connect()` starts an embedded cluster, `connect(store=...)` attaches
+to the store of one already running (for example `clusterai up` in another terminal)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from clusterai.config import ClusterConfig, load_config
+from clusterai.engine.runtime import BackgroundRuntime
+from clusterai.errors import BadInput, JobFailed, ResultTimeout
+from clusterai.jobs.model import Job, JobSpec, Priority, RetryPolicy, State, WorkerRecord
+from clusterai.jobs.store import JobStore, open_store
+from clusterai.tasks import get_task, import_task_modules
+
+JobRef = int | Job
+
+
+def _job_id(job: JobRef) -> int:
+    return job.id if isinstance(job, Job) else int(job)
+
+
+def build_spec(config: ClusterConfig, task: str, payload: Any, **options: Any) -> JobSpec:
+    """Validate a submission and resolve its options: call > @task > queue config > defaults."""
+    definition = get_task(task)
+    clean = definition.validate(payload if payload is not None else {})
+    queue = options.get("queue") or definition.queue or "default"
+    qconf = config.queues.get(queue)
+    d = config.defaults
+
+    def pick(name: str) -> Any:
+        for source in (options.get(name), getattr(definition, name, None),
+                       getattr(qconf, name, None) if qconf else None):
+            if source is not None:
+                return source
+        return getattr(d, name)
+
+    run_at = options.get("run_at")
+    if options.get("delay") is not None:
+        run_at = time.time() + float(options["delay"])
+    timeout = options.get("timeout") or definition.timeout or d.timeout
+    if timeout is not None and timeout <= 0:
+        raise BadInput(f"timeout must be > 0 seconds, got {timeout}")
+    priority = options.get("priority")
+    return JobSpec(
+        task=task,
+        payload=clean,
+        queue=queue,
+        priority=Priority.parse(priority if priority is not None
+                                else (definition.priority or Priority.NORMAL)),
+        run_at=run_at,
+        timeout=timeout,
+        idempotency_key=options.get("idempotency_key"),
+        retry=RetryPolicy(retries=pick("retries"), backoff=pick("backoff"),
+                          max_backoff=pick("max_backoff"), jitter=d.jitter),
+        resources={**definition.resources, **(options.get("resources") or {})},
+        labels=dict(options.get("labels") or {}),
+    )
+
+
+class _Waiters:
+    """Threads waiting for jobs to end, woken by the embedded coordinator instead of polling."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._groups: dict[int, list[_Group]] = {}
+
+    def notify(self, job_id: int, state: State) -> None:
+        with self._lock:
+            groups = self._groups.pop(job_id, ())
+        for group in groups:
+            group.done(job_id)
+
+    def group(self, ids: Iterable[int]) -> _Group:
+        group = _Group(set(ids))
+        with self._lock:
+            for job_id in group.remaining:
+                self._groups.setdefault(job_id, []).append(group)
+        return group
+
+    def forget(self, group: _Group) -> None:
+        with self._lock:
+            for job_id in list(group.remaining):
+                waiting = self._groups.get(job_id)
+                if waiting and group in waiting:
+                    waiting.remove(group)
+                    if not waiting:
+                        del self._groups[job_id]
+
+
+class _Group:
+    def __init__(self, ids: set[int]):
+        self.remaining = ids
+        self._lock = threading.Lock()
+        self.event = threading.Event()
+        if not ids:
+            self.event.set()
+
+    def done(self, job_id: int) -> None:
+        with self._lock:
+            self.remaining.discard(job_id)
+            if not self.remaining:
+                self.event.set()
+
+
+class Client:
+    def __init__(self, store: JobStore, config: ClusterConfig, runtime: BackgroundRuntime | None):
+        self.store = store
+        self.config = config
+        self.runtime = runtime
+        self._waiters = _Waiters()
+        if runtime is not None and runtime.runtime.coordinator is not None:
+            runtime.runtime.coordinator.add_listener(self._waiters.notify)
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    def submit(self, task: str, payload: dict[str, Any] | None = None, **options: Any) -> Job:
+        """Submit one job. Options: queue, priority, run_at, delay, timeout, retries, backoff,
+        max_backoff, idempotency_key, resources, labels."""
+        return self.submit_many(task, [payload or {}], **options)[0]
+
+    def submit_many(self, task: str, payloads: Sequence[dict[str, Any]], **options: Any) -> list[Job]:
+        """Submit many jobs of one task in one transaction: all are stored, or none."""
+        specs = [build_spec(self.config, task, p, **options) for p in payloads]
+        jobs = self.store.submit_many(specs, time.time())
+        self._wake()
+        return jobs
+
+    def _wake(self) -> None:
+        if self.runtime is not None and self.runtime.runtime.coordinator is not None:
+            self.runtime.runtime.coordinator.wake()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def get(self, job: JobRef) -> Job:
+        return self.store.get(_job_id(job))
+
+    def list(self, *, state: State | str | None = None, task: str | None = None,
+             queue: str | None = None, worker: str | None = None, after_id: int | None = None,
+             limit: int = 100) -> list[Job]:
+        return self.store.list_jobs(state=State(state) if state else None, task=task, queue=queue,
+                                    worker=worker, after_id=after_id, limit=limit)
+
+    def dead_letters(self, limit: int = 100) -> list[Job]:
+        return self.list(state=State.DEAD, limit=limit)
+
+    def workers(self) -> list[WorkerRecord]:
+        return self.store.list_workers()
+
+    def counts(self) -> dict[str, int]:
+        return self.store.counts()
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def wait(self, jobs: Sequence[JobRef], timeout: float | None = None) -> list[Job]:
+        """Block until every job is finished (succeeded, dead or cancelled); return them."""
+        ids = [_job_id(j) for j in jobs]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.runtime is not None:
+            group = self._waiters.group(ids)
+            try:
+                for job_id, state in self.store.states_of(ids).items():
+                    if state.terminal:
+                        group.done(job_id)
+                while not group.event.wait(0.5):
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
+                    # a cancel from another process does not pass through our coordinator
+                    for job_id, state in self.store.states_of(list(group.remaining)).items():
+                        if state.terminal:
+                            group.done(job_id)
+            finally:
+                self._waiters.forget(group)
+            left = group.remaining
+        else:
+            left = set(ids)
+            pause = 0.002
+            while left:
+                for job_id, state in self.store.states_of(list(left)).items():
+                    if state.terminal:
+                        left.discard(job_id)
+                if not left or (deadline is not None and time.monotonic() > deadline):
+                    break
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
+        if left:
+            raise ResultTimeout(f"{len(left)} of {len(ids)} jobs still unfinished after {timeout} s")
+        return [self.store.get(i, attempts=False) for i in ids] if len(ids) <= 1000 else []
+
+    def result(self, job: JobRef, timeout: float | None = None) -> Any:
+        """The job's result, waiting for it; JobFailed if it ended dead or cancelled."""
+        finished = self.wait([job], timeout)
+        done = finished[0] if finished else self.store.get(_job_id(job), attempts=False)
+        if done.state is not State.SUCCEEDED:
+            raise JobFailed(done.id, done.state.value, done.error)
+        return done.result
+
+    # -- operator actions ---------------------------------------------------------------------
+
+    def cancel(self, job: JobRef) -> Job:
+        return self.store.cancel(_job_id(job), time.time())
+
+    def retry(self, job: JobRef) -> Job:
+        """Run a finished (dead, cancelled or succeeded) job again."""
+        requeued = self.store.requeue(_job_id(job), time.time())
+        self._wake()
+        return requeued
+
+    def close(self) -> None:
+        if self.runtime is not None:
+            self.runtime.stop()
+        self.store.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(
+    config: ClusterConfig | str | Path | None = None,
+    *,
+    store: str | None = None,
+    tasks: Sequence[str] = (),
+    workers: int | None = None,
+    scheduler: str | None = None,
+) -> Client:
+    """Embedded cluster by default; with `store=`, attach to the store of a running cluster."""
+    conf = config if isinstance(config, ClusterConfig) else load_config(config)
+    if tasks:
+        conf = conf.with_overrides(tasks=[*conf.tasks, *tasks])
+    if store is not None:
+        conf = conf.with_overrides(store=store)
+        import_task_modules(conf.tasks)
+        return Client(open_store(conf.store), conf, runtime=None)
+    conf = conf.with_overrides(**{"cluster.workers": workers, "cluster.scheduler": scheduler})
+    runtime = BackgroundRuntime(conf)
+    runtime.start()
+    assert runtime.runtime.store is not None
+    return Client(runtime.runtime.store, conf, runtime=runtime)

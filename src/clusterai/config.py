@@ -1,0 +1,157 @@
+"""cluster.yaml: a typed schema, and errors that name the key, the bad value and what is allowed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from clusterai.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "cluster.yaml"
+DEFAULT_STORE = "sqlite:///.clusterai/clusterai.db"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClusterSection(_Section):
+    scheduler: str | None = Field(
+        None, description="tcp://host:port of an existing Dask scheduler; unset = embedded"
+    )
+    workers: int = Field(2, ge=1, le=512, description="local worker processes (embedded)")
+    threads_per_worker: int = Field(1, ge=1, le=256)
+    memory_limit: str = Field("auto", description="per local worker, e.g. 2GiB or auto")
+    host: str = "127.0.0.1"
+    dashboard: bool = Field(True, description="serve Dask's dashboard (embedded)")
+    dashboard_address: str = "127.0.0.1:8787"
+    death_timeout: float = Field(
+        30.0, gt=0, description="a worker that cannot reach its scheduler this long exits"
+    )
+
+
+class QueueSection(_Section):
+    retries: int | None = Field(None, ge=0, le=1000)
+    backoff: float | None = Field(None, ge=0)
+    max_backoff: float | None = Field(None, ge=0)
+
+
+class CoordinatorSection(_Section):
+    lease_seconds: float = Field(
+        30.0, gt=0.2, description="a worker that does not answer pings this long loses its jobs"
+    )
+    poison_threshold: int = Field(
+        3, ge=1, description="attempts in a row that lose their worker before a job goes dead"
+    )
+    poll_interval: float = Field(0.01, gt=0, le=5, description="store poll when idle, seconds")
+    batch_target_seconds: float = Field(
+        0.02, gt=0, le=10, description="how long one batch of short jobs should take on a worker"
+    )
+    max_batch: int = Field(500, ge=1, le=10000)
+    hard_timeout_grace: float = Field(
+        10.0, ge=0, description="past a job's timeout plus this, its worker is restarted"
+    )
+    strategy: Literal["least_loaded", "round_robin"] = "least_loaded"
+
+
+class DefaultsSection(_Section):
+    retries: int = Field(3, ge=0, le=1000)
+    backoff: float = Field(1.0, ge=0)
+    max_backoff: float = Field(300.0, ge=0)
+    jitter: float = Field(0.1, ge=0, lt=1)
+    timeout: float | None = Field(None, gt=0)
+
+
+class ClusterConfig(_Section):
+    store: str = DEFAULT_STORE
+    tasks: list[str] = Field(default_factory=list, description="task modules by dotted path")
+    cluster: ClusterSection = ClusterSection()
+    coordinator: CoordinatorSection = CoordinatorSection()
+    defaults: DefaultsSection = DefaultsSection()
+    queues: dict[str, QueueSection] = Field(default_factory=dict)
+
+    def with_overrides(self, **changes: Any) -> ClusterConfig:
+        """A copy with top-level or dotted (cluster.workers) keys replaced, validated again."""
+        data = self.model_dump()
+        for key, value in changes.items():
+            if value is None:
+                continue
+            target = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                target = target[part]
+            target[leaf] = value
+        return parse_config(data, source="command line")
+
+
+def _explain(exc: pydantic.ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key{shown}; allowed keys here: {_allowed(err['loc'])}")
+        else:
+            lines.append(f"  {key}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _allowed(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = ClusterConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return "see the documentation"
+    return ", ".join(model.model_fields)
+
+
+def parse_config(data: Any, *, source: str = "cluster.yaml") -> ClusterConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return ClusterConfig.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None) -> ClusterConfig:
+    """Read cluster.yaml; with no path, ./cluster.yaml if present (or $CLUSTERAI_CONFIG), else defaults."""
+    if path is None:
+        path = os.environ.get("CLUSTERAI_CONFIG") or (
+            DEFAULT_CONFIG_FILE if Path(DEFAULT_CONFIG_FILE).exists() else None
+        )
+        if path is None:
+            return ClusterConfig()
+    file = Path(path)
+    if not file.exists():
+        raise ConfigError(f"{file}: no such configuration file")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    return parse_config(data, source=str(file))
+
+
+def save_config(config: ClusterConfig, path: str | Path) -> Path | None:
+    """Write cluster.yaml, keeping the previous file as cluster.yaml.bak; returns the backup."""
+    file = Path(path)
+    backup = None
+    if file.exists():
+        backup = file.with_suffix(file.suffix + ".bak")
+        shutil.copy2(file, backup)
+    tmp = file.with_suffix(file.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    tmp.replace(file)
+    return backup

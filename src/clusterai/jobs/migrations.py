@@ -1,0 +1,72 @@
+"""Versioned schema. Each entry is one migration; a store applies the ones it has not seen.
+
+Never edit a released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+SQLITE_MIGRATIONS: list[list[str]] = [
+    # 1: jobs, their attempts, and the worker registry snapshot
+    [
+        """CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task TEXT NOT NULL,
+            queue TEXT NOT NULL,
+            priority INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            fingerprint TEXT,
+            idempotency_key TEXT UNIQUE,
+            run_at REAL NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            lost_count INTEGER NOT NULL DEFAULT 0,
+            retries INTEGER NOT NULL,
+            backoff REAL NOT NULL,
+            max_backoff REAL NOT NULL,
+            jitter REAL NOT NULL,
+            timeout REAL,
+            resources TEXT,
+            labels TEXT,
+            worker TEXT,
+            lease_until REAL,
+            result TEXT,
+            error TEXT,
+            finished_at REAL
+        )""",
+        "CREATE INDEX jobs_queued ON jobs(priority DESC, id) WHERE state='queued'",
+        "CREATE INDEX jobs_pending ON jobs(run_at) WHERE state='pending'",
+        "CREATE INDEX jobs_running ON jobs(worker, lease_until) WHERE state='running'",
+        "CREATE INDEX jobs_state ON jobs(state, id)",
+        "CREATE INDEX jobs_task ON jobs(task, id)",
+        "CREATE INDEX jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL",
+        """CREATE TABLE attempts (
+            job_id INTEGER NOT NULL REFERENCES jobs(id),
+            number INTEGER NOT NULL,
+            worker TEXT,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            outcome TEXT,
+            error TEXT,
+            late TEXT,
+            PRIMARY KEY (job_id, number)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX attempts_finished ON attempts(finished_at)",
+        """CREATE TABLE workers (
+            address TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            nthreads INTEGER NOT NULL,
+            memory_limit INTEGER NOT NULL,
+            inflight INTEGER NOT NULL,
+            completed INTEGER NOT NULL,
+            failed INTEGER NOT NULL,
+            last_seen REAL NOT NULL,
+            labels TEXT NOT NULL,
+            resources TEXT NOT NULL,
+            metrics TEXT NOT NULL
+        )""",
+    ],
+]

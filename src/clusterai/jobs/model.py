@@ -1,0 +1,279 @@
+"""The job domain: states, priorities, retry policy, and the decision taken when an attempt ends.
+
+Everything here is a frozen value or a pure function, so the coordinator's choices can be
+tested without a store or a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+from typing import Any
+
+from clusterai.errors import BadInput, InvalidTransition
+
+
+class State(str, Enum):
+    PENDING = "pending"  # waiting for run_at (delayed job or retry backoff)
+    QUEUED = "queued"  # ready to run now
+    RUNNING = "running"  # an attempt holds the lease
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"  # dead letter: attempts exhausted or non-retryable
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (State.SUCCEEDED, State.DEAD, State.CANCELLED)
+
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.PENDING: frozenset({State.QUEUED, State.CANCELLED}),
+    State.QUEUED: frozenset({State.RUNNING, State.CANCELLED}),
+    State.RUNNING: frozenset(
+        {State.SUCCEEDED, State.PENDING, State.QUEUED, State.DEAD, State.CANCELLED}
+    ),
+    State.SUCCEEDED: frozenset({State.QUEUED}),  # an explicit retry reruns a finished job
+    State.DEAD: frozenset({State.QUEUED}),  # requeue from the dead-letter list
+    State.CANCELLED: frozenset({State.QUEUED}),
+}
+
+
+def check_transition(old: State, new: State) -> None:
+    if new not in TRANSITIONS[old]:
+        allowed = ", ".join(sorted(s.value for s in TRANSITIONS[old])) or "none"
+        raise InvalidTransition(
+            f"a {old.value} job cannot become {new.value}; from {old.value} it may become: {allowed}"
+        )
+
+
+class Priority(IntEnum):
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+    CRITICAL = 3
+
+    @classmethod
+    def parse(cls, value: str | int | Priority) -> Priority:
+        if isinstance(value, Priority):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls[value.strip().upper()]
+            except KeyError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        allowed = ", ".join(p.name.lower() for p in cls)
+        raise BadInput(f"invalid priority {value!r}; allowed: {allowed}")
+
+
+class Outcome(str, Enum):
+    """How one attempt ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the task raised
+    TIMEOUT = "timeout"  # ran past the job's timeout
+    LOST = "lost"  # the worker died or left while running it
+    EXPIRED = "expired"  # the lease ran out: the worker stopped answering
+    ABANDONED = "abandoned"  # the coordinator restarted while it ran
+    CANCELLED = "cancelled"
+
+
+# Outcomes caused by the worker rather than the job itself: they do not spend the
+# retry budget, but count towards the poison-job limit.
+WORKER_FAULTS = frozenset({Outcome.LOST, Outcome.EXPIRED})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter and a cap: delay(n) = min(cap, backoff * 2**(n-1)) +- jitter."""
+
+    retries: int = 3
+    backoff: float = 1.0
+    max_backoff: float = 300.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise BadInput(f"retries must be >= 0, got {self.retries}")
+        if self.backoff < 0 or self.max_backoff < 0:
+            raise BadInput("backoff and max_backoff must be >= 0")
+        if not 0 <= self.jitter < 1:
+            raise BadInput(f"jitter must be in [0, 1), got {self.jitter}")
+
+    def delay(self, failures: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before the attempt that follows the `failures`-th failure."""
+        base = min(self.max_backoff, self.backoff * (2 ** max(0, failures - 1)))
+        spread = 1.0 + self.jitter * (2.0 * (rng or random).random() - 1.0)
+        return min(self.max_backoff, base * spread)
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per JSON value, so equal payloads hash equally."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated request to run a task; what the store persists on submit."""
+
+    task: str
+    payload: dict[str, Any]
+    queue: str = "default"
+    priority: Priority = Priority.NORMAL
+    run_at: float | None = None
+    timeout: float | None = None
+    idempotency_key: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    resources: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def payload_json(self) -> str:
+        return canonical_json(self.payload)
+
+    @property
+    def fingerprint(self) -> str:
+        """What an idempotency key promises: same task, same payload."""
+        return canonical_json({"task": self.task, "payload": self.payload})
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    worker: str | None
+    started_at: float
+    finished_at: float | None
+    outcome: Outcome | None
+    error: str | None
+    late: str | None = None  # what a fenced-off worker answered after losing the lease
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    task: str
+    queue: str
+    priority: Priority
+    state: State
+    payload: dict[str, Any]
+    created_at: float
+    updated_at: float
+    run_at: float
+    attempt: int  # fencing token: the number of the latest attempt
+    failures: int
+    lost_count: int
+    retry: RetryPolicy
+    timeout: float | None = None
+    idempotency_key: str | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    worker: str | None = None
+    result: Any = None
+    error: str | None = None
+    finished_at: float | None = None
+    attempts: tuple[Attempt, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "task": self.task,
+            "queue": self.queue,
+            "priority": self.priority.name.lower(),
+            "state": self.state.value,
+            "payload": self.payload,
+            "result": self.result,
+            "error": self.error,
+            "worker": self.worker,
+            "attempt": self.attempt,
+            "failures": self.failures,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "run_at": self.run_at,
+            "finished_at": self.finished_at,
+            "timeout": self.timeout,
+            "idempotency_key": self.idempotency_key,
+            "resources": self.resources,
+            "labels": self.labels,
+            "attempts": [
+                {
+                    "number": a.number,
+                    "worker": a.worker,
+                    "started_at": a.started_at,
+                    "finished_at": a.finished_at,
+                    "outcome": a.outcome.value if a.outcome else None,
+                    "error": a.error,
+                    "late": a.late,
+                }
+                for a in self.attempts
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The store write that ends one attempt; applied only if the attempt still holds the lease."""
+
+    job_id: int
+    attempt: int
+    outcome: Outcome
+    state: State
+    result_json: str | None = None
+    error: str | None = None
+    run_at: float | None = None
+    failures: int = 0
+    lost_count: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A snapshot of one worker, written by the coordinator for every other reader."""
+
+    name: str
+    address: str
+    status: str
+    nthreads: int
+    memory_limit: int
+    inflight: int
+    completed: int
+    failed: int
+    last_seen: float
+    labels: dict[str, str] = field(default_factory=dict)
+    resources: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def decide(
+    job: Job,
+    outcome: Outcome,
+    *,
+    now: float,
+    retryable: bool = True,
+    poison_threshold: int = 3,
+    result_json: str | None = None,
+    error: str | None = None,
+    rng: random.Random | None = None,
+) -> Finish:
+    """What becomes of `job` when its current attempt ends with `outcome`."""
+    if outcome is Outcome.SUCCEEDED:
+        return Finish(job.id, job.attempt, outcome, State.SUCCEEDED, result_json=result_json,
+                      failures=job.failures, lost_count=0)
+    if outcome in WORKER_FAULTS or outcome is Outcome.ABANDONED:
+        lost = job.lost_count + (0 if outcome is Outcome.ABANDONED else 1)
+        if lost >= poison_threshold:
+            why = f"poison job: {lost} attempts in a row ended with the worker lost"
+            return Finish(job.id, job.attempt, outcome, State.DEAD, error=error or why,
+                          failures=job.failures, lost_count=lost)
+        return Finish(job.id, job.attempt, outcome, State.QUEUED, error=error,
+                      failures=job.failures, lost_count=lost, run_at=now)
+    failures = job.failures + 1
+    if retryable and failures <= job.retry.retries:
+        return Finish(job.id, job.attempt, outcome, State.PENDING, error=error,
+                      run_at=now + job.retry.delay(failures, rng), failures=failures, lost_count=0)
+    return Finish(job.id, job.attempt, outcome, State.DEAD, error=error,
+                  failures=failures, lost_count=0)

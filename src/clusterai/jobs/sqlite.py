@@ -1,0 +1,432 @@
+"""SQLite job store: WAL mode, a busy timeout, and every write in one BEGIN IMMEDIATE transaction.
+
+BEGIN IMMEDIATE takes the write lock up front, so two processes never deadlock on a
+read-to-write upgrade (the cause of most "database is locked" errors); the busy timeout then
+makes a second writer wait its turn instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from clusterai.errors import IdempotencyConflict, InvalidTransition, JobNotFound, StoreUnavailable
+from clusterai.jobs.migrations import SQLITE_MIGRATIONS
+from clusterai.jobs.model import (
+    Attempt,
+    Finish,
+    Job,
+    JobSpec,
+    Outcome,
+    Priority,
+    RetryPolicy,
+    State,
+    WorkerRecord,
+    check_transition,
+)
+
+_JOB_COLUMNS = (
+    "id, task, queue, priority, state, payload, idempotency_key, run_at, created_at, updated_at,"
+    " attempt, failures, lost_count, retries, backoff, max_backoff, jitter, timeout, resources,"
+    " labels, worker, result, error, finished_at"
+)
+
+
+def _row_to_job(row: sqlite3.Row | tuple, attempts: tuple[Attempt, ...] = ()) -> Job:
+    (id_, task, queue, priority, state, payload, key, run_at, created, updated, attempt,
+     failures, lost, retries, backoff, max_backoff, jitter, timeout, resources, labels,
+     worker, result, error, finished) = row
+    return Job(
+        id=id_, task=task, queue=queue, priority=Priority(priority), state=State(state),
+        payload=json.loads(payload), created_at=created, updated_at=updated, run_at=run_at,
+        attempt=attempt, failures=failures, lost_count=lost,
+        retry=RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff, jitter=jitter),
+        timeout=timeout, idempotency_key=key,
+        resources=json.loads(resources) if resources else {},
+        labels=json.loads(labels) if labels else {},
+        worker=worker, result=json.loads(result) if result is not None else None,
+        error=error, finished_at=finished, attempts=attempts,
+    )
+
+
+class SQLiteStore:
+    """One connection per store object, guarded by a lock: SQLite has a single writer anyway."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0, synchronous: str = "NORMAL"):
+        self.path = str(path)
+        self.url = f"sqlite:///{self.path}"
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from None
+        self._data_version = -1
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._db.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"SQLite store {self.path!r} is unavailable: {exc}") from None
+            try:
+                yield cur
+            except BaseException:
+                self._db.rollback()
+                raise
+            else:
+                try:
+                    cur.execute("COMMIT")
+                except sqlite3.OperationalError as exc:
+                    self._db.rollback()
+                    raise StoreUnavailable(f"commit failed on {self.path!r}: {exc}") from None
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"SQLite store {self.path!r} is unavailable: {exc}") from None
+
+    def _migrate(self) -> None:
+        with self._write() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            row = cur.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > len(SQLITE_MIGRATIONS):
+                raise StoreUnavailable(
+                    f"store {self.path!r} has schema {version}, newer than this clusterai "
+                    f"({len(SQLITE_MIGRATIONS)}); upgrade clusterai"
+                )
+            for number, script in enumerate(SQLITE_MIGRATIONS[version:], start=version + 1):
+                for statement in script:
+                    cur.execute(statement)
+                cur.execute(
+                    "INSERT INTO meta(key, value) VALUES('schema_version', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (str(number),),
+                )
+
+    def schema_version(self) -> int:
+        return int(self._read("SELECT value FROM meta WHERE key='schema_version'")[0][0])
+
+    def changed(self) -> bool:
+        """True when another connection committed since the last call (cheap: no table read)."""
+        version = self._read("PRAGMA data_version")[0][0]
+        changed, self._data_version = version != self._data_version, version
+        return changed
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- submission and reads -----------------------------------------------------------------
+
+    def submit_many(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
+        jobs: list[Job] = []
+        with self._write() as cur:
+            for spec in specs:
+                if spec.idempotency_key is not None:
+                    existing = cur.execute(
+                        "SELECT id, fingerprint FROM jobs WHERE idempotency_key=?",
+                        (spec.idempotency_key,),
+                    ).fetchone()
+                    if existing is not None:
+                        if existing[1] != spec.fingerprint:
+                            raise IdempotencyConflict(spec.idempotency_key, existing[0])
+                        row = cur.execute(
+                            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (existing[0],)
+                        ).fetchone()
+                        jobs.append(_row_to_job(row))
+                        continue
+                run_at = spec.run_at if spec.run_at is not None else now
+                state = State.PENDING if run_at > now else State.QUEUED
+                cur.execute(
+                    "INSERT INTO jobs (task, queue, priority, state, payload, fingerprint,"
+                    " idempotency_key, run_at, created_at, updated_at, retries, backoff,"
+                    " max_backoff, jitter, timeout, resources, labels)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (spec.task, spec.queue, int(spec.priority), state.value, spec.payload_json,
+                     spec.fingerprint if spec.idempotency_key else None, spec.idempotency_key,
+                     run_at, now, now, spec.retry.retries, spec.retry.backoff,
+                     spec.retry.max_backoff, spec.retry.jitter, spec.timeout,
+                     json.dumps(spec.resources) if spec.resources else None,
+                     json.dumps(spec.labels) if spec.labels else None),
+                )
+                jobs.append(Job(
+                    id=cur.lastrowid or 0, task=spec.task, queue=spec.queue,
+                    priority=spec.priority, state=state, payload=spec.payload, created_at=now,
+                    updated_at=now, run_at=run_at, attempt=0, failures=0, lost_count=0,
+                    retry=spec.retry, timeout=spec.timeout, idempotency_key=spec.idempotency_key,
+                    resources=spec.resources, labels=spec.labels,
+                ))
+        return jobs
+
+    def get(self, job_id: int, *, attempts: bool = True) -> Job:
+        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,))
+        if not rows:
+            raise JobNotFound(job_id)
+        history: tuple[Attempt, ...] = ()
+        if attempts:
+            history = tuple(
+                Attempt(n, w, s, f, Outcome(o) if o else None, e, late)
+                for n, w, s, f, o, e, late in self._read(
+                    "SELECT number, worker, started_at, finished_at, outcome, error, late"
+                    " FROM attempts WHERE job_id=? ORDER BY number",
+                    (job_id,),
+                )
+            )
+        return _row_to_job(rows[0], history)
+
+    def list_jobs(
+        self,
+        *,
+        state: State | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        worker: str | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        where, params = [], []
+        for column, value in (("state", state.value if state else None), ("task", task),
+                              ("queue", queue), ("worker", worker)):
+            if value is not None:
+                where.append(f"{column}=?")
+                params.append(value)
+        if after_id is not None:
+            where.append("id>?")
+            params.append(after_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._read(
+            f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY id LIMIT ?", (*params, limit)
+        )
+        return [_row_to_job(r) for r in rows]
+
+    def states_of(self, job_ids: Sequence[int]) -> dict[int, State]:
+        out: dict[int, State] = {}
+        ids = list(job_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for id_, state in self._read(f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk):
+                out[id_] = State(state)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        found = dict(self._read("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        return {s.value: found.get(s.value, 0) for s in State}
+
+    # -- the coordinator's side ---------------------------------------------------------------
+
+    def promote_due(self, now: float) -> int:
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE jobs SET state='queued', updated_at=? WHERE state='pending' AND run_at<=?",
+                (now, now),
+            )
+            return cur.rowcount
+
+    def next_due_at(self) -> float | None:
+        return self._read("SELECT MIN(run_at) FROM jobs WHERE state='pending'")[0][0]
+
+    def fetch_ready(self, limit: int) -> list[Job]:
+        rows = self._read(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state='queued'"
+            " ORDER BY priority DESC, id LIMIT ?",
+            (limit,),
+        )
+        return [_row_to_job(r) for r in rows]
+
+    def start_attempts(
+        self, assignments: Sequence[tuple[int, str]], now: float, lease_until: float
+    ) -> list[Job]:
+        started = []
+        with self._write() as cur:
+            for job_id, worker in assignments:
+                row = cur.execute(
+                    "UPDATE jobs SET state='running', attempt=attempt+1, worker=?, lease_until=?,"
+                    f" updated_at=? WHERE id=? AND state='queued' RETURNING {_JOB_COLUMNS}",
+                    (worker, lease_until, now, job_id),
+                ).fetchone()
+                if row is None:
+                    continue  # cancelled (or taken) since it was fetched
+                job = _row_to_job(row)
+                cur.execute(
+                    "INSERT INTO attempts (job_id, number, worker, started_at) VALUES (?,?,?,?)",
+                    (job_id, job.attempt, worker, now),
+                )
+                started.append(job)
+        return started
+
+    def finish_attempts(self, finishes: Sequence[Finish], now: float) -> list[bool]:
+        accepted = []
+        with self._write() as cur:
+            for f in finishes:
+                cur.execute(
+                    "UPDATE jobs SET state=?, result=?, error=?, run_at=COALESCE(?, run_at),"
+                    " failures=?, lost_count=?, lease_until=NULL, updated_at=?, finished_at=?"
+                    " WHERE id=? AND attempt=? AND state='running'",
+                    (f.state.value, f.result_json, f.error, f.run_at, f.failures, f.lost_count,
+                     now, now if f.state.terminal else None, f.job_id, f.attempt),
+                )
+                ok = cur.rowcount == 1
+                if ok:
+                    cur.execute(
+                        "UPDATE attempts SET finished_at=?, outcome=?, error=?"
+                        " WHERE job_id=? AND number=?",
+                        (now, f.outcome.value, f.error, f.job_id, f.attempt),
+                    )
+                else:
+                    cur.execute(
+                        "UPDATE attempts SET late=? WHERE job_id=? AND number=?",
+                        (_late_text(f, now), f.job_id, f.attempt),
+                    )
+                accepted.append(ok)
+        return accepted
+
+    def record_late(self, job_id: int, attempt: int, answer: str) -> None:
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE attempts SET late=? WHERE job_id=? AND number=?", (answer, job_id, attempt)
+            )
+
+    def renew_leases(self, worker: str, lease_until: float) -> int:
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE jobs SET lease_until=? WHERE state='running' AND worker=?",
+                (lease_until, worker),
+            )
+            return cur.rowcount
+
+    def expired_leases(self, now: float) -> list[Job]:
+        rows = self._read(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state='running' AND lease_until<?", (now,)
+        )
+        return [_row_to_job(r) for r in rows]
+
+    def running_jobs(self) -> list[Job]:
+        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state='running'")
+        return [_row_to_job(r) for r in rows]
+
+    # -- operator actions ---------------------------------------------------------------------
+
+    def cancel(self, job_id: int, now: float) -> Job:
+        with self._write() as cur:
+            row = cur.execute("SELECT state, attempt FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            state, attempt = State(row[0]), row[1]
+            check_transition(state, State.CANCELLED)
+            cur.execute(
+                "UPDATE jobs SET state='cancelled', lease_until=NULL, updated_at=?, finished_at=?,"
+                " error='cancelled' WHERE id=?",
+                (now, now, job_id),
+            )
+            if state is State.RUNNING:
+                cur.execute(
+                    "UPDATE attempts SET finished_at=?, outcome='cancelled' WHERE job_id=? AND number=?",
+                    (now, job_id, attempt),
+                )
+        return self.get(job_id)
+
+    def requeue(self, job_id: int, now: float) -> Job:
+        with self._write() as cur:
+            row = cur.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            state = State(row[0])
+            if not state.terminal:
+                raise InvalidTransition(
+                    f"job {job_id} is {state.value}; only succeeded, dead or cancelled jobs "
+                    "can be requeued"
+                )
+            cur.execute(
+                "UPDATE jobs SET state='queued', failures=0, lost_count=0, run_at=?, updated_at=?,"
+                " finished_at=NULL, result=NULL, error=NULL WHERE id=?",
+                (now, now, job_id),
+            )
+        return self.get(job_id)
+
+    # -- worker registry snapshot -------------------------------------------------------------
+
+    def upsert_workers(self, records: Sequence[WorkerRecord], now: float) -> None:
+        with self._write() as cur:
+            for r in records:
+                cur.execute(
+                    "INSERT INTO workers (name, address, status, nthreads, memory_limit, inflight,"
+                    " completed, failed, last_seen, labels, resources, metrics)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(address) DO UPDATE SET"
+                    " name=excluded.name, status=excluded.status,"
+                    " nthreads=excluded.nthreads, memory_limit=excluded.memory_limit,"
+                    " inflight=excluded.inflight, completed=excluded.completed,"
+                    " failed=excluded.failed, last_seen=excluded.last_seen,"
+                    " labels=excluded.labels, resources=excluded.resources,"
+                    " metrics=excluded.metrics",
+                    (r.name, r.address, r.status, r.nthreads, r.memory_limit, r.inflight,
+                     r.completed, r.failed, r.last_seen, json.dumps(r.labels),
+                     json.dumps(r.resources), json.dumps(r.metrics)),
+                )
+            live = [r.address for r in records]
+            marks = ",".join("?" * len(live))
+            cur.execute(
+                f"UPDATE workers SET status='gone', inflight=0 WHERE address NOT IN ({marks})"
+                if live else "UPDATE workers SET status='gone', inflight=0",
+                live,
+            )
+
+    def list_workers(self) -> list[WorkerRecord]:
+        rows = self._read(
+            "SELECT name, address, status, nthreads, memory_limit, inflight, completed, failed,"
+            " last_seen, labels, resources, metrics FROM workers ORDER BY status != 'gone' DESC, name"
+        )
+        return [
+            WorkerRecord(*r[:9], labels=json.loads(r[9]), resources=json.loads(r[10]),
+                         metrics=json.loads(r[11]))
+            for r in rows
+        ]
+
+    def stats(self, since: float) -> dict[str, float]:
+        done, first, last = self._read(
+            "SELECT COUNT(*), MIN(finished_at), MAX(finished_at) FROM jobs"
+            " WHERE state='succeeded' AND finished_at>=?",
+            (since,),
+        )[0]
+        failed = self._read(
+            "SELECT COUNT(*) FROM attempts WHERE finished_at>=? AND outcome!='succeeded'", (since,)
+        )[0][0]
+        retries = self._read("SELECT COALESCE(SUM(failures), 0) FROM jobs")[0][0]
+        lost = self._read(
+            "SELECT COUNT(*) FROM attempts WHERE outcome IN ('lost','expired','abandoned')"
+        )[0][0]
+        return {"succeeded": done, "first_finished": first or 0.0, "last_finished": last or 0.0,
+                "failed_attempts": failed, "retries": retries, "lost_attempts": lost}
+
+    def per_worker(self) -> dict[str, int]:
+        """Accepted results per worker (by name where the registry knows it): who did the work."""
+        return dict(self._read(
+            "SELECT COALESCE(w.name || ' (' || j.worker || ')', j.worker), COUNT(*) FROM jobs j"
+            " LEFT JOIN workers w ON w.address = j.worker WHERE j.state='succeeded'"
+            " GROUP BY j.worker ORDER BY 1"
+        ))
+
+
+def _late_text(f: Finish, now: float) -> str:
+    detail = f": {f.error}" if f.error else ""
+    return f"{f.outcome.value} at {now:.3f} after the lease was lost; ignored{detail}"

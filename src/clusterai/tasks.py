@@ -1,0 +1,172 @@
+"""The task registry: Python functions named by a string, with a payload schema taken from their
+signature (or a pydantic model), so that a bad payload is refused at submit time.
+
+Workers import the same task modules (named by dotted path in cluster.yaml or on the command
+line) and run tasks by name; nothing but JSON crosses between them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, create_model
+
+from clusterai.errors import ConfigError, NonRetryableError, PayloadError, UnknownTaskError
+from clusterai.jobs.model import Priority
+
+# Imported on every worker and client: the tasks that ship with clusterai.
+BUILTIN_TASK_MODULES = ("clusterai.workloads.demo",)
+
+
+@dataclass(frozen=True)
+class TaskDef:
+    name: str
+    fn: Callable[..., Any]
+    model: type[BaseModel]
+    unpack: bool  # call fn(**fields) rather than fn(model_instance)
+    queue: str | None
+    priority: Priority | None
+    retries: int | None
+    backoff: float | None
+    max_backoff: float | None
+    timeout: float | None
+    resources: dict[str, float]
+    non_retryable: tuple[type[BaseException], ...]
+
+    def validate(self, payload: Any) -> dict[str, Any]:
+        """The payload as the canonical JSON object the store keeps, or PayloadError."""
+        if not isinstance(payload, dict):
+            raise PayloadError(
+                f"task {self.name!r}: payload must be a JSON object, got {type(payload).__name__}"
+            )
+        try:
+            model = self.model.model_validate(payload)
+        except pydantic.ValidationError as exc:
+            raise PayloadError(f"task {self.name!r}: {_describe(exc)}") from None
+        return model.model_dump(mode="json")
+
+    def call(self, payload: dict[str, Any]) -> Any:
+        try:
+            model = self.model.model_validate(payload)
+        except pydantic.ValidationError as exc:
+            raise NonRetryableError(f"invalid payload: {_describe(exc)}") from None
+        if self.unpack:
+            return self.fn(**{name: getattr(model, name) for name in type(model).model_fields})
+        return self.fn(model)
+
+    def schema(self) -> dict[str, Any]:
+        return self.model.model_json_schema()
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "payload"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+_REGISTRY: dict[str, TaskDef] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _model_for(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel], bool]:
+    params = list(inspect.signature(fn).parameters.values())
+    hints = _resolved_hints(fn)
+    if len(params) == 1:
+        hint = hints.get(params[0].name)
+        if inspect.isclass(hint) and issubclass(hint, BaseModel):
+            return hint, False
+    fields: dict[str, Any] = {}
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
+            raise ConfigError(f"task {name!r}: parameter {p.name!r} must be a plain keyword argument")
+        annotation = hints.get(p.name, Any)
+        default = ... if p.default is p.empty else p.default
+        fields[p.name] = (annotation, default)
+    model = create_model(  # type: ignore[call-overload]
+        f"{name.replace('.', '_')}_payload",
+        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=False),
+        **fields,
+    )
+    return model, True
+
+
+def _resolved_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    import typing
+
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: fall back to raw annotations
+        return dict(getattr(fn, "__annotations__", {}))
+
+
+def task(
+    name: str | None = None,
+    *,
+    retries: int | None = None,
+    backoff: float | None = None,
+    max_backoff: float | None = None,
+    timeout: float | None = None,
+    queue: str | None = None,
+    priority: str | Priority | None = None,
+    resources: dict[str, float] | None = None,
+    non_retryable: Iterable[type[BaseException]] = (),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a function as a task. Unset options fall back to the queue's, then the defaults."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+        model, unpack = _model_for(fn, task_name)
+        definition = TaskDef(
+            name=task_name, fn=fn, model=model, unpack=unpack, queue=queue,
+            priority=Priority.parse(priority) if priority is not None else None,
+            retries=retries, backoff=backoff, max_backoff=max_backoff, timeout=timeout,
+            resources=dict(resources or {}), non_retryable=tuple(non_retryable),
+        )
+        with _REGISTRY_LOCK:
+            current = _REGISTRY.get(task_name)
+            if current is not None and current.fn.__qualname__ != fn.__qualname__:
+                raise ConfigError(f"task name {task_name!r} is registered twice")
+            _REGISTRY[task_name] = definition
+        fn.task_name = task_name  # type: ignore[attr-defined]
+        return fn
+
+    return register
+
+
+def get_task(name: str) -> TaskDef:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownTaskError(name, list(_REGISTRY)) from None
+
+
+def known_tasks() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def import_task_modules(modules: Iterable[str]) -> None:
+    """Import the built-in task modules and the given ones; a bad name is a config error."""
+    for module in (*BUILTIN_TASK_MODULES, *modules):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"tasks: cannot import task module {module!r}: {exc}") from None
+
+
+def parse_payload_text(text: str) -> Any:
+    """Parse a payload given as text (CLI, files); non-JSON is a PayloadError naming the spot."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(
+            f"payload is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None

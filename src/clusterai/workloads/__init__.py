@@ -1,0 +1,1 @@
+"""Built-in AI and CPU workloads that ship with clusterai."""
