@@ -1,0 +1,401 @@
+"""The `clusterai` command (Typer + Rich). Bad input exits 2 with a message that says what is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clusterai.client import Client, build_spec
+from clusterai.config import ClusterConfig, load_config
+from clusterai.errors import BadInput, ClusterAIError, JobFailed, JobNotFound, StoreUnavailable
+from clusterai.jobs.model import Job, State
+from clusterai.jobs.store import open_store
+from clusterai.tasks import get_task, import_task_modules, known_tasks, parse_payload_text
+
+app = typer.Typer(help="clusterai: pool your machines into one cluster and run AI work across it.",
+                  no_args_is_help=True, add_completion=False)
+jobs_app = typer.Typer(help="Inspect and act on jobs.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: jobs that exhausted their attempts.", no_args_is_help=True)
+workers_app = typer.Typer(help="Workers of the cluster.", no_args_is_help=True)
+config_app = typer.Typer(help="cluster.yaml.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Registered tasks.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(workers_app, name="workers")
+app.add_typer(config_app, name="config")
+app.add_typer(tasks_app, name="tasks")
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAILED = 1  # the work itself failed (a job ended dead)
+EXIT_BAD_INPUT = 2  # usage errors, like Typer's own
+EXIT_UNAVAILABLE = 3
+
+
+def _errors_to_exit_codes(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (BadInput, JobNotFound) as exc:
+            err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except StoreUnavailable as exc:
+            err.print(f"[red]store unavailable:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_UNAVAILABLE) from None
+        except JobFailed as exc:
+            err.print(f"[red]job failed:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_FAILED) from None
+        except ClusterAIError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_FAILED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Settings:
+    config_path: Optional[Path] = None
+    store: Optional[str] = None
+    tasks: list[str] = []
+
+    def config(self, **overrides: Any) -> ClusterConfig:
+        conf = load_config(self.config_path)
+        extra = {"store": self.store}
+        if self.tasks:
+            extra["tasks"] = [*conf.tasks, *self.tasks]
+        return conf.with_overrides(**extra, **overrides)
+
+
+settings = _Settings()
+
+
+@app.callback()
+def _global(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="cluster.yaml to use",
+                                          envvar="CLUSTERAI_CONFIG"),
+    store: Optional[str] = typer.Option(None, "--store", help="job store URL (overrides config)",
+                                        envvar="CLUSTERAI_STORE"),
+    tasks: list[str] = typer.Option([], "--tasks", help="task module to import (repeatable)"),
+) -> None:
+    settings.config_path, settings.store, settings.tasks = config, store, list(tasks)
+
+
+def _client() -> Client:
+    conf = settings.config()
+    import_task_modules(conf.tasks)
+    return Client(open_store(conf.store), conf, runtime=None)
+
+
+# -- running a cluster --------------------------------------------------------------------------
+
+@app.command()
+@_errors_to_exit_codes
+def up(
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="local worker processes"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="use this Dask scheduler"),
+) -> None:
+    """Start the cluster (Dask workers + coordinator) in the foreground until Ctrl-C."""
+    from clusterai.engine.runtime import ClusterRuntime
+
+    conf = settings.config(**{"cluster.workers": workers, "cluster.scheduler": scheduler})
+    asyncio.run(_serve(ClusterRuntime(conf)))
+
+
+async def _serve(runtime: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await runtime.start()
+    conf = runtime.config
+    out.print(f"[bold green]clusterai is up[/]: store {conf.store}, scheduler {runtime.scheduler_address}")
+    if runtime.dashboard_link:
+        out.print(f"Dask dashboard: {runtime.dashboard_link}")
+    out.print("Ctrl-C to stop.")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        out.print("stopping...")
+        await runtime.stop()
+
+
+@app.command()
+@_errors_to_exit_codes
+def demo(
+    exit_when_done: bool = typer.Option(False, "--exit", help="return when the jobs are done"),
+    jobs: int = typer.Option(300, "--jobs", min=1, max=100_000, help="how many jobs to run"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, max=64),
+) -> None:
+    """Run the demo: real CPU-bound jobs across a local cluster, with progress and a summary."""
+    from clusterai.demo import run_demo
+
+    conf = settings.config(**{"cluster.workers": workers})
+    counts = run_demo(conf, jobs=jobs, keep_running=not exit_when_done, console=out)
+    if counts.get("succeeded", 0) != jobs:
+        err.print(f"[red]not every demo job succeeded:[/] {counts}")
+        raise typer.Exit(EXIT_FAILED)
+
+
+# -- submitting -----------------------------------------------------------------------------
+
+@app.command()
+@_errors_to_exit_codes
+def submit(
+    task: str = typer.Argument(..., help="task name, e.g. primes.count"),
+    payload: str = typer.Option("{}", "--payload", "-p", help="JSON object, or @file.json"),
+    wait: bool = typer.Option(False, "--wait", help="wait for the result and print it"),
+    wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", min=0),
+    priority: Optional[str] = typer.Option(None, "--priority", help="low|normal|high|critical"),
+    queue: Optional[str] = typer.Option(None, "--queue"),
+    delay: Optional[float] = typer.Option(None, "--delay", min=0, help="seconds before it may run"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="per-attempt timeout, seconds"),
+    retries: Optional[int] = typer.Option(None, "--retries", min=0),
+    idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key"),
+) -> None:
+    """Submit one job; prints its id (and with --wait its result as JSON)."""
+    text = Path(payload[1:]).read_text(encoding="utf-8") if payload.startswith("@") else payload
+    data = parse_payload_text(text)
+    client = _client()
+    job = client.submit(task, data, priority=priority, queue=queue, delay=delay, timeout=timeout,
+                        retries=retries, idempotency_key=idempotency_key)
+    if not wait:
+        out.print(job.id)
+        return
+    err.print(f"job {job.id} submitted; waiting (the cluster must be up: clusterai up)")
+    result = client.result(job, timeout=wait_timeout)
+    out.print_json(json.dumps(result))
+
+
+# -- jobs -----------------------------------------------------------------------------------
+
+def _state(value: Optional[str]) -> Optional[State]:
+    if value is None:
+        return None
+    try:
+        return State(value)
+    except ValueError:
+        allowed = ", ".join(s.value for s in State)
+        raise BadInput(f"invalid state {value!r}; allowed: {allowed}") from None
+
+
+def _jobs_table(jobs: list[Job], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("id", "task", "state", "priority", "queue", "attempt", "worker", "updated"):
+        table.add_column(column)
+    for j in jobs:
+        table.add_row(str(j.id), j.task, j.state.value, j.priority.name.lower(), j.queue,
+                      str(j.attempt), j.worker or "-", time.strftime("%H:%M:%S",
+                                                                     time.localtime(j.updated_at)))
+    return table
+
+
+@jobs_app.command("list")
+@_errors_to_exit_codes
+def jobs_list(
+    state: Optional[str] = typer.Option(None, "--state"),
+    task: Optional[str] = typer.Option(None, "--task"),
+    queue: Optional[str] = typer.Option(None, "--queue"),
+    worker: Optional[str] = typer.Option(None, "--worker"),
+    after: Optional[int] = typer.Option(None, "--after", help="ids greater than this (paging)"),
+    limit: int = typer.Option(50, "--limit", min=1, max=10_000),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List jobs, oldest first, with filters."""
+    jobs = _client().store.list_jobs(state=_state(state), task=task, queue=queue, worker=worker,
+                                     after_id=after, limit=limit)
+    if as_json:
+        out.print_json(json.dumps([j.to_dict() for j in jobs]))
+    else:
+        out.print(_jobs_table(jobs, f"{len(jobs)} jobs"))
+
+
+@jobs_app.command("show")
+@_errors_to_exit_codes
+def jobs_show(job_id: int, as_json: bool = typer.Option(False, "--json")) -> None:
+    """One job in full: payload, result, error and every attempt."""
+    job = _client().get(job_id)
+    if as_json:
+        out.print_json(json.dumps(job.to_dict()))
+        return
+    data = job.to_dict()
+    attempts = data.pop("attempts")
+    table = Table(title=f"job {job.id}", show_header=False)
+    for key, value in data.items():
+        shown = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        table.add_row(key, shown)
+    out.print(table)
+    history = Table(title="attempts")
+    for column in ("#", "worker", "started", "seconds", "outcome", "error", "late answer"):
+        history.add_column(column)
+    for a in attempts:
+        secs = f"{a['finished_at'] - a['started_at']:.3f}" if a["finished_at"] else "-"
+        history.add_row(str(a["number"]), a["worker"] or "-",
+                        time.strftime("%H:%M:%S", time.localtime(a["started_at"])), secs,
+                        a["outcome"] or "running", (a["error"] or "")[:200], a["late"] or "")
+    out.print(history)
+
+
+@jobs_app.command("cancel")
+@_errors_to_exit_codes
+def jobs_cancel(job_id: int) -> None:
+    """Cancel a job: at once if waiting; if running, its attempt is abandoned and any late result ignored."""
+    job = _client().cancel(job_id)
+    out.print(f"job {job.id} {job.state.value}")
+
+
+@jobs_app.command("retry")
+@_errors_to_exit_codes
+def jobs_retry(job_id: int) -> None:
+    """Run a dead, cancelled or succeeded job again."""
+    job = _client().retry(job_id)
+    out.print(f"job {job.id} {job.state.value}")
+
+
+# -- dead letters ---------------------------------------------------------------------------
+
+@dlq_app.command("list")
+@_errors_to_exit_codes
+def dlq_list(limit: int = typer.Option(50, "--limit", min=1, max=10_000),
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Jobs in the dead-letter state, with their last error."""
+    jobs = _client().dead_letters(limit)
+    if as_json:
+        out.print_json(json.dumps([j.to_dict() for j in jobs]))
+        return
+    table = Table(title=f"{len(jobs)} dead letters")
+    for column in ("id", "task", "attempts", "last error"):
+        table.add_column(column)
+    for j in jobs:
+        table.add_row(str(j.id), j.task, str(j.attempt), (j.error or "").splitlines()[0][:120]
+                      if j.error else "")
+    out.print(table)
+
+
+@dlq_app.command("requeue")
+@_errors_to_exit_codes
+def dlq_requeue(job_ids: list[int] = typer.Argument(None),
+                all_: bool = typer.Option(False, "--all", help="requeue every dead letter")) -> None:
+    """Put dead letters back in the queue."""
+    client = _client()
+    if all_:
+        job_ids = [j.id for j in client.dead_letters(limit=1_000_000)]
+    if not job_ids:
+        raise BadInput("name the job ids to requeue, or pass --all")
+    for job_id in job_ids:
+        job = client.store.get(job_id, attempts=False)
+        if job.state is not State.DEAD:
+            raise BadInput(f"job {job_id} is {job.state.value}, not dead")
+    for job_id in job_ids:
+        client.retry(job_id)
+    out.print(f"requeued {len(job_ids)} jobs")
+
+
+# -- workers, status, config, tasks ----------------------------------------------------------
+
+@workers_app.command("list")
+@_errors_to_exit_codes
+def workers_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Workers as the coordinator last saw them."""
+    workers = _client().workers()
+    if as_json:
+        out.print_json(json.dumps([w.__dict__ for w in workers]))
+        return
+    table = Table(title=f"{sum(w.status != 'gone' for w in workers)} workers")
+    for column in ("name", "address", "status", "threads", "in flight", "done", "failed",
+                   "cpu %", "memory", "last seen"):
+        table.add_column(column)
+    for w in workers:
+        mem = w.metrics.get("memory")
+        table.add_row(w.name, w.address, w.status, str(w.nthreads), str(w.inflight),
+                      str(w.completed), str(w.failed), f"{w.metrics.get('cpu', 0):.0f}",
+                      f"{mem / 2**20:.0f} MiB" if mem else "-",
+                      f"{time.time() - w.last_seen:.0f} s ago")
+    out.print(table)
+
+
+@app.command()
+@_errors_to_exit_codes
+def status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Jobs per state, live workers and recent throughput."""
+    client = _client()
+    counts = client.counts()
+    workers = [w for w in client.workers() if w.status != "gone"]
+    stats = client.store.stats(time.time() - 60)
+    data = {"jobs": counts, "workers": len(workers), "succeeded_last_minute": stats["succeeded"],
+            "failed_attempts_last_minute": stats["failed_attempts"], "retries": stats["retries"],
+            "store": client.store.url}
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table(title="cluster status", show_header=False)
+    for state, n in counts.items():
+        table.add_row(f"jobs {state}", str(n))
+    table.add_row("workers up", str(len(workers)))
+    table.add_row("throughput (last minute)", f"{stats['succeeded'] / 60:.1f} jobs/s")
+    table.add_row("failed attempts (last minute)", str(stats["failed_attempts"]))
+    table.add_row("store", client.store.url)
+    out.print(table)
+
+
+@config_app.command("validate")
+@_errors_to_exit_codes
+def config_validate(path: Optional[Path] = typer.Argument(None, help="default: ./cluster.yaml")) -> None:
+    """Check cluster.yaml: every error names the key, the bad value and what is allowed."""
+    settings.config_path = path or settings.config_path
+    conf = settings.config()
+    import_task_modules(conf.tasks)
+    out.print(f"[green]valid[/]: store {conf.store}, {conf.cluster.workers} local workers, "
+              f"task modules {conf.tasks or '(built-in only)'}")
+
+
+@config_app.command("show")
+@_errors_to_exit_codes
+def config_show() -> None:
+    """Print the effective configuration (file + defaults) as JSON."""
+    out.print_json(settings.config().model_dump_json())
+
+
+@tasks_app.command("list")
+@_errors_to_exit_codes
+def tasks_list() -> None:
+    """Registered tasks and their payload fields."""
+    import_task_modules(settings.config().tasks)
+    table = Table(title="tasks")
+    table.add_column("name")
+    table.add_column("payload fields")
+    for name in known_tasks():
+        props = get_task(name).schema().get("properties", {})
+        table.add_row(name, ", ".join(f"{k}: {v.get('type', 'any')}" for k, v in props.items()))
+    out.print(table)
+
+
+@tasks_app.command("check")
+@_errors_to_exit_codes
+def tasks_check(task: str, payload: str = typer.Option("{}", "--payload", "-p")) -> None:
+    """Validate a payload against a task without submitting it."""
+    conf = settings.config()
+    import_task_modules(conf.tasks)
+    spec = build_spec(conf, task, parse_payload_text(payload))
+    out.print_json(json.dumps(spec.payload))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""`clusterai demo`: start an embedded cluster, run a few hundred real CPU-bound jobs across its
+worker processes, show progress and a summary, then keep the cluster up until Ctrl-C."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from clusterai.client import Client
+from clusterai.config import ClusterConfig
+from clusterai.engine.runtime import BackgroundRuntime
+from clusterai.jobs.model import Job, State
+
+
+def demo_workload(jobs: int, seed: int = 7) -> list[tuple[str, dict[str, Any]]]:
+    """A reproducible mix of real jobs: image filtering, prime sieves, hash chains, a few flaky ones."""
+    rng = random.Random(seed)
+    work: list[tuple[str, dict[str, Any]]] = []
+    for i in range(jobs):
+        kind = i % 20
+        if kind < 9:
+            work.append(("image.filter", {"seed": i, "size": rng.choice([192, 256, 320]),
+                                          "blur_passes": rng.randint(2, 5)}))
+        elif kind < 15:
+            work.append(("primes.count", {"limit": rng.randint(300_000, 2_000_000)}))
+        elif kind < 19:
+            work.append(("hash.chain", {"data": f"block-{i}", "rounds": rng.randint(20_000, 60_000)}))
+        else:
+            work.append(("demo.flaky", {"fail_attempts": 1}))
+    return work
+
+
+def submit_workload(client: Client, work: list[tuple[str, dict[str, Any]]]) -> list[int]:
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for name, payload in work:
+        by_task.setdefault(name, []).append(payload)
+    ids: list[int] = []
+    for name, payloads in by_task.items():
+        ids.extend(job.id for job in client.submit_many(name, payloads))
+    return ids
+
+
+def follow(client: Client, ids: list[int], console: Console, timeout: float = 600.0) -> float:
+    """Show a progress bar until every job is finished; return the seconds it took."""
+    started = time.monotonic()
+    columns = (TextColumn("[bold]jobs"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("jobs", total=len(ids), detail="")
+        while True:
+            states = Counter(s.value for s in client.store.states_of(ids).values())
+            done = states["succeeded"] + states["dead"] + states["cancelled"]
+            detail = "  ".join(f"{k} {v}" for k, v in sorted(states.items()))
+            progress.update(bar, completed=done, detail=detail)
+            if done == len(ids) or time.monotonic() - started > timeout:
+                break
+            time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def summary_tables(client: Client, ids: list[int], elapsed: float) -> list[Table]:
+    jobs: list[Job] = [client.store.get(i) for i in ids]
+    names = {w.address: w.name for w in client.store.list_workers()}
+    states = Counter(j.state.value for j in jobs)
+    per_worker = Counter(names.get(j.worker or "", j.worker or "?") for j in jobs
+                         if j.state is State.SUCCEEDED)
+    per_task = Counter(j.task for j in jobs)
+    retries = sum(j.failures for j in jobs)
+    lost = sum(1 for j in jobs for a in j.attempts if a.outcome and a.outcome.value in
+               ("lost", "expired", "abandoned"))
+
+    by_state = Table(title="Jobs per state")
+    by_state.add_column("state")
+    by_state.add_column("jobs", justify="right")
+    for state in State:
+        by_state.add_row(state.value, str(states.get(state.value, 0)))
+
+    by_worker = Table(title="Jobs per worker")
+    by_worker.add_column("worker")
+    by_worker.add_column("succeeded", justify="right")
+    by_worker.add_column("share", justify="right")
+    total_ok = sum(per_worker.values()) or 1
+    for worker, count in sorted(per_worker.items()):
+        by_worker.add_row(f"worker {worker}", str(count), f"{100 * count / total_ok:.0f}%")
+
+    totals = Table(title="Run")
+    totals.add_column("measure")
+    totals.add_column("value", justify="right")
+    totals.add_row("jobs", str(len(jobs)))
+    for task, count in sorted(per_task.items()):
+        totals.add_row(f"  {task}", str(count))
+    totals.add_row("wall time", f"{elapsed:.1f} s")
+    totals.add_row("throughput", f"{len(jobs) / max(elapsed, 1e-9):.1f} jobs/s")
+    totals.add_row("retries", str(retries))
+    totals.add_row("attempts lost to workers", str(lost))
+    return [by_state, by_worker, totals]
+
+
+def run_demo(config: ClusterConfig, *, jobs: int = 300, keep_running: bool = True,
+             console: Console | None = None) -> dict[str, int]:
+    console = console or Console()
+    c = config.cluster
+    console.print(f"[bold]clusterai demo[/]: starting an embedded cluster with {c.workers} worker "
+                  f"processes ({c.threads_per_worker} thread each), store {config.store}")
+    runtime = BackgroundRuntime(config)
+    runtime.start()
+    assert runtime.runtime.store is not None
+    client = Client(runtime.runtime.store, config, runtime)
+    try:
+        work = demo_workload(jobs)
+        ids = submit_workload(client, work)
+        console.print(f"submitted {len(ids)} jobs (ids {min(ids)}..{max(ids)})")
+        elapsed = follow(client, ids, console)
+        for table in summary_tables(client, ids, elapsed):
+            console.print(table)
+        counts = Counter(s.value for s in client.store.states_of(ids).values())
+        if keep_running:
+            _serve_until_interrupted(runtime, config, console)
+        return dict(counts)
+    finally:
+        client.close()
+
+
+def _serve_until_interrupted(runtime: BackgroundRuntime, config: ClusterConfig,
+                             console: Console) -> None:
+    link = runtime.runtime.dashboard_link
+    console.print("\n[bold green]The cluster stays up.[/] Where to look:")
+    if link:
+        console.print(f"  Dask dashboard (tasks, workers): {link}")
+    console.print(f"  job store: {config.store}")
+    console.print("  in another terminal, from this folder:")
+    console.print("    clusterai status            # jobs per state, workers, throughput")
+    console.print("    clusterai jobs list         # recent jobs;  clusterai jobs show ID")
+    console.print("    clusterai submit primes.count --payload '{\"limit\": 100000}' --wait")
+    console.print("Press Ctrl-C to stop.")
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        console.print("stopping the cluster...")
