@@ -362,7 +362,7 @@ class Coordinator:
         info = await self.client.scheduler.identity()
         seen = info.get("workers", {})
         now = time.time()
-        joined = False
+        joined = []
         for address, w in seen.items():
             slot = self.slots.get(address)
             if slot is None:
@@ -371,7 +371,7 @@ class Coordinator:
                     nthreads=int(w.get("nthreads", 1)), memory_limit=int(w.get("memory_limit") or 0),
                     last_ok=now,
                 )
-                joined = True
+                joined.append(slot)
             slot.metrics = {k: float(v) for k, v in (w.get("metrics") or {}).items()
                             if isinstance(v, (int, float))}
         for address, slot in list(self.slots.items()):
@@ -379,10 +379,17 @@ class Coordinator:
                 slot.status = "gone"
                 if slot.calls == 0:
                     del self.slots[address]
+        unknown = [s for s in self.slots.values() if s.pid == 0 and s.status != "gone"]
+        if unknown:
+            await asyncio.gather(*(self._learn_pid(s) for s in unknown), return_exceptions=True)
         self.store.upsert_workers([self._record(s, now) for s in self.slots.values()
                                    if s.status != "gone"], now)
         if joined:
             self._wake_set()
+
+    async def _learn_pid(self, slot: WorkerSlot) -> None:
+        answer = await asyncio.wait_for(self.client.rpc(slot.address).clusterai_ping(), 5.0)
+        slot.pid = int(answer.get("pid", 0)) if isinstance(answer, dict) else 0
 
     @staticmethod
     def _record(slot: WorkerSlot, now: float) -> WorkerRecord:
@@ -390,5 +397,5 @@ class Coordinator:
         return WorkerRecord(
             name=slot.name, address=slot.address, status=slot.status, nthreads=slot.nthreads,
             memory_limit=slot.memory_limit, inflight=slot.jobs, completed=slot.completed,
-            failed=slot.failed, last_seen=slot.last_ok or now, metrics=metrics,
+            failed=slot.failed, last_seen=slot.last_ok or now, metrics=metrics, pid=slot.pid,
         )

@@ -59,12 +59,22 @@ class ClusterRuntime:
         await self.coordinator.start()
 
     async def stop(self) -> None:
+        # Each step is bounded: a shutdown must end even when a worker is stuck or gone.
         if self.coordinator is not None:
-            await self.coordinator.stop()
+            await self._bounded("coordinator", self.coordinator.stop(), 15)
         if self.dask is not None:
-            await self.dask.close()
+            await self._bounded("dask client", self.dask.close(), 10)
         if self.local_cluster is not None:
-            await self.local_cluster.close()
+            await self._bounded("local cluster", self.local_cluster.close(), 20)
+
+    @staticmethod
+    async def _bounded(what: str, step: Any, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(step, seconds)
+        except asyncio.TimeoutError:
+            log.warning("closing the %s took over %s s; moving on", what, seconds)
+        except Exception as exc:  # noqa: BLE001 - keep closing the rest
+            log.warning("closing the %s failed: %s", what, exc)
 
     @property
     def dashboard_link(self) -> str | None:

@@ -57,6 +57,7 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         """CREATE TABLE workers (
             address TEXT PRIMARY KEY,
             name TEXT NOT NULL,
+            pid INTEGER NOT NULL DEFAULT 0,
             status TEXT NOT NULL,
             nthreads INTEGER NOT NULL,
             memory_limit INTEGER NOT NULL,

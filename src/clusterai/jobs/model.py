@@ -246,6 +246,7 @@ class WorkerRecord:
     labels: dict[str, str] = field(default_factory=dict)
     resources: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    pid: int = 0
 
 
 def decide(

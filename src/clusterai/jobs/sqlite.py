@@ -371,9 +371,9 @@ class SQLiteStore:
             for r in records:
                 cur.execute(
                     "INSERT INTO workers (name, address, status, nthreads, memory_limit, inflight,"
-                    " completed, failed, last_seen, labels, resources, metrics)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(address) DO UPDATE SET"
-                    " name=excluded.name, status=excluded.status,"
+                    " completed, failed, last_seen, labels, resources, metrics, pid)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(address) DO UPDATE SET"
+                    " name=excluded.name, status=excluded.status, pid=excluded.pid,"
                     " nthreads=excluded.nthreads, memory_limit=excluded.memory_limit,"
                     " inflight=excluded.inflight, completed=excluded.completed,"
                     " failed=excluded.failed, last_seen=excluded.last_seen,"
@@ -381,7 +381,7 @@ class SQLiteStore:
                     " metrics=excluded.metrics",
                     (r.name, r.address, r.status, r.nthreads, r.memory_limit, r.inflight,
                      r.completed, r.failed, r.last_seen, json.dumps(r.labels),
-                     json.dumps(r.resources), json.dumps(r.metrics)),
+                     json.dumps(r.resources), json.dumps(r.metrics), r.pid),
                 )
             live = [r.address for r in records]
             marks = ",".join("?" * len(live))
@@ -394,11 +394,12 @@ class SQLiteStore:
     def list_workers(self) -> list[WorkerRecord]:
         rows = self._read(
             "SELECT name, address, status, nthreads, memory_limit, inflight, completed, failed,"
-            " last_seen, labels, resources, metrics FROM workers ORDER BY status != 'gone' DESC, name"
+            " last_seen, labels, resources, metrics, pid FROM workers"
+            " ORDER BY status != 'gone' DESC, name"
         )
         return [
             WorkerRecord(*r[:9], labels=json.loads(r[9]), resources=json.loads(r[10]),
-                         metrics=json.loads(r[11]))
+                         metrics=json.loads(r[11]), pid=r[12])
             for r in rows
         ]
 

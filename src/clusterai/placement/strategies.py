@@ -24,6 +24,7 @@ class WorkerSlot:
     completed: int = 0
     failed: int = 0
     last_ok: float = 0.0
+    pid: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
 
     def has_room(self, short: bool) -> bool:

@@ -1,0 +1,90 @@
+"""Fixtures shared by the integration and chaos suites: real clusters on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import clusterai
+from clusterai.config import ClusterConfig, parse_config
+
+
+def make_config(tmp: Path, **coordinator: Any) -> ClusterConfig:
+    return parse_config({
+        "store": f"sqlite:///{tmp / 'clusterai.db'}",
+        "tasks": ["testtasks"],
+        "cluster": {"workers": 2, "threads_per_worker": 1, "dashboard": False,
+                    "memory_limit": "2GiB", "death_timeout": 10},
+        "coordinator": {"lease_seconds": 6, **coordinator},
+    }, source="test")
+
+
+@pytest.fixture
+def config_factory(tmp_path: Path) -> Callable[..., ClusterConfig]:
+    return lambda **coordinator: make_config(tmp_path, **coordinator)
+
+
+@pytest.fixture
+def start_cluster() -> Iterator[Callable[[ClusterConfig], clusterai.Client]]:
+    """Start embedded clusters for one test, and always stop them."""
+    started: list[clusterai.Client] = []
+
+    def start(config: ClusterConfig) -> clusterai.Client:
+        client = clusterai.connect(config)
+        started.append(client)
+        wait_for(lambda: len(live_workers(client)) >= config.cluster.workers, 60, "workers to join")
+        return client
+
+    yield start
+    for client in started:
+        client.close()
+
+
+def live_workers(client: clusterai.Client) -> list[Any]:
+    return [w for w in client.workers() if w.status == "ready" and w.pid]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def kill_tree(pid: int) -> None:
+    try:
+        proc = psutil.Process(pid)
+        children = proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for p in [proc, *children]:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def read_executions(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            key = line.split()[0]
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def accepted_successes(job: clusterai.Job) -> int:
+    return sum(1 for a in job.attempts if a.outcome is not None and a.outcome.value == "succeeded")
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")

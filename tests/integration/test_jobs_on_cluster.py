@@ -1,0 +1,118 @@
+"""The job plane end to end on a real LocalCluster of worker processes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from clusterai import JobFailed, State
+from conftest import accepted_successes, read_executions, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def client(config_factory, start_cluster):
+    return start_cluster(config_factory())
+
+
+@pytest.mark.timeout(180)
+def test_thousand_jobs_each_complete_exactly_once(client, tmp_path):
+    log = tmp_path / "executions.log"
+    jobs = client.submit_many("test.record", [{"path": str(log), "key": f"k{i}"} for i in range(1000)])
+    client.wait(jobs, timeout=120)
+
+    finished = [client.get(j.id) for j in jobs]
+    assert {j.state for j in finished} == {State.SUCCEEDED}
+    assert all(accepted_successes(j) == 1 and len(j.attempts) == 1 for j in finished)
+    executions = read_executions(log)
+    assert len(executions) == 1000 and set(executions.values()) == {1}
+    workers = {j.worker for j in finished}
+    assert len(workers) == 2, f"both worker processes should take part, got {workers}"
+    assert {j.result["key"] for j in finished} == {f"k{i}" for i in range(1000)}
+
+
+@pytest.mark.timeout(60)
+def test_failing_job_retries_then_dead_letters_and_can_be_requeued(client):
+    job = client.submit("test.fail", {"message": "boom"})
+    with pytest.raises(JobFailed, match="boom"):
+        client.result(job, timeout=30)
+    dead = client.get(job)
+    assert dead.state is State.DEAD
+    assert [a.outcome.value for a in dead.attempts] == ["failed"] * 3  # retries=2
+    assert all("RuntimeError: boom" in (a.error or "") for a in dead.attempts)
+    assert [d.id for d in client.dead_letters()] == [job.id]
+
+    client.retry(job)
+    with pytest.raises(JobFailed):
+        client.result(job, timeout=30)
+    assert len(client.get(job).attempts) == 6
+
+
+@pytest.mark.timeout(60)
+def test_flaky_job_succeeds_on_retry(client):
+    job = client.submit("demo.flaky", {"fail_attempts": 2})
+    assert client.result(job, timeout=30) == {"succeeded_on_attempt": 3}
+    outcomes = [a.outcome.value for a in client.get(job).attempts]
+    assert outcomes == ["failed", "failed", "succeeded"]
+
+
+@pytest.mark.timeout(60)
+def test_non_retryable_error_goes_dead_at_once(client):
+    job = client.submit("test.refuse", {"message": "bad document"})
+    with pytest.raises(JobFailed, match="bad document"):
+        client.result(job, timeout=30)
+    assert len(client.get(job).attempts) == 1
+
+
+@pytest.mark.timeout(60)
+def test_timeout_interrupts_a_python_loop(client):
+    job = client.submit("test.spin", {"seconds": 30}, timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(JobFailed, match="JobTimeout"):
+        client.result(job, timeout=30)
+    assert time.monotonic() - started < 10
+    assert client.get(job).attempts[0].outcome.value == "timeout"
+
+
+@pytest.mark.timeout(60)
+def test_delayed_job_waits_for_run_at(client):
+    job = client.submit("test.pid", delay=1.5)
+    assert client.get(job).state is State.PENDING
+    time.sleep(0.5)
+    assert client.get(job).state is State.PENDING
+    client.result(job, timeout=30)
+    done = client.get(job)
+    assert done.attempts[0].started_at >= done.run_at
+
+
+@pytest.mark.timeout(60)
+def test_cancel_queued_and_running_jobs(client):
+    waiting = client.submit("test.pid", delay=60)
+    assert client.cancel(waiting).state is State.CANCELLED
+
+    running = client.submit("test.sleep", {"seconds": 1.5})
+    wait_for(lambda: client.get(running).state is State.RUNNING, 20, "the job to start")
+    assert client.cancel(running).state is State.CANCELLED
+    # the worker finishes anyway; its answer is recorded as late and ignored
+    wait_for(lambda: client.get(running).attempts[0].late, 20, "the late answer to be recorded")
+    job = client.get(running)
+    assert job.state is State.CANCELLED and job.result is None
+    assert job.attempts[0].outcome.value == "cancelled"
+    with pytest.raises(JobFailed, match="cancelled"):
+        client.result(running, timeout=5)
+
+
+@pytest.mark.timeout(60)
+def test_priority_order_on_one_busy_worker(config_factory, start_cluster, tmp_path):
+    config = config_factory().with_overrides(**{"cluster.workers": 1})
+    client = start_cluster(config)
+    log = tmp_path / "order.log"
+    blocker = client.submit("test.sleep", {"seconds": 1.0})
+    wait_for(lambda: client.get(blocker).state is State.RUNNING, 20, "the blocker to start")
+    jobs = [client.submit("test.record", {"path": str(log), "key": name}, priority=name)
+            for name in ("low", "normal", "critical", "high", "normal", "low")]
+    client.wait([blocker, *jobs], timeout=30)
+    executed = [line.split()[0] for line in log.read_text().splitlines()]
+    assert executed == ["critical", "high", "normal", "normal", "low", "low"]
