@@ -41,16 +41,17 @@ def build_spec(config: ClusterConfig, task: str, payload: Any, **options: Any) -
     run_at = options.get("run_at")
     if options.get("delay") is not None:
         run_at = time.time() + float(options["delay"])
-    timeout = options.get("timeout") or definition.timeout or d.timeout
+    timeout = next((t for t in (options.get("timeout"), definition.timeout, d.timeout)
+                    if t is not None), None)
     if timeout is not None and timeout <= 0:
         raise BadInput(f"timeout must be > 0 seconds, got {timeout}")
-    priority = options.get("priority")
+    priority = next((p for p in (options.get("priority"), definition.priority) if p is not None),
+                    Priority.NORMAL)
     return JobSpec(
         task=task,
         payload=clean,
         queue=queue,
-        priority=Priority.parse(priority if priority is not None
-                                else (definition.priority or Priority.NORMAL)),
+        priority=Priority.parse(priority),
         run_at=run_at,
         timeout=timeout,
         idempotency_key=options.get("idempotency_key"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,9 +85,12 @@ class ClusterConfig(_Section):
                 continue
             target = data
             *parents, leaf = key.split(".")
-            for part in parents:
-                target = target[part]
-            target[leaf] = value
+            try:
+                for part in parents:
+                    target = target[part]
+                target[leaf] = value
+            except (KeyError, TypeError):
+                raise ConfigError(f"command line: {key}: no such configuration key") from None
         return parse_config(data, source="command line")
 
 
@@ -105,9 +109,15 @@ def _explain(exc: pydantic.ValidationError, source: str) -> str:
 
 def _allowed(loc: tuple[Any, ...]) -> str:
     model: type[BaseModel] = ClusterConfig
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
+    parts = list(loc[:-1])
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
         annotation = field.annotation if field else None
+        if typing.get_origin(annotation) is dict:
+            # a named section (queues.NAME.key): skip the name, look inside the value type
+            annotation = typing.get_args(annotation)[1]
+            if parts:
+                parts.pop(0)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
         else:
@@ -135,12 +145,14 @@ def load_config(path: str | Path | None = None) -> ClusterConfig:
         if path is None:
             return ClusterConfig()
     file = Path(path)
-    if not file.exists():
+    if not file.is_file():
         raise ConfigError(f"{file}: no such configuration file")
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot be read as UTF-8 text: {exc}") from None
     return parse_config(data, source=str(file))
 
 

@@ -159,6 +159,7 @@ class Coordinator:
                 task.add_done_callback(self._batches.discard)
             else:
                 slot.calls -= 1
+                slot.isolated = False
         return len(jobs) == limit
 
     def _plan(self, jobs: Sequence[Job]) -> list[tuple[WorkerSlot, list[Job]]]:
@@ -171,8 +172,15 @@ class Coordinator:
             if size > 1 and batch is not None and len(batch) < size:
                 batch.append(job)
                 continue
+            suspect = job.lost_count > 0
             short = self._is_short(job.task)
-            candidates = [s for s in self.slots.values() if s.has_room(short)]
+            if suspect:
+                # a job that was on a worker when it died runs on an otherwise idle worker, and
+                # nothing joins it there: if it is poison, it takes no innocent job down with it
+                candidates = [s for s in self.slots.values()
+                              if s.status == "ready" and not s.isolated and s.calls == 0]
+            else:
+                candidates = [s for s in self.slots.values() if s.has_room(short)]
             if not candidates:
                 if not any(s.has_room(True) for s in self.slots.values()):
                     break
@@ -181,6 +189,7 @@ class Coordinator:
             if slot is None:
                 continue
             slot.calls += 1
+            slot.isolated = suspect
             batch = [job]
             plans.append((slot, batch))
             if size > 1:
@@ -215,6 +224,8 @@ class Coordinator:
         finally:
             slot.calls -= 1
             slot.jobs -= len(jobs)
+            if any(j.lost_count > 0 for j in jobs):
+                slot.isolated = False
             for job in jobs:
                 if self._inflight.get(job.id) is job:
                     del self._inflight[job.id]

@@ -268,7 +268,8 @@ def decide(
         lost = job.lost_count + (0 if outcome is Outcome.ABANDONED else 1)
         if lost >= poison_threshold:
             why = f"poison job: {lost} attempts in a row ended with the worker lost"
-            return Finish(job.id, job.attempt, outcome, State.DEAD, error=error or why,
+            return Finish(job.id, job.attempt, outcome, State.DEAD,
+                          error=f"{why}; last: {error}" if error else why,
                           failures=job.failures, lost_count=lost)
         return Finish(job.id, job.attempt, outcome, State.QUEUED, error=error,
                       failures=job.failures, lost_count=lost, run_at=now)

@@ -87,6 +87,9 @@ class SQLiteStore:
                 raise StoreUnavailable(f"SQLite store {self.path!r} is unavailable: {exc}") from None
             try:
                 yield cur
+            except sqlite3.OperationalError as exc:
+                self._db.rollback()
+                raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from None
             except BaseException:
                 self._db.rollback()
                 raise

@@ -25,13 +25,14 @@ class WorkerSlot:
     failed: int = 0
     last_ok: float = 0.0
     pid: int = 0
+    isolated: bool = False  # running a suspect job (one that was on a worker that died)
     metrics: dict[str, float] = field(default_factory=dict)
 
     def has_room(self, short: bool) -> bool:
         # one batch of known-short jobs may wait on the worker while another runs, so the
         # worker is never idle between replies; long jobs are never prefetched behind others
         limit = self.nthreads + (1 if short else 0)
-        return self.status == "ready" and self.calls < limit
+        return self.status == "ready" and not self.isolated and self.calls < limit
 
     @property
     def load(self) -> float:

@@ -1,0 +1,115 @@
+"""kill -9 of the coordinator process mid-run, then a restart: the queue resumes, nothing is lost,
+and nothing stays running past its lease."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import clusterai
+from clusterai import State
+from conftest import accepted_successes, read_executions, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
+
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
+
+
+def _start_coordinator(config: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "clusterai.cli", "--config", str(config), "up"],
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+
+
+@pytest.mark.timeout(180)
+def test_kill9_coordinator_then_restart_loses_nothing(tmp_path):
+    store = tmp_path / "clusterai.db"
+    config = tmp_path / "cluster.yaml"
+    config.write_text(yaml.safe_dump({
+        "store": f"sqlite:///{store}",
+        "tasks": ["testtasks"],
+        "cluster": {"workers": 2, "dashboard": False, "memory_limit": "2GiB", "death_timeout": 5},
+        "coordinator": {"lease_seconds": 3},
+    }))
+    executions = tmp_path / "executions.log"
+    out = tmp_path / "coordinator.log"
+    client = clusterai.connect(config, store=f"sqlite:///{store}")
+    jobs = client.submit_many("test.record", [{"path": str(executions), "key": f"k{i}", "sleep": 0.02}
+                                              for i in range(300)])
+    first = _start_coordinator(config, out)
+    second = None
+    try:
+        wait_for(lambda: client.counts()["succeeded"] >= 60, 90, "the first coordinator to work")
+        os.kill(first.pid, signal.SIGKILL)  # the coordinator only: its workers are orphaned
+        first.wait(10)
+        counts = client.counts()
+        assert counts["succeeded"] < 300, "the kill should land mid-run"
+
+        second = _start_coordinator(config, out)
+        client.wait(jobs, timeout=120)
+        finished = [client.get(j.id) for j in jobs]
+        assert {j.state for j in finished} == {State.SUCCEEDED}
+        assert all(accepted_successes(j) == 1 for j in finished)
+        assert client.counts()["running"] == 0
+        assert set(read_executions(executions)) == {f"k{i}" for i in range(300)}
+        given_back = [j for j in finished if any(a.outcome and a.outcome.value == "abandoned"
+                                                 for a in j.attempts)]
+        assert given_back or counts["running"] == 0
+    finally:
+        _kill_group(first)
+        if second is not None:
+            second.send_signal(signal.SIGINT)
+            try:
+                second.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+            _kill_group(second)
+        client.close()
+
+
+@pytest.mark.timeout(60)
+def test_orphaned_workers_exit_after_the_coordinator_dies(tmp_path):
+    config = tmp_path / "cluster.yaml"
+    config.write_text(yaml.safe_dump({
+        "store": f"sqlite:///{tmp_path / 'clusterai.db'}",
+        "cluster": {"workers": 2, "dashboard": False, "memory_limit": "2GiB", "death_timeout": 5},
+    }))
+    proc = _start_coordinator(config, tmp_path / "coordinator.log")
+    try:
+        client = clusterai.connect(config, store=f"sqlite:///{tmp_path / 'clusterai.db'}")
+        workers = wait_for(lambda: [w for w in client.workers() if w.pid], 60, "workers")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+        def all_gone() -> bool:
+            alive = []
+            for w in workers:
+                try:
+                    os.kill(w.pid, 0)
+                    alive.append(w.pid)
+                except ProcessLookupError:
+                    pass
+            return not alive
+
+        wait_for(all_gone, 40, "orphaned worker processes to exit")
+        client.close()
+    finally:
+        _kill_group(proc)
+        time.sleep(0.1)

@@ -1,0 +1,216 @@
+"""clusterai.tasks: the registry, payload validation from signatures and models, payload text."""
+
+from __future__ import annotations
+
+import pytest
+import unit_tasks
+
+from clusterai.errors import BadInput, ConfigError, NonRetryableError, PayloadError, UnknownTaskError
+from clusterai.jobs.model import Priority
+from clusterai.tasks import get_task, import_task_modules, known_tasks, parse_payload_text, task
+
+# -- validation from type hints ---------------------------------------------------------------
+
+
+def test_valid_payload_is_returned_with_defaults_filled():
+    assert get_task("unit.add").validate({"a": 1}) == {"a": 1, "b": 2}
+    assert get_task("unit.add").validate({"a": 1, "b": 5}) == {"a": 1, "b": 5}
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "words"),
+    [
+        ({"a": "not a number"}, "a", "valid integer"),
+        ({"a": 1, "b": [1]}, "b", "valid integer"),
+        ({}, "a", "Field required"),
+        ({"b": 3}, "a", "Field required"),
+        ({"a": 1, "c": 3}, "c", "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_payload_names_the_field(payload, field, words):
+    with pytest.raises(PayloadError) as info:
+        get_task("unit.add").validate(payload)
+    message = str(info.value)
+    assert message.startswith("task 'unit.add': ")
+    assert f"{field}: " in message
+    assert words in message
+
+
+def test_every_bad_field_is_reported():
+    with pytest.raises(PayloadError) as info:
+        get_task("unit.add").validate({"a": "x", "zzz": 1})
+    assert "a: " in str(info.value) and "zzz: " in str(info.value)
+
+
+@pytest.mark.parametrize("payload", [[1, 2], "text", 3, None])
+def test_non_object_payload_is_refused(payload):
+    with pytest.raises(PayloadError, match=f"payload must be a JSON object, got {type(payload).__name__}"):
+        get_task("unit.add").validate(payload)
+
+
+def test_field_constraints_from_signature_defaults():
+    t = get_task("unit.constrained")
+    assert t.validate({"count": 10}) == {"count": 10, "label": "x"}
+    for bad in (0, 11):
+        with pytest.raises(PayloadError, match="count: "):
+            t.validate({"count": bad})
+
+
+def test_builtin_task_constraints_are_enforced():
+    import_task_modules([])
+    with pytest.raises(PayloadError, match="limit: "):
+        get_task("primes.count").validate({"limit": 1})
+
+
+def test_unannotated_any_accepts_any_json():
+    t = get_task("unit.anything")
+    assert t.validate({"value": {"nested": [1, None]}}) == {"value": {"nested": [1, None]}}
+    assert t.validate({}) == {"value": None}
+
+
+def test_schema_comes_from_the_signature():
+    schema = get_task("unit.add").schema()
+    assert set(schema["properties"]) == {"a", "b"}
+    assert schema["required"] == ["a"]
+    assert schema["properties"]["a"]["type"] == "integer"
+
+
+# -- pydantic-model tasks ---------------------------------------------------------------------
+
+
+def test_model_parameter_task_validates_with_the_model():
+    t = get_task("unit.resize")
+    assert t.model is unit_tasks.Resize
+    assert not t.unpack
+    assert t.validate({"width": 2, "height": 3}) == {"width": 2, "height": 3, "mode": "fit"}
+    with pytest.raises(PayloadError, match="width: "):
+        t.validate({"width": 0, "height": 3})
+    with pytest.raises(PayloadError, match="height: Field required"):
+        t.validate({"width": 2})
+
+
+def test_model_parameter_task_is_called_with_the_model():
+    assert get_task("unit.resize").call({"width": 4, "height": 5, "mode": "crop"}) == {
+        "area": 20, "mode": "crop"}
+
+
+# -- calling ----------------------------------------------------------------------------------
+
+
+def test_call_unpacks_fields_as_keyword_arguments():
+    assert get_task("unit.add").call({"a": 40}) == 42
+    assert get_task("unit.add").call({"a": 1, "b": 1}) == 2
+
+
+def test_call_with_invalid_payload_is_non_retryable():
+    with pytest.raises(NonRetryableError, match="invalid payload: a: "):
+        get_task("unit.add").call({"a": "x"})
+
+
+def test_decorator_returns_the_function_usable_directly():
+    assert unit_tasks.add(1, 1) == 2
+    assert unit_tasks.add.task_name == "unit.add"
+
+
+# -- registry ---------------------------------------------------------------------------------
+
+
+def test_task_options_are_recorded():
+    t = get_task("unit.opts")
+    assert (t.queue, t.priority, t.retries, t.backoff, t.timeout) == ("gpu", Priority.HIGH, 5, 2.0, 30.0)
+    assert t.resources == {"gpu": 1.0, "mem": 2.0}
+    assert get_task("unit.declared").non_retryable == (KeyError,)
+    plain = get_task("unit.plain")
+    assert (plain.queue, plain.priority, plain.retries, plain.timeout) == (None, None, None, None)
+
+
+def test_unknown_task_lists_known_tasks():
+    with pytest.raises(UnknownTaskError) as info:
+        get_task("unit.nope")
+    err = info.value
+    assert err.name == "unit.nope"
+    assert "unit.add" in err.known and "unit.resize" in err.known
+    assert err.known == sorted(err.known)
+    assert str(err).startswith("unknown task 'unit.nope'; known tasks: ")
+    assert "unit.add" in str(err)
+    assert isinstance(err, BadInput)
+
+
+def test_known_tasks_is_sorted_and_complete():
+    names = known_tasks()
+    assert names == sorted(names)
+    assert {"unit.add", "unit.resize", "unit.spin"} <= set(names)
+
+
+def test_default_name_is_module_and_qualname():
+    def helper_fn(x: int) -> int:
+        return x
+
+    registered = task()(helper_fn)
+    assert registered.task_name == f"{__name__}.test_default_name_is_module_and_qualname.<locals>.helper_fn"
+    assert get_task(registered.task_name).validate({"x": 1}) == {"x": 1}
+
+
+def test_registering_another_function_under_a_taken_name_is_refused():
+    def impostor(a: int) -> int:
+        return a
+
+    with pytest.raises(ConfigError, match="task name 'unit.add' is registered twice"):
+        task("unit.add")(impostor)
+    assert get_task("unit.add").fn is unit_tasks.add
+
+
+@pytest.mark.parametrize("kind", ["args", "kwargs", "positional"])
+def test_parameters_must_be_plain_keywords(kind):
+    def with_args(*items: int) -> None: ...
+
+    def with_kwargs(**extra: int) -> None: ...
+
+    def positional(a: int, /) -> None: ...
+
+    fn = {"args": with_args, "kwargs": with_kwargs, "positional": positional}[kind]
+    with pytest.raises(ConfigError, match="must be a plain keyword argument"):
+        task(f"unit.bad_signature.{kind}")(fn)
+    with pytest.raises(UnknownTaskError):
+        get_task(f"unit.bad_signature.{kind}")
+
+
+def test_invalid_task_priority_is_refused_at_registration():
+    def fn() -> None: ...
+
+    with pytest.raises(BadInput, match="invalid priority 'asap'"):
+        task("unit.bad_priority", priority="asap")(fn)
+
+
+def test_import_task_modules():
+    import_task_modules(["unit_tasks"])
+    assert {"image.filter", "primes.count", "hash.chain", "demo.flaky", "bench.noop"} <= set(known_tasks())
+
+
+def test_import_of_missing_module_is_a_config_error():
+    with pytest.raises(ConfigError, match="cannot import task module 'no_such_pkg.tasks'"):
+        import_task_modules(["no_such_pkg.tasks"])
+
+
+# -- payload text -----------------------------------------------------------------------------
+
+
+def test_parse_payload_text_valid():
+    assert parse_payload_text('{"a": [1, 2], "b": null}') == {"a": [1, 2], "b": None}
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        ('{"a": 1,\n "b": }', 2, 7),
+        ("{'a': 1}", 1, 2),
+        ('{"a": 1', 1, 8),
+        ("", 1, 1),
+    ],
+)
+def test_parse_payload_text_broken_json_names_the_spot(text, line, column):
+    with pytest.raises(PayloadError) as info:
+        parse_payload_text(text)
+    message = str(info.value)
+    assert message.startswith("payload is not valid JSON: ")
+    assert message.endswith(f"at line {line} column {column}")
