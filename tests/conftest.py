@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import clusterai
@@ -59,19 +57,6 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def kill_tree(pid: int) -> None:
-    try:
-        proc = psutil.Process(pid)
-        children = proc.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return
-    for p in [proc, *children]:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
 
 
 def read_executions(path: Path) -> dict[str, int]:

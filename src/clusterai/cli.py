@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -67,8 +67,8 @@ def _errors_to_exit_codes(fn: F) -> F:
 
 
 class _Settings:
-    config_path: Optional[Path] = None
-    store: Optional[str] = None
+    config_path: Path | None = None
+    store: str | None = None
     tasks: list[str] = []
 
     def config(self, **overrides: Any) -> ClusterConfig:
@@ -84,9 +84,9 @@ settings = _Settings()
 
 @app.callback()
 def _global(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="cluster.yaml to use",
+    config: Path | None = typer.Option(None, "--config", "-c", help="cluster.yaml to use",
                                           envvar="CLUSTERAI_CONFIG"),
-    store: Optional[str] = typer.Option(None, "--store", help="job store URL (overrides config)",
+    store: str | None = typer.Option(None, "--store", help="job store URL (overrides config)",
                                         envvar="CLUSTERAI_STORE"),
     tasks: list[str] = typer.Option([], "--tasks", help="task module to import (repeatable)"),
 ) -> None:
@@ -104,8 +104,8 @@ def _client() -> Client:
 @app.command()
 @_errors_to_exit_codes
 def up(
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="local worker processes"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="use this Dask scheduler"),
+    workers: int | None = typer.Option(None, "--workers", "-w", help="local worker processes"),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="use this Dask scheduler"),
 ) -> None:
     """Start the cluster (Dask workers + coordinator) in the foreground until Ctrl-C."""
     from clusterai.engine.runtime import ClusterRuntime
@@ -138,7 +138,7 @@ async def _serve(runtime: Any) -> None:
 def demo(
     exit_when_done: bool = typer.Option(False, "--exit", help="return when the jobs are done"),
     jobs: int = typer.Option(300, "--jobs", min=1, max=100_000, help="how many jobs to run"),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, max=64),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=1, max=64),
 ) -> None:
     """Run the demo: real CPU-bound jobs across a local cluster, with progress and a summary."""
     from clusterai.demo import run_demo
@@ -158,13 +158,13 @@ def submit(
     task: str = typer.Argument(..., help="task name, e.g. primes.count"),
     payload: str = typer.Option("{}", "--payload", "-p", help="JSON object, or @file.json"),
     wait: bool = typer.Option(False, "--wait", help="wait for the result and print it"),
-    wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", min=0),
-    priority: Optional[str] = typer.Option(None, "--priority", help="low|normal|high|critical"),
-    queue: Optional[str] = typer.Option(None, "--queue"),
-    delay: Optional[float] = typer.Option(None, "--delay", min=0, help="seconds before it may run"),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="per-attempt timeout, seconds"),
-    retries: Optional[int] = typer.Option(None, "--retries", min=0),
-    idempotency_key: Optional[str] = typer.Option(None, "--idempotency-key"),
+    wait_timeout: float | None = typer.Option(None, "--wait-timeout", min=0),
+    priority: str | None = typer.Option(None, "--priority", help="low|normal|high|critical"),
+    queue: str | None = typer.Option(None, "--queue"),
+    delay: float | None = typer.Option(None, "--delay", min=0, help="seconds before it may run"),
+    timeout: float | None = typer.Option(None, "--timeout", help="per-attempt timeout, seconds"),
+    retries: int | None = typer.Option(None, "--retries", min=0),
+    idempotency_key: str | None = typer.Option(None, "--idempotency-key"),
 ) -> None:
     """Submit one job; prints its id (and with --wait its result as JSON)."""
     text = Path(payload[1:]).read_text(encoding="utf-8") if payload.startswith("@") else payload
@@ -182,7 +182,7 @@ def submit(
 
 # -- jobs -----------------------------------------------------------------------------------
 
-def _state(value: Optional[str]) -> Optional[State]:
+def _state(value: str | None) -> State | None:
     if value is None:
         return None
     try:
@@ -206,11 +206,11 @@ def _jobs_table(jobs: list[Job], title: str) -> Table:
 @jobs_app.command("list")
 @_errors_to_exit_codes
 def jobs_list(
-    state: Optional[str] = typer.Option(None, "--state"),
-    task: Optional[str] = typer.Option(None, "--task"),
-    queue: Optional[str] = typer.Option(None, "--queue"),
-    worker: Optional[str] = typer.Option(None, "--worker"),
-    after: Optional[int] = typer.Option(None, "--after", help="ids greater than this (paging)"),
+    state: str | None = typer.Option(None, "--state"),
+    task: str | None = typer.Option(None, "--task"),
+    queue: str | None = typer.Option(None, "--queue"),
+    worker: str | None = typer.Option(None, "--worker"),
+    after: int | None = typer.Option(None, "--after", help="ids greater than this (paging)"),
     limit: int = typer.Option(50, "--limit", min=1, max=10_000),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -353,7 +353,7 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @config_app.command("validate")
 @_errors_to_exit_codes
-def config_validate(path: Optional[Path] = typer.Argument(None, help="default: ./cluster.yaml")) -> None:
+def config_validate(path: Path | None = typer.Argument(None, help="default: ./cluster.yaml")) -> None:
     """Check cluster.yaml: every error names the key, the bad value and what is allowed."""
     settings.config_path = path or settings.config_path
     conf = settings.config()

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import accepted_successes, read_executions, wait_for
 
 import clusterai
 from clusterai import State
-from conftest import accepted_successes, read_executions, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 

@@ -7,9 +7,9 @@ import signal
 import time
 
 import pytest
+from conftest import accepted_successes, live_workers, read_executions, wait_for
 
 from clusterai import JobFailed, State
-from conftest import accepted_successes, live_workers, read_executions, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 

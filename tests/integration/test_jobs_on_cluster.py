@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import accepted_successes, read_executions, wait_for
 
 from clusterai import JobFailed, State
-from conftest import accepted_successes, read_executions, wait_for
 
 pytestmark = pytest.mark.cluster
 

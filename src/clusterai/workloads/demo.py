@@ -70,7 +70,9 @@ def primes_count(limit: int = Field(ge=2, le=50_000_000)) -> dict:
 
 
 @task("hash.chain", retries=2)
-def hash_chain(data: str = Field(max_length=1_000_000), rounds: int = Field(1000, ge=1, le=10_000_000)) -> dict:
+def hash_chain(
+    data: str = Field(max_length=1_000_000), rounds: int = Field(1000, ge=1, le=10_000_000)
+) -> dict:
     """Apply SHA-256 `rounds` times (a proof-of-work style CPU job); return the final digest."""
     digest = data.encode()
     for _ in range(rounds):
