@@ -189,12 +189,11 @@ class Client:
                 pause = min(pause * 2, 0.1)
         if left:
             raise ResultTimeout(f"{len(left)} of {len(ids)} jobs still unfinished after {timeout} s")
-        return [self.store.get(i, attempts=False) for i in ids] if len(ids) <= 1000 else []
+        return self.store.get_many(ids)
 
     def result(self, job: JobRef, timeout: float | None = None) -> Any:
         """The job's result, waiting for it; JobFailed if it ended dead or cancelled."""
-        finished = self.wait([job], timeout)
-        done = finished[0] if finished else self.store.get(_job_id(job), attempts=False)
+        done = self.wait([job], timeout)[0]
         if done.state is not State.SUCCEEDED:
             raise JobFailed(done.id, done.state.value, done.error)
         return done.result

@@ -136,7 +136,9 @@ class Coordinator:
                     if s.status == "ready")
         if rooms == 0:
             return False
-        limit = min(_MAX_FETCH, rooms * self.settings.max_batch)
+        # fetch about what the free rooms can take: parsing rows that stay queued is wasted work
+        per_room = max((self._size_for(t) for t in self._ewma), default=1)
+        limit = min(_MAX_FETCH, rooms * per_room + 16)
         jobs = self.store.fetch_ready(limit)
         if not jobs:
             return False
@@ -150,6 +152,7 @@ class Coordinator:
         except StoreUnavailable:
             for slot, _ in plans:
                 slot.calls -= 1
+                slot.isolated = False
             raise
         for slot, batch in plans:
             running = [started[job.id] for job in batch if job.id in started]
@@ -199,9 +202,14 @@ class Coordinator:
     def _batch_size(self, job: Job) -> int:
         # Jobs that were on a worker when it died run alone, so a poison job cannot take
         # innocent batch-mates down with it again.
-        if job.lost_count > 0 or job.task not in self._ewma:
+        if job.lost_count > 0:
             return 1
-        per_job = max(self._ewma[job.task], 1e-6)
+        return self._size_for(job.task)
+
+    def _size_for(self, task: str) -> int:
+        if task not in self._ewma:
+            return 1  # learn a task's duration from one job before batching it
+        per_job = max(self._ewma[task], 1e-6)
         return max(1, min(self.settings.max_batch, int(self.settings.batch_target_seconds / per_job)))
 
     def _is_short(self, task: str) -> bool:

@@ -733,3 +733,12 @@ def test_open_store_unknown_scheme(url: str):
 def test_open_store_postgres_not_yet(url: str):
     with pytest.raises(ConfigError, match="PostgreSQL backend is not part of this build"):
         open_store(url)
+
+
+def test_get_many_keeps_the_order_asked_and_refuses_unknown_ids(store):
+    ids = submit(store, *[spec(payload={"n": i}) for i in range(1203)])
+    wanted = list(reversed(ids))
+    assert [j.id for j in store.get_many(wanted)] == wanted
+    assert store.get_many(wanted)[0].payload == {"n": 1202}
+    with pytest.raises(JobNotFound):
+        store.get_many([ids[0], 999_999])

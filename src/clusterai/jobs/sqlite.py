@@ -222,6 +222,20 @@ class SQLiteStore:
         )
         return [_row_to_job(r) for r in rows]
 
+    def get_many(self, job_ids: Sequence[int]) -> list[Job]:
+        """Jobs by id, in the order asked, without their attempt history."""
+        found: dict[int, Job] = {}
+        ids = list(job_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", chunk):
+                found[row[0]] = _row_to_job(row)
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise JobNotFound(missing[0])
+        return [found[i] for i in ids]
+
     def states_of(self, job_ids: Sequence[int]) -> dict[int, State]:
         out: dict[int, State] = {}
         ids = list(job_ids)
