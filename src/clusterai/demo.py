@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import random
 import signal
+import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -129,6 +131,17 @@ def run_demo(config: ClusterConfig, *, jobs: int = 300, keep_running: bool = Tru
         client.close()
 
 
+def _cli_path() -> str:
+    """How to call clusterai from this folder: `make demo` installs it in .venv, not on PATH."""
+    beside = Path(sys.executable).with_name("clusterai")
+    if not beside.exists():
+        return "clusterai"
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
+
+
 def _serve_until_interrupted(runtime: BackgroundRuntime, config: ClusterConfig,
                              console: Console) -> None:
     link = runtime.runtime.dashboard_link
@@ -136,10 +149,12 @@ def _serve_until_interrupted(runtime: BackgroundRuntime, config: ClusterConfig,
     if link:
         console.print(f"  Dask dashboard (tasks, workers): {link}")
     console.print(f"  job store: {config.store}")
+    cli = _cli_path()
     console.print("  in another terminal, from this folder:")
-    console.print("    clusterai status            # jobs per state, workers, throughput")
-    console.print("    clusterai jobs list         # recent jobs;  clusterai jobs show ID")
-    console.print("    clusterai submit primes.count --payload '{\"limit\": 100000}' --wait")
+    console.print(f"    {cli} status      # jobs per state, workers, throughput")
+    console.print(f"    {cli} jobs list   # recent jobs;  {cli} jobs show ID")
+    console.print(f"    {cli} submit primes.count --payload '{{\"limit\": 100000}}' --wait",
+                  markup=False)
     console.print("Press Ctrl-C to stop.")
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -30,6 +32,7 @@ class ClusterAIWorkerPlugin(WorkerPlugin):
         self.completed = 0
 
     def setup(self, worker: Any) -> None:
+        _ignore_terminal_interrupts()
         import_task_modules(self.task_modules)
         self.worker = worker
         self.pool = ThreadPoolExecutor(
@@ -62,3 +65,10 @@ class ClusterAIWorkerPlugin(WorkerPlugin):
             "tasks": known_tasks(),
             "time": time.time(),
         }
+
+
+def _ignore_terminal_interrupts() -> None:
+    """Ctrl-C reaches every process of the terminal's group; the process that owns the cluster
+    stops the workers in order, so a worker must not die of that SIGINT on its own."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
