@@ -25,6 +25,7 @@ bench: $(DEPS)
 
 lint: $(DEPS)
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy src
 
 clean:
 	rm -rf $(VENV) .clusterai .pytest_cache

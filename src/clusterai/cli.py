@@ -73,7 +73,7 @@ class _Settings:
 
     def config(self, **overrides: Any) -> ClusterConfig:
         conf = load_config(self.config_path)
-        extra = {"store": self.store}
+        extra: dict[str, Any] = {"store": self.store}
         if self.tasks:
             extra["tasks"] = [*conf.tasks, *self.tasks]
         return conf.with_overrides(**extra, **overrides)

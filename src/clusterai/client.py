@@ -3,6 +3,7 @@ to the store of one already running (for example `clusterai up` in another termi
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -139,12 +140,6 @@ class Client:
     def get(self, job: JobRef) -> Job:
         return self.store.get(_job_id(job))
 
-    def list(self, *, state: State | str | None = None, task: str | None = None,
-             queue: str | None = None, worker: str | None = None, after_id: int | None = None,
-             limit: int = 100) -> list[Job]:
-        return self.store.list_jobs(state=State(state) if state else None, task=task, queue=queue,
-                                    worker=worker, after_id=after_id, limit=limit)
-
     def dead_letters(self, limit: int = 100) -> list[Job]:
         return self.list(state=State.DEAD, limit=limit)
 
@@ -213,6 +208,12 @@ class Client:
         if self.runtime is not None:
             self.runtime.stop()
         self.store.close()
+
+    def list(self, *, state: State | str | None = None, task: str | None = None,
+             queue: str | None = None, worker: str | None = None, after_id: int | None = None,
+             limit: int = 100) -> builtins.list[Job]:
+        return self.store.list_jobs(state=State(state) if state else None, task=task, queue=queue,
+                                    worker=worker, after_id=after_id, limit=limit)
 
     def __enter__(self) -> Client:
         return self

@@ -31,6 +31,22 @@ _SHORT_SECONDS = 0.05
 _MAX_FETCH = 5000
 
 
+class _Batch:
+    """Jobs sent to one worker in one call; holds one of the worker's rooms until released."""
+
+    def __init__(self, slot: WorkerSlot, jobs: list[Job], *, long: bool, suspect: bool):
+        self.slot, self.jobs, self.long, self.suspect = slot, jobs, long, suspect
+        slot.calls += 1
+        slot.long_calls += long
+        slot.isolated = slot.isolated or suspect
+
+    def release(self) -> None:
+        self.slot.calls -= 1
+        self.slot.long_calls -= self.long
+        if self.suspect:
+            self.slot.isolated = False
+
+
 class Coordinator:
     def __init__(
         self,
@@ -145,35 +161,33 @@ class Coordinator:
         plans = self._plan(jobs)
         if not plans:
             return False
-        assignments = [(job.id, slot.address) for slot, batch in plans for job in batch]
+        assignments = [(job.id, batch.slot.address) for batch in plans for job in batch.jobs]
         lease_until = now + self.settings.lease_seconds
         try:
             started = {job.id: job for job in self.store.start_attempts(assignments, now, lease_until)}
         except StoreUnavailable:
-            for slot, _ in plans:
-                slot.calls -= 1
-                slot.isolated = False
+            for batch in plans:
+                batch.release()
             raise
-        for slot, batch in plans:
-            running = [started[job.id] for job in batch if job.id in started]
-            if running:
-                task = asyncio.create_task(self._run_batch(slot, running))
+        for batch in plans:
+            batch.jobs = [started[job.id] for job in batch.jobs if job.id in started]
+            if batch.jobs:
+                task = asyncio.create_task(self._run_batch(batch))
                 self._batches.add(task)
                 task.add_done_callback(self._batches.discard)
             else:
-                slot.calls -= 1
-                slot.isolated = False
+                batch.release()  # every job in it was cancelled since it was fetched
         return len(jobs) == limit
 
-    def _plan(self, jobs: Sequence[Job]) -> list[tuple[WorkerSlot, list[Job]]]:
+    def _plan(self, jobs: Sequence[Job]) -> list[_Batch]:
         """Group ready jobs (in priority order) into batches and give each batch a worker."""
-        plans: list[tuple[WorkerSlot, list[Job]]] = []
-        open_batch: dict[str, list[Job]] = {}
+        plans: list[_Batch] = []
+        open_batch: dict[str, _Batch] = {}
         for job in jobs:
             size = self._batch_size(job)
             batch = open_batch.get(job.task)
-            if size > 1 and batch is not None and len(batch) < size:
-                batch.append(job)
+            if size > 1 and batch is not None and len(batch.jobs) < size:
+                batch.jobs.append(job)
                 continue
             suspect = job.lost_count > 0
             short = self._is_short(job.task)
@@ -191,10 +205,8 @@ class Coordinator:
             slot = self.strategy.choose(job, candidates)
             if slot is None:
                 continue
-            slot.calls += 1
-            slot.isolated = suspect
-            batch = [job]
-            plans.append((slot, batch))
+            batch = _Batch(slot, [job], long=not short, suspect=suspect)
+            plans.append(batch)
             if size > 1:
                 open_batch[job.task] = batch
         return plans
@@ -217,7 +229,8 @@ class Coordinator:
 
     # -- running a batch on a worker ----------------------------------------------------------
 
-    async def _run_batch(self, slot: WorkerSlot, jobs: list[Job]) -> None:
+    async def _run_batch(self, batch: _Batch) -> None:
+        slot, jobs = batch.slot, batch.jobs
         for job in jobs:
             self._inflight[job.id] = job
         slot.jobs += len(jobs)
@@ -230,10 +243,8 @@ class Coordinator:
             finishes = await self._call_worker(slot, jobs, items, hard_limit)
             await self._commit(finishes)
         finally:
-            slot.calls -= 1
+            batch.release()
             slot.jobs -= len(jobs)
-            if any(j.lost_count > 0 for j in jobs):
-                slot.isolated = False
             for job in jobs:
                 if self._inflight.get(job.id) is job:
                     del self._inflight[job.id]
@@ -266,7 +277,7 @@ class Coordinator:
             now = time.time()
             why = f"worker {slot.name} did not run the batch (no clusterai plugin?): {replies!r}"
             return [self._decide(j, Outcome.LOST, now, error=why) for j in jobs]
-        return self._finishes_from(slot, jobs, replies)
+        return self._finishes_from(slot, jobs, list(replies))
 
     def _finishes_from(
         self, slot: WorkerSlot, jobs: list[Job], replies: list[dict[str, Any]]
@@ -412,7 +423,7 @@ class Coordinator:
 
     @staticmethod
     def _record(slot: WorkerSlot, now: float) -> WorkerRecord:
-        metrics = {k: slot.metrics[k] for k in ("cpu", "memory") if k in slot.metrics}
+        metrics: dict[str, float] = {k: slot.metrics[k] for k in ("cpu", "memory") if k in slot.metrics}
         return WorkerRecord(
             name=slot.name, address=slot.address, status=slot.status, nthreads=slot.nthreads,
             memory_limit=slot.memory_limit, inflight=slot.jobs, completed=slot.completed,

@@ -91,7 +91,7 @@ def _model_for(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel], bool
         annotation = hints.get(p.name, Any)
         default = ... if p.default is p.empty else p.default
         fields[p.name] = (annotation, default)
-    model = create_model(  # type: ignore[call-overload]
+    model = create_model(
         f"{name.replace('.', '_')}_payload",
         __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=False),
         **fields,

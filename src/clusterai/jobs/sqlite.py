@@ -207,7 +207,8 @@ class SQLiteStore:
         after_id: int | None = None,
         limit: int = 100,
     ) -> list[Job]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         for column, value in (("state", state.value if state else None), ("task", task),
                               ("queue", queue), ("worker", worker)):
             if value is not None:
@@ -415,7 +416,9 @@ class SQLiteStore:
             " ORDER BY status != 'gone' DESC, name"
         )
         return [
-            WorkerRecord(*r[:9], labels=json.loads(r[9]), resources=json.loads(r[10]),
+            WorkerRecord(name=r[0], address=r[1], status=r[2], nthreads=r[3], memory_limit=r[4],
+                         inflight=r[5], completed=r[6], failed=r[7], last_seen=r[8],
+                         labels=json.loads(r[9]), resources=json.loads(r[10]),
                          metrics=json.loads(r[11]), pid=r[12])
             for r in rows
         ]

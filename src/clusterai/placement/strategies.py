@@ -26,12 +26,14 @@ class WorkerSlot:
     last_ok: float = 0.0
     pid: int = 0
     isolated: bool = False  # running a suspect job (one that was on a worker that died)
+    long_calls: int = 0  # batches in flight whose jobs are not known to be short
     metrics: dict[str, float] = field(default_factory=dict)
 
     def has_room(self, short: bool) -> bool:
-        # one batch of known-short jobs may wait on the worker while another runs, so the
-        # worker is never idle between replies; long jobs are never prefetched behind others
-        limit = self.nthreads + (1 if short else 0)
+        # One batch of known-short jobs may wait on the worker while another short batch runs,
+        # so the worker is never idle between replies. Nothing waits behind a long job, and a
+        # long job never waits behind anything: both would leave another worker idle.
+        limit = self.nthreads + (1 if short and self.long_calls == 0 else 0)
         return self.status == "ready" and not self.isolated and self.calls < limit
 
     @property
@@ -70,12 +72,15 @@ class LeastLoaded:
         return min(candidates, key=lambda s: (s.load, s.jobs, -s.completed, s.address))
 
 
-_BUILT_IN = {"least_loaded": LeastLoaded, "round_robin": RoundRobin}
+_BUILT_IN: dict[str, type[LeastLoaded] | type[RoundRobin]] = {
+    "least_loaded": LeastLoaded,
+    "round_robin": RoundRobin,
+}
 
 
 def make_strategy(name: str) -> Strategy:
     try:
-        return _BUILT_IN[name]()  # type: ignore[abstract]
+        return _BUILT_IN[name]()
     except KeyError:
         allowed = ", ".join(sorted(_BUILT_IN))
         raise ConfigError(f"unknown placement strategy {name!r}; allowed: {allowed}") from None
