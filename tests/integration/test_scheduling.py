@@ -4,11 +4,11 @@ can host the workers instead of the embedded LocalCluster."""
 from __future__ import annotations
 
 import pytest
+from conftest import live_workers, wait_for
 from distributed import LocalCluster
 
 import clusterai
 from clusterai import State
-from conftest import live_workers, wait_for
 
 pytestmark = pytest.mark.cluster
 
