@@ -23,7 +23,7 @@ def test_short_jobs_flow_around_a_long_one(config_factory, start_cluster, tmp_pa
     long = client.submit("test.sleep", {"seconds": 4.0})
     wait_for(lambda: client.get(long).state is State.RUNNING, 20, "the long job to start")
     busy = client.get(long).worker
-    shorts = client.submit_many("test.record", [{"path": str(log), "key": f"s{i}"} for i in range(300)])
+    shorts = client.submit_many("test.record", [{"path": str(log), "key": f"s{i}"} for i in range(3000)])
     done = client.wait(shorts, timeout=30)
 
     assert client.get(long).state is State.RUNNING, "every short job should finish before the long one"
