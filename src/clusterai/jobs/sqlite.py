@@ -1,5 +1,8 @@
 """SQLite job store: WAL mode, a busy timeout, and every write in one BEGIN IMMEDIATE transaction.
 
+The hot queries name their partial index (INDEXED BY): without statistics the planner picks
+the (state, id) index and sorts every queued row, which costs 4x at 100,000 queued jobs.
+
 BEGIN IMMEDIATE takes the write lock up front, so two processes never deadlock on a
 read-to-write upgrade (the cause of most "database is locked" errors); the busy timeout then
 makes a second writer wait its turn instead of failing.
@@ -256,17 +259,18 @@ class SQLiteStore:
     def promote_due(self, now: float) -> int:
         with self._write() as cur:
             cur.execute(
-                "UPDATE jobs SET state='queued', updated_at=? WHERE state='pending' AND run_at<=?",
+                "UPDATE jobs INDEXED BY jobs_pending SET state='queued', updated_at=?"
+                " WHERE state='pending' AND run_at<=?",
                 (now, now),
             )
             return cur.rowcount
 
     def next_due_at(self) -> float | None:
-        return self._read("SELECT MIN(run_at) FROM jobs WHERE state='pending'")[0][0]
+        return self._read("SELECT MIN(run_at) FROM jobs INDEXED BY jobs_pending WHERE state='pending'")[0][0]
 
     def fetch_ready(self, limit: int) -> list[Job]:
         rows = self._read(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state='queued'"
+            f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY jobs_queued WHERE state='queued'"
             " ORDER BY priority DESC, id LIMIT ?",
             (limit,),
         )
@@ -328,19 +332,20 @@ class SQLiteStore:
     def renew_leases(self, worker: str, lease_until: float) -> int:
         with self._write() as cur:
             cur.execute(
-                "UPDATE jobs SET lease_until=? WHERE state='running' AND worker=?",
+                "UPDATE jobs INDEXED BY jobs_running SET lease_until=? WHERE state='running' AND worker=?",
                 (lease_until, worker),
             )
             return cur.rowcount
 
     def expired_leases(self, now: float) -> list[Job]:
         rows = self._read(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state='running' AND lease_until<?", (now,)
+            f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY jobs_running WHERE state='running' AND lease_until<?",
+            (now,),
         )
         return [_row_to_job(r) for r in rows]
 
     def running_jobs(self) -> list[Job]:
-        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state='running'")
+        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs INDEXED BY jobs_running WHERE state='running'")
         return [_row_to_job(r) for r in rows]
 
     # -- operator actions ---------------------------------------------------------------------
