@@ -18,6 +18,7 @@ from clusterai.jobs.store import JobStore, open_store
 from clusterai.tasks import get_task, import_task_modules
 
 JobRef = int | Job
+_CHECK_CHUNK = 500
 
 
 def _job_id(job: JobRef) -> int:
@@ -151,44 +152,61 @@ class Client:
 
     # -- waiting ------------------------------------------------------------------------------
 
-    def wait(self, jobs: Sequence[JobRef], timeout: float | None = None) -> list[Job]:
-        """Block until every job is finished (succeeded, dead or cancelled); return them."""
+    def wait(self, jobs: Sequence[JobRef], timeout: float | None = None) -> None:
+        """Block until every job is finished (succeeded, dead or cancelled); ResultTimeout if they
+        are not by then. Read them afterwards with get_many (kept apart: a wait on 100,000 jobs
+        should not build 100,000 objects)."""
         ids = [_job_id(j) for j in jobs]
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self.runtime is not None:
-            group = self._waiters.group(ids)
-            try:
-                for job_id, state in self.store.states_of(ids).items():
-                    if state.terminal:
-                        group.done(job_id)
-                while not group.event.wait(0.5):
-                    if deadline is not None and time.monotonic() > deadline:
-                        break
-                    # a cancel from another process does not pass through our coordinator
-                    for job_id, state in self.store.states_of(list(group.remaining)).items():
-                        if state.terminal:
-                            group.done(job_id)
-            finally:
-                self._waiters.forget(group)
-            left = group.remaining
-        else:
-            left = set(ids)
-            pause = 0.002
-            while left:
-                for job_id, state in self.store.states_of(list(left)).items():
-                    if state.terminal:
-                        left.discard(job_id)
-                if not left or (deadline is not None and time.monotonic() > deadline):
-                    break
-                time.sleep(pause)
-                pause = min(pause * 2, 0.1)
+        left = self._wait_embedded(ids, deadline) if self.runtime is not None else self._poll(ids, deadline)
         if left:
-            raise ResultTimeout(f"{len(left)} of {len(ids)} jobs still unfinished after {timeout} s")
-        return self.store.get_many(ids)
+            raise ResultTimeout(f"{left} of {len(ids)} jobs still unfinished after {timeout} s")
+
+    def _wait_embedded(self, ids: list[int], deadline: float | None) -> int:
+        """Woken by our own coordinator; a slow re-check catches cancels from other processes."""
+        group = self._waiters.group(ids)
+        try:
+            self._mark_finished(group, ids)
+            while not group.event.wait(2.0):
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                self._mark_finished(group, sorted(group.remaining)[:_CHECK_CHUNK])
+        finally:
+            self._waiters.forget(group)
+        return len(group.remaining)
+
+    def _mark_finished(self, group: _Group, ids: Sequence[int]) -> None:
+        for job_id, state in self.store.states_of(ids).items():
+            if state.terminal:
+                group.done(job_id)
+
+    def _poll(self, ids: list[int], deadline: float | None) -> int:
+        """Poll the store, oldest jobs first: they finish first, so each look stays small."""
+        left = sorted(set(ids))
+        pause = 0.002
+        while left:
+            head = left[:_CHECK_CHUNK]
+            states = self.store.states_of(head)
+            done = {i for i in head if states.get(i) is not None and states[i].terminal}
+            if done:
+                left = [i for i in left if i not in done]
+                if len(done) == len(head):
+                    pause = 0.002
+                    continue
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        return len(left)
+
+    def get_many(self, jobs: Sequence[JobRef]) -> list[Job]:
+        """Jobs by id, in the order given, without their attempt history."""
+        return self.store.get_many([_job_id(j) for j in jobs])
 
     def result(self, job: JobRef, timeout: float | None = None) -> Any:
         """The job's result, waiting for it; JobFailed if it ended dead or cancelled."""
-        done = self.wait([job], timeout)[0]
+        self.wait([job], timeout)
+        done = self.store.get(_job_id(job), attempts=False)
         if done.state is not State.SUCCEEDED:
             raise JobFailed(done.id, done.state.value, done.error)
         return done.result

@@ -6,7 +6,7 @@ import os
 import shutil
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pydantic
 import yaml
@@ -22,6 +22,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class WorkerProfile(_Section):
+    """What one local worker offers, beyond its threads and memory."""
+
+    labels: dict[str, str] = Field(default_factory=dict, description="region, zone, device, arch, any k=v")
+    resources: dict[str, float] = Field(default_factory=dict, description="e.g. GPU: 1")
+    models: list[str] = Field(default_factory=list, description="models already loaded there")
+    datasets: list[str] = Field(default_factory=list)
+    accepts: list[str] = Field(default_factory=list, description="queues or tasks it takes; empty = all")
+    slots: int | None = Field(None, ge=1, le=1024, description="batches at once; default its threads")
+
+
 class ClusterSection(_Section):
     scheduler: str | None = Field(
         None, description="tcp://host:port of an existing Dask scheduler; unset = embedded"
@@ -35,6 +46,17 @@ class ClusterSection(_Section):
     death_timeout: float = Field(
         30.0, gt=0, description="a worker that cannot reach its scheduler this long exits"
     )
+    worker_profiles: list[WorkerProfile] = Field(
+        default_factory=list, description="per local worker, in order: labels, resources, models"
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _profiles_fit(self) -> ClusterSection:
+        if len(self.worker_profiles) > self.workers:
+            raise ValueError(
+                f"worker_profiles has {len(self.worker_profiles)} entries for {self.workers} workers"
+            )
+        return self
 
 
 class QueueSection(_Section):
@@ -58,7 +80,40 @@ class CoordinatorSection(_Section):
     hard_timeout_grace: float = Field(
         10.0, ge=0, description="past a job's timeout plus this, its worker is restarted"
     )
-    strategy: Literal["least_loaded", "round_robin"] = "least_loaded"
+
+class BreakerSection(_Section):
+    failures: int = Field(5, ge=1, description="failures in a row that open a worker's breaker")
+    cooldown: float = Field(30.0, gt=0, description="seconds out of rotation before a trial job")
+
+
+class PlacementSection(_Section):
+    strategy: str = Field("least_loaded", description="default for every queue (see STRATEGIES)")
+    queues: dict[str, str] = Field(default_factory=dict, description="strategy per queue")
+    hybrid: list[str] = Field(
+        default_factory=lambda: ["priority", "capability", "least_loaded", "geographic"],
+        description="filters then scorers, in order",
+    )
+    reserve: int = Field(1, ge=0, description="free rooms held back for high and critical jobs")
+    breaker: BreakerSection = BreakerSection()
+
+    @pydantic.field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, name: str) -> str:
+        return _check_strategy(name)
+
+    @pydantic.field_validator("queues")
+    @classmethod
+    def _known_strategies(cls, queues: dict[str, str]) -> dict[str, str]:
+        return {queue: _check_strategy(name) for queue, name in queues.items()}
+
+
+STRATEGIES = ("round_robin", "least_loaded", "capability", "affinity", "geographic", "priority", "hybrid", "dask")
+
+
+def _check_strategy(name: str) -> str:
+    if name in STRATEGIES or "." in name or ":" in name:
+        return name
+    raise ValueError(f"unknown strategy {name!r}; allowed: {', '.join(STRATEGIES)}, or package.module:Class")
 
 
 class DefaultsSection(_Section):
@@ -74,6 +129,7 @@ class ClusterConfig(_Section):
     tasks: list[str] = Field(default_factory=list, description="task modules by dotted path")
     cluster: ClusterSection = ClusterSection()
     coordinator: CoordinatorSection = CoordinatorSection()
+    placement: PlacementSection = PlacementSection()
     defaults: DefaultsSection = DefaultsSection()
     queues: dict[str, QueueSection] = Field(default_factory=dict)
 

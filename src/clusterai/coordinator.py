@@ -11,40 +11,26 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from distributed.comm.core import CommClosedError
 
-from clusterai.config import CoordinatorSection
+from clusterai.config import CoordinatorSection, PlacementSection
+from clusterai.engine.execute import run_batch_anywhere
 from clusterai.errors import StoreUnavailable
-from clusterai.jobs.model import Finish, Job, Outcome, State, WorkerRecord, canonical_json, decide
+from clusterai.jobs.model import Finish, Job, Outcome, State, canonical_json, decide
 from clusterai.jobs.store import JobStore
-from clusterai.placement import WorkerSlot, make_strategy
+from clusterai.placement import Strategy, WorkerSlot, make_strategy
+from clusterai.placement.planner import Batch, Planner
+from clusterai.workers import WorkerRegistry
 
 log = logging.getLogger("clusterai.coordinator")
 
 Listener = Callable[[int, State], None]
 _WORKER_GONE = (CommClosedError, OSError, EOFError)
-_EWMA_ALPHA = 0.2
-_SHORT_SECONDS = 0.05
 _MAX_FETCH = 5000
-
-
-class _Batch:
-    """Jobs sent to one worker in one call; holds one of the worker's rooms until released."""
-
-    def __init__(self, slot: WorkerSlot, jobs: list[Job], *, long: bool, suspect: bool):
-        self.slot, self.jobs, self.long, self.suspect = slot, jobs, long, suspect
-        slot.calls += 1
-        slot.long_calls += long
-        slot.isolated = slot.isolated or suspect
-
-    def release(self) -> None:
-        self.slot.calls -= 1
-        self.slot.long_calls -= self.long
-        if self.suspect:
-            self.slot.isolated = False
+_FAILURES = frozenset({Outcome.FAILED, Outcome.TIMEOUT, Outcome.LOST, Outcome.EXPIRED})
 
 
 class Coordinator:
@@ -54,24 +40,40 @@ class Coordinator:
         dask_client: Any,
         *,
         settings: CoordinatorSection | None = None,
+        placement: PlacementSection | None = None,
         rng: random.Random | None = None,
     ):
         self.store = store
         self.client = dask_client
         self.settings = settings or CoordinatorSection()
-        self.strategy = make_strategy(self.settings.strategy)
+        self.placement = placement or PlacementSection()
+        self.planner = self._make_planner(self.settings, self.placement)
+        self.registry = WorkerRegistry(store, dask_client, breaker=self.placement.breaker,
+                                       on_change=self._wake_set)
         self.rng = rng or random.Random()
-        self.slots: dict[str, WorkerSlot] = {}
-        self._ewma: dict[str, float] = {}
         self._inflight: dict[int, Job] = {}
         self._listeners: list[Listener] = []
         self._loops: list[asyncio.Task[None]] = []
         self._batches: set[asyncio.Task[None]] = set()
+        self._waiting: dict[int, str] = {}
         self._next_due: float | None = None
         self._next_promote = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self.started_at = time.time()
+
+    @staticmethod
+    def _make_planner(settings: CoordinatorSection, placement: PlacementSection) -> Planner:
+        def build(name: str) -> Strategy:
+            return make_strategy(name, hybrid_chain=placement.hybrid, reserve=placement.reserve)
+
+        return Planner({queue: build(name) for queue, name in placement.queues.items()},
+                       build(placement.strategy), batch_target_seconds=settings.batch_target_seconds,
+                       max_batch=settings.max_batch)
+
+    @property
+    def slots(self) -> dict[str, WorkerSlot]:
+        return self.registry.slots
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -79,7 +81,7 @@ class Coordinator:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         await self._abandon_previous_attempts()
-        await self._refresh_workers()
+        await self.registry.refresh()
         self._loops = [
             asyncio.create_task(self._dispatch_loop(), name="clusterai-dispatch"),
             asyncio.create_task(self._lease_loop(), name="clusterai-leases"),
@@ -148,28 +150,25 @@ class Coordinator:
             self.store.promote_due(now)
             self._next_due = self.store.next_due_at()
             self._next_promote = now + 1.0
-        rooms = sum(max(0, s.nthreads + 1 - s.calls) for s in self.slots.values()
-                    if s.status == "ready")
-        if rooms == 0:
+        limit = min(_MAX_FETCH, self.planner.fetch_limit(list(self.slots.values())))
+        if limit == 0:
             return False
-        # fetch about what the free rooms can take: parsing rows that stay queued is wasted work
-        per_room = max((self._size_for(t) for t in self._ewma), default=1)
-        limit = min(_MAX_FETCH, rooms * per_room + 16)
         jobs = self.store.fetch_ready(limit)
         if not jobs:
             return False
-        plans = self._plan(jobs)
-        if not plans:
+        plan = self.planner.plan(jobs, list(self.slots.values()), now)
+        self._explain(plan.waiting)
+        if not plan.batches:
             return False
-        assignments = [(job.id, batch.slot.address) for batch in plans for job in batch.jobs]
+        assignments = [(job.id, batch.slot.address) for batch in plan.batches for job in batch.jobs]
         lease_until = now + self.settings.lease_seconds
         try:
             started = {job.id: job for job in self.store.start_attempts(assignments, now, lease_until)}
         except StoreUnavailable:
-            for batch in plans:
+            for batch in plan.batches:
                 batch.release()
             raise
-        for batch in plans:
+        for batch in plan.batches:
             batch.jobs = [started[job.id] for job in batch.jobs if job.id in started]
             if batch.jobs:
                 task = asyncio.create_task(self._run_batch(batch))
@@ -177,59 +176,20 @@ class Coordinator:
                 task.add_done_callback(self._batches.discard)
             else:
                 batch.release()  # every job in it was cancelled since it was fetched
+        for job_id in started:
+            self._waiting.pop(job_id, None)
         return len(jobs) == limit
 
-    def _plan(self, jobs: Sequence[Job]) -> list[_Batch]:
-        """Group ready jobs (in priority order) into batches and give each batch a worker."""
-        plans: list[_Batch] = []
-        open_batch: dict[str, _Batch] = {}
-        for job in jobs:
-            size = self._batch_size(job)
-            batch = open_batch.get(job.task)
-            if size > 1 and batch is not None and len(batch.jobs) < size:
-                batch.jobs.append(job)
-                continue
-            suspect = job.lost_count > 0
-            short = self._is_short(job.task)
-            if suspect:
-                # a job that was on a worker when it died runs on an otherwise idle worker, and
-                # nothing joins it there: if it is poison, it takes no innocent job down with it
-                candidates = [s for s in self.slots.values()
-                              if s.status == "ready" and not s.isolated and s.calls == 0]
-            else:
-                candidates = [s for s in self.slots.values() if s.has_room(short)]
-            if not candidates:
-                if not any(s.has_room(True) for s in self.slots.values()):
-                    break
-                continue
-            slot = self.strategy.choose(job, candidates)
-            if slot is None:
-                continue
-            batch = _Batch(slot, [job], long=not short, suspect=suspect)
-            plans.append(batch)
-            if size > 1:
-                open_batch[job.task] = batch
-        return plans
+    def _explain(self, reasons: dict[int, str]) -> None:
+        """Store why jobs wait (for `jobs show`), writing only reasons that changed."""
+        changed = {i: r for i, r in reasons.items() if self._waiting.get(i) != r}
+        if changed:
+            if len(self._waiting) > 10_000:
+                self._waiting.clear()
+            self._waiting.update(changed)
+            self.store.set_waiting(changed)
 
-    def _batch_size(self, job: Job) -> int:
-        # Jobs that were on a worker when it died run alone, so a poison job cannot take
-        # innocent batch-mates down with it again.
-        if job.lost_count > 0:
-            return 1
-        return self._size_for(job.task)
-
-    def _size_for(self, task: str) -> int:
-        if task not in self._ewma:
-            return 1  # learn a task's duration from one job before batching it
-        per_job = max(self._ewma[task], 1e-6)
-        return max(1, min(self.settings.max_batch, int(self.settings.batch_target_seconds / per_job)))
-
-    def _is_short(self, task: str) -> bool:
-        return self._ewma.get(task, float("inf")) < _SHORT_SECONDS
-
-    # -- running a batch on a worker ----------------------------------------------------------
-
-    async def _run_batch(self, batch: _Batch) -> None:
+    async def _run_batch(self, batch: Batch) -> None:
         slot, jobs = batch.slot, batch.jobs
         for job in jobs:
             self._inflight[job.id] = job
@@ -240,7 +200,8 @@ class Coordinator:
         if all(j.timeout for j in jobs):
             hard_limit = sum(j.timeout or 0 for j in jobs) + self.settings.hard_timeout_grace
         try:
-            finishes = await self._call_worker(slot, jobs, items, hard_limit)
+            finishes = await self._call_worker(batch, items, hard_limit)
+            self._update_breakers(batch, finishes)
             await self._commit(finishes)
         finally:
             batch.release()
@@ -253,15 +214,20 @@ class Coordinator:
             if self._wake is not None:
                 self._wake.set()
 
-    async def _call_worker(
-        self, slot: WorkerSlot, jobs: list[Job], items: list[dict[str, Any]], hard_limit: float | None
-    ) -> list[Finish]:
-        call = self.client.rpc(slot.address).clusterai_run(items=items)
+    async def _call_worker(self, batch: Batch, items: list[dict[str, Any]], hard_limit: float | None
+                           ) -> list[Finish]:
+        slot, jobs = batch.slot, batch.jobs
+        if batch.strategy == "dask":
+            # Dask's scheduler picks the worker (and may steal the task); Dask reruns it if a
+            # worker dies, so a lost worker surfaces here only as a late reply
+            call = self.client.submit(run_batch_anywhere, items, pure=False)
+        else:
+            call = self.client.rpc(slot.address).clusterai_run(items=items)
         try:
             replies = await (asyncio.wait_for(call, hard_limit) if hard_limit else call)
         except asyncio.TimeoutError:
             now = time.time()
-            asyncio.create_task(self._restart_worker(slot))
+            asyncio.create_task(self.registry.restart(slot))
             why = (f"JobTimeout: still running past its timeout plus "
                    f"{self.settings.hard_timeout_grace} s; worker {slot.name} restarted")
             return [self._decide(j, Outcome.TIMEOUT, now, error=why) for j in jobs]
@@ -288,7 +254,7 @@ class Coordinator:
         for reply in replies:
             job = by_id[reply["id"]]
             outcome = Outcome(reply["outcome"])
-            self._observe(job.task, reply.get("duration", 0.0))
+            self.planner.observe(job.task, reply.get("duration", 0.0))
             if outcome is Outcome.SUCCEEDED:
                 slot.completed += 1
             else:
@@ -303,10 +269,18 @@ class Coordinator:
         return decide(job, outcome, now=now, poison_threshold=self.settings.poison_threshold,
                       rng=self.rng, **kwargs)
 
-    def _observe(self, task: str, seconds: float) -> None:
-        previous = self._ewma.get(task)
-        self._ewma[task] = seconds if previous is None else (
-            _EWMA_ALPHA * seconds + (1 - _EWMA_ALPHA) * previous)
+    def _update_breakers(self, batch: Batch, finishes: list[Finish]) -> None:
+        now = time.time()
+        slot = batch.slot
+        for finish, job in zip(finishes, batch.jobs):
+            if finish.outcome is Outcome.SUCCEEDED or finish.outcome in _FAILURES:
+                ok = finish.outcome is Outcome.SUCCEEDED
+                slot.breaker.record(ok, now)
+                slot.breaker_for(job.task).record(ok, now)
+        if batch.trial:  # a trial that ended without a verdict (cancelled, abandoned)
+            slot.breaker.trial_running = False
+            for breaker in slot.task_breakers.values():
+                breaker.trial_running = False
 
     async def _commit(self, finishes: list[Finish]) -> None:
         """Write outcomes; while the store is down, keep them and try again (never drop one)."""
@@ -327,13 +301,6 @@ class Coordinator:
             if finish.state.terminal:
                 for listener in self._listeners:
                     listener(finish.job_id, finish.state)
-
-    async def _restart_worker(self, slot: WorkerSlot) -> None:
-        slot.status = "unresponsive"
-        try:
-            await self.client.restart_workers([slot.address], raise_for_error=False)
-        except Exception as exc:  # noqa: BLE001 - the registry loop notices whatever happened
-            log.warning("could not restart worker %s: %s", slot.name, exc)
 
     # -- liveness -----------------------------------------------------------------------------
 
@@ -371,7 +338,7 @@ class Coordinator:
             self._wake_set()
 
     async def _ping(self, slot: WorkerSlot, timeout: float) -> bool:
-        await asyncio.wait_for(self.client.rpc(slot.address).clusterai_ping(), timeout)
+        self.registry.apply(slot, await self.registry.ping(slot, timeout))
         return True
 
     def _wake_set(self) -> None:
@@ -382,50 +349,8 @@ class Coordinator:
         while True:
             await asyncio.sleep(1.0)
             try:
-                await self._refresh_workers()
+                await self.registry.refresh()
             except StoreUnavailable as exc:
                 log.warning("store unavailable while saving the worker registry: %s", exc)
             except Exception as exc:  # noqa: BLE001 - a scheduler hiccup must not stop the loop
                 log.warning("could not refresh workers from the scheduler: %s", exc)
-
-    async def _refresh_workers(self) -> None:
-        info = await self.client.scheduler.identity()
-        seen = info.get("workers", {})
-        now = time.time()
-        joined = []
-        for address, w in seen.items():
-            slot = self.slots.get(address)
-            if slot is None:
-                slot = self.slots[address] = WorkerSlot(
-                    address=address, name=str(w.get("name", address)),
-                    nthreads=int(w.get("nthreads", 1)), memory_limit=int(w.get("memory_limit") or 0),
-                    last_ok=now,
-                )
-                joined.append(slot)
-            slot.metrics = {k: float(v) for k, v in (w.get("metrics") or {}).items()
-                            if isinstance(v, (int, float))}
-        for address, slot in list(self.slots.items()):
-            if address not in seen:
-                slot.status = "gone"
-                if slot.calls == 0:
-                    del self.slots[address]
-        unknown = [s for s in self.slots.values() if s.pid == 0 and s.status != "gone"]
-        if unknown:
-            await asyncio.gather(*(self._learn_pid(s) for s in unknown), return_exceptions=True)
-        self.store.upsert_workers([self._record(s, now) for s in self.slots.values()
-                                   if s.status != "gone"], now)
-        if joined:
-            self._wake_set()
-
-    async def _learn_pid(self, slot: WorkerSlot) -> None:
-        answer = await asyncio.wait_for(self.client.rpc(slot.address).clusterai_ping(), 5.0)
-        slot.pid = int(answer.get("pid", 0)) if isinstance(answer, dict) else 0
-
-    @staticmethod
-    def _record(slot: WorkerSlot, now: float) -> WorkerRecord:
-        metrics: dict[str, float] = {k: slot.metrics[k] for k in ("cpu", "memory") if k in slot.metrics}
-        return WorkerRecord(
-            name=slot.name, address=slot.address, status=slot.status, nthreads=slot.nthreads,
-            memory_limit=slot.memory_limit, inflight=slot.jobs, completed=slot.completed,
-            failed=slot.failed, last_seen=slot.last_ok or now, metrics=metrics, pid=slot.pid,
-        )

@@ -24,7 +24,8 @@ def test_short_jobs_flow_around_a_long_one(config_factory, start_cluster, tmp_pa
     wait_for(lambda: client.get(long).state is State.RUNNING, 20, "the long job to start")
     busy = client.get(long).worker
     shorts = client.submit_many("test.record", [{"path": str(log), "key": f"s{i}"} for i in range(3000)])
-    done = client.wait(shorts, timeout=30)
+    client.wait(shorts, timeout=30)
+    done = client.get_many(shorts)
 
     assert client.get(long).state is State.RUNNING, "every short job should finish before the long one"
     assert {j.state for j in done} == {State.SUCCEEDED}
@@ -42,7 +43,8 @@ def test_existing_dask_scheduler_hosts_the_workers(config_factory):
             addresses = {w.address for w in live_workers(client)}
             assert addresses == set(dask_cluster.scheduler_info["workers"])
             jobs = client.submit_many("primes.count", [{"limit": 10_000 + i} for i in range(50)])
-            finished = client.wait(jobs, timeout=60)
+            client.wait(jobs, timeout=60)
+            finished = client.get_many(jobs)
             assert {j.state for j in finished} == {State.SUCCEEDED}
             assert {j.worker for j in finished} <= addresses
             assert finished[0].result == {"limit": 10_000, "primes": 1229}

@@ -15,6 +15,7 @@ from clusterai.config import (
     ClusterSection,
     CoordinatorSection,
     DefaultsSection,
+    PlacementSection,
     QueueSection,
     load_config,
     parse_config,
@@ -52,11 +53,12 @@ def test_valid_config_is_parsed():
         "store": "sqlite:////var/lib/clusterai.db",
         "tasks": ["my.tasks"],
         "cluster": {"workers": 8, "scheduler": "tcp://10.0.0.1:8786"},
-        "coordinator": {"strategy": "round_robin", "lease_seconds": 5},
+        "coordinator": {"lease_seconds": 5},
+        "placement": {"strategy": "round_robin"},
         "queues": {"gpu": {"retries": 1, "backoff": 0.5}},
     })
     assert config.cluster.workers == 8
-    assert config.coordinator.strategy == "round_robin"
+    assert config.placement.strategy == "round_robin"
     assert config.queues["gpu"] == QueueSection(retries=1, backoff=0.5)
     assert config.cluster.threads_per_worker == ClusterSection().threads_per_worker
 
@@ -117,10 +119,12 @@ def test_bad_value_names_key_and_value(data, key, shown):
     assert line.endswith(shown)
 
 
-def test_bad_literal_lists_allowed_values():
-    message = config_error({"coordinator": {"strategy": "random"}})
-    assert "coordinator.strategy" in message and "(got 'random')" in message
-    assert "'least_loaded'" in message and "'round_robin'" in message
+def test_unknown_strategy_lists_allowed_values():
+    message = config_error({"placement": {"strategy": "random", "queues": {"gpu": "capability"}}})
+    assert "placement.strategy" in message and "(got 'random')" in message
+    assert "least_loaded" in message and "round_robin" in message and "package.module:Class" in message
+    message = config_error({"placement": {"queues": {"gpu": "fastest"}}})
+    assert "placement.queues" in message and "unknown strategy 'fastest'" in message
 
 
 def test_every_error_is_reported_at_once():
@@ -247,4 +251,4 @@ def test_save_config_round_trips_and_keeps_a_backup(tmp_path: Path):
 def test_section_defaults_match_the_documented_ones():
     assert DefaultsSection().timeout is None
     assert CoordinatorSection().poison_threshold == 3
-    assert CoordinatorSection().strategy == "least_loaded"
+    assert PlacementSection().strategy == "least_loaded"

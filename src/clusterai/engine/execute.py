@@ -94,6 +94,17 @@ def run_batch(items: list[dict[str, Any]], worker: str) -> list[dict[str, Any]]:
     return [run_one(item, worker) for item in items]
 
 
+def run_batch_anywhere(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same batch as a plain Dask task, on whichever worker Dask's scheduler picks."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    replies = run_batch(items, str(worker.name))
+    for reply in replies:
+        reply["worker"] = worker.address
+    return replies
+
+
 def _to_json(result: Any) -> str:
     try:
         return json.dumps(result, allow_nan=False)

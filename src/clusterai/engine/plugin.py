@@ -1,13 +1,16 @@
-"""The clusterai WorkerPlugin: every Dask worker loads it, and it adds two comm handlers.
+"""The clusterai WorkerPlugin: every Dask worker loads it.
 
-`clusterai_run` runs a batch of attempts in the plugin's own thread pool; `clusterai_ping`
-answers lease renewals. Both travel over Dask's own comms as plain msgpack (no pickle): the
-coordinator reaches the worker directly, without a scheduler round trip per job.
+It adds two comm handlers, `clusterai_run` (run a batch of attempts in the plugin's own thread
+pool) and `clusterai_ping` (liveness and a snapshot of the worker), both over Dask's own comms as
+plain msgpack (no pickle): the coordinator reaches the worker without a scheduler round trip per
+job. It also publishes the same snapshot with every Dask heartbeat (`metrics["clusterai"]`):
+labels, resources, models, the queues it accepts, and live load and latency per task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import threading
@@ -18,53 +21,134 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from clusterai.engine.execute import run_batch
-from clusterai.tasks import import_task_modules, known_tasks
+from clusterai.tasks import import_task_modules
 
 PLUGIN_NAME = "clusterai"
+_EWMA_ALPHA = 0.2
+# A worker started outside cluster.yaml (e.g. `clusterai worker --label region=eu`) gets its
+# profile from these variables, as JSON.
+PROFILE_ENV = "CLUSTERAI_WORKER_PROFILE"
 
 
 class ClusterAIWorkerPlugin(WorkerPlugin):
     name = PLUGIN_NAME
 
-    def __init__(self, task_modules: list[str] | tuple[str, ...] = ()):
+    def __init__(self, task_modules: list[str] | tuple[str, ...] = (),
+                 profiles: dict[str, dict[str, Any]] | None = None):
         self.task_modules = list(task_modules)
-        self.inflight = 0
-        self.completed = 0
+        self.profiles = dict(profiles or {})
 
     def setup(self, worker: Any) -> None:
         _ignore_terminal_interrupts()
         import_task_modules(self.task_modules)
         self.worker = worker
-        self.pool = ThreadPoolExecutor(
-            max(1, worker.state.nthreads), thread_name_prefix="clusterai-task"
-        )
+        self.inflight = 0
+        self.completed = 0
+        self.latency: dict[str, float] = {}
+        self.profile = self._profile_for(str(worker.name))
+        self.pool = ThreadPoolExecutor(max(1, worker.state.nthreads), thread_name_prefix="clusterai-task")
         worker.handlers["clusterai_run"] = self.run
         worker.handlers["clusterai_ping"] = self.ping
+        worker.metrics[PLUGIN_NAME] = lambda _worker: self.snapshot()
 
     def teardown(self, worker: Any) -> None:
         worker.handlers.pop("clusterai_run", None)
         worker.handlers.pop("clusterai_ping", None)
+        worker.metrics.pop(PLUGIN_NAME, None)
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _profile_for(self, name: str) -> dict[str, Any]:
+        profile = dict(self.profiles.get(name) or {})
+        if not profile and os.environ.get(PROFILE_ENV):
+            profile = json.loads(os.environ[PROFILE_ENV])
+        resources = {"CPU": float(self.worker.state.nthreads),
+                     "MEMORY": float(self.worker.memory_manager.memory_limit or 0), **gpu_resources()}
+        resources.update(profile.get("resources") or {})
+        profile["resources"] = resources
+        return profile
 
     async def run(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         self.inflight += len(items)
         try:
             loop = asyncio.get_running_loop()
-            name = str(self.worker.name)
-            return await loop.run_in_executor(self.pool, run_batch, items, name)
+            replies = await loop.run_in_executor(self.pool, run_batch, items, str(self.worker.name))
         finally:
             self.inflight -= len(items)
-            self.completed += len(items)
+        for item, reply in zip(items, replies):
+            self._observe(item["task"], reply.get("duration", 0.0))
+        self.completed += len(items)
+        return replies
+
+    def _observe(self, task: str, seconds: float) -> None:
+        old = self.latency.get(task)
+        self.latency[task] = seconds if old is None else _EWMA_ALPHA * seconds + (1 - _EWMA_ALPHA) * old
 
     async def ping(self) -> dict[str, Any]:
+        return self.snapshot()
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the coordinator's registry needs: identity, capabilities, load and speed."""
+        memory_limit = self.worker.memory_manager.memory_limit or 0
+        rss = float(self.worker.monitor.proc.memory_info().rss)
         return {
             "name": str(self.worker.name),
             "pid": os.getpid(),
+            "time": time.time(),
+            "labels": dict(self.profile.get("labels") or {}),
+            "resources": dict(self.profile["resources"]),
+            "models": list(self.profile.get("models") or []),
+            "datasets": list(self.profile.get("datasets") or []),
+            "accepts": list(self.profile.get("accepts") or []),
+            "slots": int(self.profile.get("slots") or 0),
             "inflight": self.inflight,
             "completed": self.completed,
-            "tasks": known_tasks(),
-            "time": time.time(),
+            "latency": dict(self.latency),
+            "cpu": float(self.worker.monitor.recent().get("cpu", 0.0)),
+            "memory": rss,
+            "memory_percent": 100.0 * rss / memory_limit if memory_limit else 0.0,
+            **gpu_usage(),
         }
+
+
+def gpu_resources() -> dict[str, float]:
+    """GPU count and memory through NVML, when a GPU and pynvml are present; else nothing."""
+    nvml = _nvml()
+    if nvml is None:
+        return {}
+    count = nvml.nvmlDeviceGetCount()
+    total = sum(nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByIndex(i)).total for i in range(count))
+    return {"GPU": float(count), "GPU_MEMORY": float(total)} if count else {}
+
+
+def gpu_usage() -> dict[str, float]:
+    nvml = _nvml()
+    if nvml is None:
+        return {}
+    count = nvml.nvmlDeviceGetCount()
+    if not count:
+        return {}
+    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+    used = sum(nvml.nvmlDeviceGetMemoryInfo(h).used for h in handles)
+    util = sum(nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles) / count
+    return {"gpu_percent": float(util), "gpu_memory": float(used)}
+
+
+_nvml_module: Any = None
+_nvml_tried = False
+
+
+def _nvml() -> Any:
+    global _nvml_module, _nvml_tried
+    if not _nvml_tried:
+        _nvml_tried = True
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            _nvml_module = pynvml
+        except Exception:  # noqa: BLE001 - no NVML library, no driver, or no GPU: no GPU metrics
+            _nvml_module = None
+    return _nvml_module
 
 
 def _ignore_terminal_interrupts() -> None:

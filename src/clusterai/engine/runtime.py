@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import threading
 from typing import Any
 
@@ -54,27 +56,21 @@ class ClusterRuntime:
             self.dask = await Client(target, asynchronous=True, timeout=c.death_timeout)
         except OSError as exc:
             raise ConfigError(f"cluster.scheduler: cannot reach {c.scheduler!r}: {exc}") from None
-        await self.dask.register_plugin(ClusterAIWorkerPlugin(self.config.tasks))
-        self.coordinator = Coordinator(self.store, self.dask, settings=self.config.coordinator)
+        profiles = {str(i): p.model_dump() for i, p in enumerate(c.worker_profiles)}
+        await self.dask.register_plugin(ClusterAIWorkerPlugin(self.config.tasks, profiles))
+        self.coordinator = Coordinator(self.store, self.dask, settings=self.config.coordinator,
+                                       placement=self.config.placement)
         await self.coordinator.start()
 
     async def stop(self) -> None:
         # Each step is bounded: a shutdown must end even when a worker is stuck or gone.
+        pids = [s.pid for s in self.coordinator.slots.values() if s.pid] if self.coordinator else []
         if self.coordinator is not None:
-            await self._bounded("coordinator", self.coordinator.stop(), 15)
+            await _bounded("coordinator", self.coordinator.stop(), 15)
         if self.dask is not None:
-            await self._bounded("dask client", self.dask.close(), 10)
-        if self.local_cluster is not None:
-            await self._bounded("local cluster", self.local_cluster.close(), 20)
-
-    @staticmethod
-    async def _bounded(what: str, step: Any, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(step, seconds)
-        except asyncio.TimeoutError:
-            log.warning("closing the %s took over %s s; moving on", what, seconds)
-        except Exception as exc:  # noqa: BLE001 - keep closing the rest
-            log.warning("closing the %s failed: %s", what, exc)
+            await _bounded("dask client", self.dask.close(), 10)
+        if self.local_cluster is not None and not await _bounded("local cluster", self.local_cluster.close(), 20):
+            _kill_leftovers(pids)
 
     @property
     def dashboard_link(self) -> str | None:
@@ -87,6 +83,29 @@ class ClusterRuntime:
         if self.local_cluster is not None:
             return self.local_cluster.scheduler_address
         return self.config.cluster.scheduler
+
+
+async def _bounded(what: str, step: Any, seconds: float) -> bool:
+    """Run one shutdown step for at most `seconds`; True when it finished. Unlike wait_for, a step
+    that ignores its cancellation cannot hold the shutdown hostage."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        log.warning("closing the %s took over %s s; moving on", what, seconds)
+        return False
+    if task.exception() is not None:
+        log.warning("closing the %s failed: %s", what, task.exception())
+    return True
+
+
+def _kill_leftovers(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            log.warning("killed worker process %d, which did not close in time", pid)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 class BackgroundRuntime:
@@ -108,7 +127,18 @@ class BackgroundRuntime:
             raise self._error
 
     def _run(self) -> None:
-        asyncio.run(self._main())
+        # Not asyncio.run: at exit it waits for every leftover task, and a Dask task that ignores
+        # its cancellation would then hang close() forever.
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._main())
+            leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                loop.run_until_complete(asyncio.wait(leftovers, timeout=5))
+        finally:
+            loop.close()
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()

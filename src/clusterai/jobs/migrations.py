@@ -70,4 +70,20 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             metrics TEXT NOT NULL
         )""",
     ],
+    # 2: placement: soft preferences, why a job waits, and operator commands for workers
+    [
+        "ALTER TABLE jobs ADD COLUMN prefers TEXT",
+        "ALTER TABLE jobs ADD COLUMN waiting TEXT",
+        """CREATE TABLE worker_commands (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            worker TEXT NOT NULL,
+            action TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            done_at REAL,
+            outcome TEXT
+        )""",
+        "CREATE INDEX worker_commands_open ON worker_commands(id) WHERE done_at IS NULL",
+        "ALTER TABLE workers ADD COLUMN breaker TEXT NOT NULL DEFAULT 'closed'",
+        "ALTER TABLE workers ADD COLUMN models TEXT NOT NULL DEFAULT '[]'",
+    ],
 ]

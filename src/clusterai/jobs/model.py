@@ -132,6 +132,7 @@ class JobSpec:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     resources: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    prefers: dict[str, str] = field(default_factory=dict)
 
     @property
     def payload_json(self) -> str:
@@ -173,6 +174,8 @@ class Job:
     idempotency_key: str | None = None
     resources: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    prefers: dict[str, str] = field(default_factory=dict)
+    waiting: str | None = None  # why the coordinator could not place it yet
     worker: str | None = None
     result: Any = None
     error: str | None = None
@@ -200,6 +203,8 @@ class Job:
             "idempotency_key": self.idempotency_key,
             "resources": self.resources,
             "labels": self.labels,
+            "prefers": self.prefers,
+            "waiting": self.waiting,
             "attempts": [
                 {
                     "number": a.number,
@@ -247,6 +252,8 @@ class WorkerRecord:
     resources: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     pid: int = 0
+    breaker: str = "closed"
+    models: list[str] = field(default_factory=list)
 
 
 def decide(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,14 +36,14 @@ from clusterai.jobs.model import (
 _JOB_COLUMNS = (
     "id, task, queue, priority, state, payload, idempotency_key, run_at, created_at, updated_at,"
     " attempt, failures, lost_count, retries, backoff, max_backoff, jitter, timeout, resources,"
-    " labels, worker, result, error, finished_at"
+    " labels, worker, result, error, finished_at, prefers, waiting"
 )
 
 
 def _row_to_job(row: sqlite3.Row | tuple, attempts: tuple[Attempt, ...] = ()) -> Job:
     (id_, task, queue, priority, state, payload, key, run_at, created, updated, attempt,
      failures, lost, retries, backoff, max_backoff, jitter, timeout, resources, labels,
-     worker, result, error, finished) = row
+     worker, result, error, finished, prefers, waiting) = row
     return Job(
         id=id_, task=task, queue=queue, priority=Priority(priority), state=State(state),
         payload=json.loads(payload), created_at=created, updated_at=updated, run_at=run_at,
@@ -52,6 +52,7 @@ def _row_to_job(row: sqlite3.Row | tuple, attempts: tuple[Attempt, ...] = ()) ->
         timeout=timeout, idempotency_key=key,
         resources=json.loads(resources) if resources else {},
         labels=json.loads(labels) if labels else {},
+        prefers=json.loads(prefers) if prefers else {}, waiting=waiting,
         worker=worker, result=json.loads(result) if result is not None else None,
         error=error, finished_at=finished, attempts=attempts,
     )
@@ -166,21 +167,22 @@ class SQLiteStore:
                 cur.execute(
                     "INSERT INTO jobs (task, queue, priority, state, payload, fingerprint,"
                     " idempotency_key, run_at, created_at, updated_at, retries, backoff,"
-                    " max_backoff, jitter, timeout, resources, labels)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " max_backoff, jitter, timeout, resources, labels, prefers)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (spec.task, spec.queue, int(spec.priority), state.value, spec.payload_json,
                      spec.fingerprint if spec.idempotency_key else None, spec.idempotency_key,
                      run_at, now, now, spec.retry.retries, spec.retry.backoff,
                      spec.retry.max_backoff, spec.retry.jitter, spec.timeout,
                      json.dumps(spec.resources) if spec.resources else None,
-                     json.dumps(spec.labels) if spec.labels else None),
+                     json.dumps(spec.labels) if spec.labels else None,
+                     json.dumps(spec.prefers) if spec.prefers else None),
                 )
                 jobs.append(Job(
                     id=cur.lastrowid or 0, task=spec.task, queue=spec.queue,
                     priority=spec.priority, state=state, payload=spec.payload, created_at=now,
                     updated_at=now, run_at=run_at, attempt=0, failures=0, lost_count=0,
                     retry=spec.retry, timeout=spec.timeout, idempotency_key=spec.idempotency_key,
-                    resources=spec.resources, labels=spec.labels,
+                    resources=spec.resources, labels=spec.labels, prefers=spec.prefers,
                 ))
         return jobs
 
@@ -283,7 +285,7 @@ class SQLiteStore:
         with self._write() as cur:
             for job_id, worker in assignments:
                 row = cur.execute(
-                    "UPDATE jobs SET state='running', attempt=attempt+1, worker=?, lease_until=?,"
+                    "UPDATE jobs SET state='running', attempt=attempt+1, worker=?, lease_until=?, waiting=NULL,"
                     f" updated_at=? WHERE id=? AND state='queued' RETURNING {_JOB_COLUMNS}",
                     (worker, lease_until, now, job_id),
                 ).fetchone()
@@ -322,6 +324,14 @@ class SQLiteStore:
                     )
                 accepted.append(ok)
         return accepted
+
+    def set_waiting(self, reasons: Mapping[int, str]) -> None:
+        """Say why queued jobs could not be placed yet (shown by `jobs show`)."""
+        with self._write() as cur:
+            cur.executemany(
+                "UPDATE jobs SET waiting=? WHERE id=? AND state='queued'",
+                [(reason, job_id) for job_id, reason in reasons.items()],
+            )
 
     def record_late(self, job_id: int, attempt: int, answer: str) -> None:
         with self._write() as cur:
@@ -394,9 +404,10 @@ class SQLiteStore:
             for r in records:
                 cur.execute(
                     "INSERT INTO workers (name, address, status, nthreads, memory_limit, inflight,"
-                    " completed, failed, last_seen, labels, resources, metrics, pid)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(address) DO UPDATE SET"
+                    " completed, failed, last_seen, labels, resources, metrics, pid, breaker, models)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(address) DO UPDATE SET"
                     " name=excluded.name, status=excluded.status, pid=excluded.pid,"
+                    " breaker=excluded.breaker, models=excluded.models,"
                     " nthreads=excluded.nthreads, memory_limit=excluded.memory_limit,"
                     " inflight=excluded.inflight, completed=excluded.completed,"
                     " failed=excluded.failed, last_seen=excluded.last_seen,"
@@ -404,7 +415,8 @@ class SQLiteStore:
                     " metrics=excluded.metrics",
                     (r.name, r.address, r.status, r.nthreads, r.memory_limit, r.inflight,
                      r.completed, r.failed, r.last_seen, json.dumps(r.labels),
-                     json.dumps(r.resources), json.dumps(r.metrics), r.pid),
+                     json.dumps(r.resources), json.dumps(r.metrics), r.pid, r.breaker,
+                     json.dumps(sorted(r.models))),
                 )
             live = [r.address for r in records]
             marks = ",".join("?" * len(live))
@@ -414,17 +426,38 @@ class SQLiteStore:
                 live,
             )
 
+    def add_worker_command(self, worker: str, action: str, now: float) -> int:
+        """Queue an operator command (drain, undrain, remove, restart) for the coordinator."""
+        with self._write() as cur:
+            cur.execute("INSERT INTO worker_commands (worker, action, created_at) VALUES (?,?,?)",
+                        (worker, action, now))
+            return cur.lastrowid or 0
+
+    def open_worker_commands(self) -> list[tuple[int, str, str]]:
+        return [tuple(r) for r in self._read(
+            "SELECT id, worker, action FROM worker_commands WHERE done_at IS NULL ORDER BY id")]
+
+    def finish_worker_command(self, command_id: int, outcome: str, now: float) -> None:
+        with self._write() as cur:
+            cur.execute("UPDATE worker_commands SET done_at=?, outcome=? WHERE id=?", (now, outcome, command_id))
+
+    def worker_command(self, command_id: int) -> tuple[str, str, float | None, str | None]:
+        rows = self._read("SELECT worker, action, done_at, outcome FROM worker_commands WHERE id=?", (command_id,))
+        if not rows:
+            raise JobNotFound(command_id)
+        return tuple(rows[0])
+
     def list_workers(self) -> list[WorkerRecord]:
         rows = self._read(
             "SELECT name, address, status, nthreads, memory_limit, inflight, completed, failed,"
-            " last_seen, labels, resources, metrics, pid FROM workers"
+            " last_seen, labels, resources, metrics, pid, breaker, models FROM workers"
             " ORDER BY status != 'gone' DESC, name"
         )
         return [
             WorkerRecord(name=r[0], address=r[1], status=r[2], nthreads=r[3], memory_limit=r[4],
                          inflight=r[5], completed=r[6], failed=r[7], last_seen=r[8],
                          labels=json.loads(r[9]), resources=json.loads(r[10]),
-                         metrics=json.loads(r[11]), pid=r[12])
+                         metrics=json.loads(r[11]), pid=r[12], breaker=r[13], models=json.loads(r[14]))
             for r in rows
         ]
 

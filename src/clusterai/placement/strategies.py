@@ -1,44 +1,22 @@
-"""Placement strategies: `choose(job, candidates) -> WorkerSlot | None` (None: keep it queued)."""
+"""Placement strategies: `choose(job, candidates) -> WorkerSlot | None` (None: keep it queued).
+
+`candidates` are the workers that may take the job right now: live, with a free room, their
+breakers closed, and able to meet the job's hard constraints (the coordinator filters those, so
+no strategy can place a GPU job on a CPU box). A strategy only ranks them, or holds work back.
+Scorers return a number where lower is better; `hybrid` chains filters, then scorers in order.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from clusterai.errors import ConfigError
-from clusterai.jobs.model import Job
+from clusterai.jobs.model import Job, Priority
+from clusterai.placement.registry import Constraints, WorkerSlot
 
-
-@dataclass
-class WorkerSlot:
-    """The coordinator's live view of one worker: identity, capacity and what it is doing."""
-
-    address: str
-    name: str
-    nthreads: int
-    memory_limit: int = 0
-    status: str = "ready"  # ready | unresponsive | draining | gone
-    calls: int = 0  # batches in flight
-    jobs: int = 0  # attempts in flight
-    completed: int = 0
-    failed: int = 0
-    last_ok: float = 0.0
-    pid: int = 0
-    isolated: bool = False  # running a suspect job (one that was on a worker that died)
-    long_calls: int = 0  # batches in flight whose jobs are not known to be short
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    def has_room(self, short: bool) -> bool:
-        # One batch of known-short jobs may wait on the worker while another short batch runs,
-        # so the worker is never idle between replies. Nothing waits behind a long job, and a
-        # long job never waits behind anything: both would leave another worker idle.
-        limit = self.nthreads + (1 if short and self.long_calls == 0 else 0)
-        return self.status == "ready" and not self.isolated and self.calls < limit
-
-    @property
-    def load(self) -> float:
-        return self.calls / max(1, self.nthreads)
+_PLAIN_RESOURCES = ("CPU", "MEMORY")
 
 
 class Strategy(Protocol):
@@ -46,6 +24,76 @@ class Strategy(Protocol):
 
     def choose(self, job: Job, candidates: Sequence[WorkerSlot]) -> WorkerSlot | None: ...
 
+
+Scorer = Callable[[Job, WorkerSlot], float]
+Filter = Callable[[Job, Sequence[WorkerSlot]], Sequence[WorkerSlot]]
+
+
+# -- scorers (lower is better) -------------------------------------------------------------------
+
+def load_score(job: Job, w: WorkerSlot) -> float:
+    """Seconds until a new job of this task would finish on `w`, from its own measured speed."""
+    return w.expected_wait(job.task)
+
+
+def fit_score(job: Job, w: WorkerSlot) -> float:
+    """Best fit: the worker whose special resources (GPUs...) the job leaves least unused."""
+    unused = 0.0
+    for key, total in w.resources.items():
+        if key in _PLAIN_RESOURCES or total <= 0:
+            continue
+        unused += (total - job.resources.get(key, 0.0)) / total
+    return unused
+
+
+def geo_score(job: Job, w: WorkerSlot) -> float:
+    """Same region and zone first, then same region, then anywhere; measured latency breaks ties."""
+    wanted = {**job.prefers, **job.labels}
+    region, zone = wanted.get("region"), wanted.get("zone")
+    distance = 0.0
+    if region is not None and w.labels.get("region") != region:
+        distance = 2.0
+    elif zone is not None and w.labels.get("zone") != zone:
+        distance = 1.0
+    latency = w.latency.get(job.task, 0.0)
+    return distance + min(latency, 1e3) / 1e4
+
+
+def affinity_score(job: Job, w: WorkerSlot) -> float:
+    """Workers that already hold the job's model or data set (or preferred labels) first."""
+    return -float(w.preference_score(Constraints.of(job)))
+
+
+def spread_score(job: Job, w: WorkerSlot) -> float:
+    return w.load
+
+
+SCORERS: dict[str, Scorer] = {
+    "least_loaded": load_score,
+    "load": load_score,
+    "capability": fit_score,
+    "geographic": geo_score,
+    "affinity": affinity_score,
+    "spread": spread_score,
+}
+
+
+# -- filters -----------------------------------------------------------------------------------
+
+class PriorityReserve:
+    """Holds `reserve` free rooms back for high and critical work: lower priorities wait."""
+
+    def __init__(self, reserve: int = 1):
+        self.reserve = reserve
+
+    def __call__(self, job: Job, candidates: Sequence[WorkerSlot]) -> Sequence[WorkerSlot]:
+        if job.priority >= Priority.HIGH:
+            return candidates
+        free = sum(max(0, w.capacity - w.calls) for w in candidates)
+        return candidates if free > self.reserve else ()
+
+
+# -- strategies --------------------------------------------------------------------------------
 
 class RoundRobin:
     name = "round_robin"
@@ -62,25 +110,94 @@ class RoundRobin:
         return choice
 
 
-class LeastLoaded:
-    name = "least_loaded"
+class Ranked:
+    """Filters, then the candidate with the lowest tuple of scores (a chain: later scorers break
+    the ties of earlier ones); the address makes the choice deterministic."""
+
+    def __init__(self, name: str, scorers: Sequence[Scorer], filters: Sequence[Filter] = ()):
+        self.name = name
+        self.scorers = tuple(scorers)
+        self.filters = tuple(filters)
 
     def choose(self, job: Job, candidates: Sequence[WorkerSlot]) -> WorkerSlot | None:
+        for keep in self.filters:
+            candidates = keep(job, candidates)
         if not candidates:
             return None
-        # ties go to the worker that has finished more work: it is the faster one so far
-        return min(candidates, key=lambda s: (s.load, s.jobs, -s.completed, s.address))
+        scorers = self.scorers
+        return min(candidates, key=lambda w: (*(s(job, w) for s in scorers), w.jobs, w.address))
 
 
-_BUILT_IN: dict[str, type[LeastLoaded] | type[RoundRobin]] = {
-    "least_loaded": LeastLoaded,
-    "round_robin": RoundRobin,
-}
+class LeastLoaded(Ranked):
+    def __init__(self) -> None:
+        super().__init__("least_loaded", [load_score])
 
 
-def make_strategy(name: str) -> Strategy:
+class DaskChoice(Ranked):
+    """Leave the worker to Dask's scheduler (and its work stealing); the coordinator submits the
+    batch as a Dask task. Kept to compare Dask's own placement with ours."""
+
+    def __init__(self) -> None:
+        super().__init__("dask", [spread_score])
+
+
+def hybrid(chain: Sequence[str], reserve: int = 1) -> Ranked:
+    """E.g. ["priority", "capability", "least_loaded", "geographic"], as in the seed documents."""
+    filters: list[Filter] = []
+    scorers: list[Scorer] = []
+    for step in chain:
+        if step == "priority":
+            filters.append(PriorityReserve(reserve))
+        elif step in SCORERS:
+            scorers.append(SCORERS[step])
+        else:
+            allowed = ", ".join(["priority", *SCORERS])
+            raise ConfigError(f"placement.hybrid: unknown step {step!r}; allowed: {allowed}")
+    return Ranked("hybrid", scorers or [load_score], filters)
+
+
+DEFAULT_HYBRID = ("priority", "capability", "least_loaded", "geographic")
+
+BUILT_IN = ("round_robin", "least_loaded", "capability", "affinity", "geographic", "priority",
+            "hybrid", "dask")
+
+
+def make_strategy(name: str, *, hybrid_chain: Sequence[str] = DEFAULT_HYBRID, reserve: int = 1,
+                  options: dict[str, Any] | None = None) -> Strategy:
+    """A built-in strategy by name, or a custom one by dotted path (`pkg.module:Class`)."""
+    if name == "round_robin":
+        return RoundRobin()
+    if name == "least_loaded":
+        return LeastLoaded()
+    if name == "capability":
+        return Ranked("capability", [fit_score, load_score])
+    if name == "affinity":
+        return Ranked("affinity", [affinity_score, load_score])
+    if name == "geographic":
+        return Ranked("geographic", [geo_score, load_score])
+    if name == "priority":
+        return Ranked("priority", [load_score], [PriorityReserve(reserve)])
+    if name == "hybrid":
+        return hybrid(hybrid_chain, reserve)
+    if name == "dask":
+        return DaskChoice()
+    if "." in name or ":" in name:
+        return _import_strategy(name, options or {})
+    raise ConfigError(
+        f"unknown placement strategy {name!r}; allowed: {', '.join(BUILT_IN)}, or a dotted path "
+        "to your own class (package.module:Class)"
+    )
+
+
+def _import_strategy(path: str, options: dict[str, Any]) -> Strategy:
+    module_name, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
     try:
-        return _BUILT_IN[name]()
-    except KeyError:
-        allowed = ", ".join(sorted(_BUILT_IN))
-        raise ConfigError(f"unknown placement strategy {name!r}; allowed: {allowed}") from None
+        factory = getattr(importlib.import_module(module_name), attr)
+        strategy = factory(**options)
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise ConfigError(f"placement strategy {path!r} cannot be loaded: {exc}") from None
+    if not callable(getattr(strategy, "choose", None)):
+        raise ConfigError(f"placement strategy {path!r} has no choose(job, candidates) method")
+    if not hasattr(strategy, "name"):
+        strategy.name = path
+    return strategy

@@ -1,0 +1,162 @@
+"""Turns ready jobs into batches on workers: batch sizes from measured durations, hard constraints,
+breakers and free rooms first, then each queue's strategy. No I/O: the coordinator does that."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from clusterai.jobs.model import Job
+from clusterai.placement.registry import Constraints, WorkerSlot
+from clusterai.placement.strategies import Strategy
+
+_EWMA_ALPHA = 0.2
+SHORT_SECONDS = 0.05  # a task faster than this may be prefetched and batched
+
+
+class Batch:
+    """Jobs sent to one worker in one call; holds a room (and resources) on it until released."""
+
+    def __init__(self, slot: WorkerSlot, jobs: list[Job], *, long: bool, suspect: bool,
+                 strategy: str, trial: bool = False):
+        self.slot, self.jobs, self.long, self.suspect = slot, jobs, long, suspect
+        self.strategy, self.trial = strategy, trial
+        self.held: dict[str, float] = {}
+        slot.calls += 1
+        slot.long_calls += long
+        slot.isolated = slot.isolated or suspect
+
+    def hold(self, requires: Mapping[str, float]) -> None:
+        for key, amount in requires.items():
+            self.slot.in_use[key] = self.slot.in_use.get(key, 0.0) + amount
+            self.held[key] = self.held.get(key, 0.0) + amount
+
+    def release(self) -> None:
+        self.slot.calls -= 1
+        self.slot.long_calls -= self.long
+        if self.suspect:
+            self.slot.isolated = False
+        for key, amount in self.held.items():
+            self.slot.in_use[key] = self.slot.in_use.get(key, 0.0) - amount
+        self.held = {}
+
+
+@dataclass
+class Plan:
+    batches: list[Batch] = field(default_factory=list)
+    waiting: dict[int, str] = field(default_factory=dict)  # job id -> why it stays queued
+
+
+class Planner:
+    def __init__(self, strategies: Mapping[str, Strategy], default: Strategy, *,
+                 batch_target_seconds: float = 0.02, max_batch: int = 500, explain_limit: int = 50):
+        self.strategies = dict(strategies)
+        self.default = default
+        self.batch_target_seconds = batch_target_seconds
+        self.max_batch = max_batch
+        self.explain_limit = explain_limit
+        self.duration: dict[str, float] = {}  # EWMA seconds per job, per task, over all workers
+
+    def strategy_for(self, queue: str) -> Strategy:
+        return self.strategies.get(queue, self.default)
+
+    def observe(self, task: str, seconds: float) -> None:
+        old = self.duration.get(task)
+        self.duration[task] = seconds if old is None else _EWMA_ALPHA * seconds + (1 - _EWMA_ALPHA) * old
+
+    def size_for(self, task: str) -> int:
+        if task not in self.duration:
+            return 1  # learn a task's duration from one job before batching it
+        per_job = max(self.duration[task], 1e-6)
+        return max(1, min(self.max_batch, int(self.batch_target_seconds / per_job)))
+
+    def is_short(self, task: str) -> bool:
+        return self.duration.get(task, float("inf")) < SHORT_SECONDS
+
+    def fetch_limit(self, slots: Sequence[WorkerSlot]) -> int:
+        """About as many jobs as the free rooms can take: rows that stay queued are wasted work."""
+        rooms = sum(max(0, s.capacity + 1 - s.calls) for s in slots if s.status == "ready")
+        if rooms == 0:
+            return 0
+        per_room = max((self.size_for(t) for t in self.duration), default=1)
+        return rooms * per_room + 16
+
+    def plan(self, jobs: Sequence[Job], slots: Sequence[WorkerSlot], now: float) -> Plan:
+        """Batches for the ready jobs (in priority order); the rest stay queued, with a reason."""
+        plan = Plan()
+        open_batch: dict[tuple[object, ...], Batch] = {}
+        for job in jobs:
+            c = Constraints.of(job)
+            size = 1 if (job.lost_count or c.requires) else self.size_for(job.task)
+            key = (job.task, job.queue, c.key, tuple(sorted(c.prefers.items())))
+            batch = open_batch.get(key)
+            if size > 1 and batch is not None and len(batch.jobs) < size:
+                batch.jobs.append(job)
+                continue
+            short = self.is_short(job.task)
+            candidates = self.candidates(job, c, slots, short, now)
+            strategy = self.strategy_for(job.queue)
+            slot = strategy.choose(job, candidates) if candidates else None
+            if slot is None:
+                if len(plan.waiting) < self.explain_limit:
+                    plan.waiting[job.id] = self.why_waiting(job, c, slots, bool(candidates), strategy, now)
+                if not any(s.has_room(True) for s in slots):
+                    break  # every worker is full: nothing further down the list can go either
+                continue
+            trial = self._begin_trials(slot, job.task, now)
+            batch = Batch(slot, [job], long=not short, suspect=job.lost_count > 0,
+                          strategy=strategy.name, trial=trial)
+            batch.hold(c.requires)
+            plan.batches.append(batch)
+            if size > 1:
+                open_batch[key] = batch
+        return plan
+
+    @staticmethod
+    def candidates(job: Job, c: Constraints, slots: Sequence[WorkerSlot], short: bool,
+                   now: float) -> list[WorkerSlot]:
+        suspect = job.lost_count > 0
+        out = []
+        for s in slots:
+            if suspect:
+                # a job that was on a worker when it died runs on an otherwise idle worker, and
+                # nothing joins it there: if it is poison, it takes no innocent job down with it
+                if s.status != "ready" or s.isolated or s.calls:
+                    continue
+            elif not s.has_room(short):
+                continue
+            if not (s.breaker.allows(now) and s.breaker_for(job.task).allows(now)):
+                continue
+            if s.why_not(job, c) is None and s.fits_now(c):
+                out.append(s)
+        return out
+
+    @staticmethod
+    def _begin_trials(slot: WorkerSlot, task: str, now: float) -> bool:
+        trial = False
+        for breaker in (slot.breaker, slot.breaker_for(task)):
+            if breaker.state(now).value == "half_open":
+                breaker.begin(now)
+                trial = True
+        return trial
+
+    @staticmethod
+    def why_waiting(job: Job, c: Constraints, slots: Sequence[WorkerSlot], had_candidates: bool,
+                    strategy: Strategy, now: float) -> str:
+        if had_candidates:
+            return f"held back by the {strategy.name} strategy (capacity reserved for higher priority)"
+        live = [s for s in slots if s.status != "gone"]
+        if not live:
+            return "no workers have joined the cluster yet"
+        able = [s for s in live if s.why_not(job, c) is None]
+        if not able:
+            reasons = "; ".join(s.why_not(job, c) or "" for s in live[:5])
+            return f"no current worker can run it: {reasons}"
+        if all(s.status == "draining" for s in able):
+            return "every worker that can run it is draining"
+        if not any(s.breaker.allows(now) and s.breaker_for(job.task).allows(now) for s in able):
+            names = ", ".join(s.name for s in able[:5])
+            return f"circuit breakers are open on every worker that can run it ({names})"
+        if not any(s.fits_now(c) for s in able):
+            return f"waiting for free resources {dict(c.requires)} on a matching worker"
+        return "every worker that can run it is busy"
