@@ -3,31 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from clusterai.client import Client, build_spec
-from clusterai.config import ClusterConfig, load_config
-from clusterai.errors import BadInput, ClusterAIError, JobFailed, JobNotFound, StoreUnavailable
+from clusterai.cli_common import (
+    EXIT_FAILED,
+    client,
+    err,
+    errors_to_exit_codes,
+    out,
+    parse_pairs,
+    settings,
+)
+from clusterai.cli_workers import workers_app
+from clusterai.client import build_spec
+from clusterai.errors import BadInput
 from clusterai.jobs.model import Job, State
-from clusterai.jobs.store import open_store
 from clusterai.tasks import get_task, import_task_modules, known_tasks, parse_payload_text
 
 app = typer.Typer(help="clusterai: pool your machines into one cluster and run AI work across it.",
                   no_args_is_help=True, add_completion=False)
 jobs_app = typer.Typer(help="Inspect and act on jobs.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: jobs that exhausted their attempts.", no_args_is_help=True)
-workers_app = typer.Typer(help="Workers of the cluster.", no_args_is_help=True)
 config_app = typer.Typer(help="cluster.yaml.", no_args_is_help=True)
 tasks_app = typer.Typer(help="Registered tasks.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
@@ -35,52 +39,6 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(workers_app, name="workers")
 app.add_typer(config_app, name="config")
 app.add_typer(tasks_app, name="tasks")
-
-out = Console()
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_FAILED = 1  # the work itself failed (a job ended dead)
-EXIT_BAD_INPUT = 2  # usage errors, like Typer's own
-EXIT_UNAVAILABLE = 3
-
-
-def _errors_to_exit_codes(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (BadInput, JobNotFound) as exc:
-            err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-        except StoreUnavailable as exc:
-            err.print(f"[red]store unavailable:[/] {exc}", highlight=False)
-            raise typer.Exit(EXIT_UNAVAILABLE) from None
-        except JobFailed as exc:
-            err.print(f"[red]job failed:[/] {exc}", highlight=False)
-            raise typer.Exit(EXIT_FAILED) from None
-        except ClusterAIError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(EXIT_FAILED) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-class _Settings:
-    config_path: Path | None = None
-    store: str | None = None
-    tasks: list[str] = []
-
-    def config(self, **overrides: Any) -> ClusterConfig:
-        conf = load_config(self.config_path)
-        extra: dict[str, Any] = {"store": self.store}
-        if self.tasks:
-            extra["tasks"] = [*conf.tasks, *self.tasks]
-        return conf.with_overrides(**extra, **overrides)
-
-
-settings = _Settings()
-
 
 @app.callback()
 def _global(
@@ -93,16 +51,10 @@ def _global(
     settings.config_path, settings.store, settings.tasks = config, store, list(tasks)
 
 
-def _client() -> Client:
-    conf = settings.config()
-    import_task_modules(conf.tasks)
-    return Client(open_store(conf.store), conf, runtime=None)
-
-
 # -- running a cluster --------------------------------------------------------------------------
 
 @app.command()
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def up(
     workers: int | None = typer.Option(None, "--workers", "-w", help="local worker processes"),
     scheduler: str | None = typer.Option(None, "--scheduler", help="use this Dask scheduler"),
@@ -134,7 +86,7 @@ async def _serve(runtime: Any) -> None:
 
 
 @app.command()
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def demo(
     exit_when_done: bool = typer.Option(False, "--exit", help="return when the jobs are done"),
     jobs: int = typer.Option(300, "--jobs", min=1, max=100_000, help="how many jobs to run"),
@@ -153,7 +105,7 @@ def demo(
 # -- submitting -----------------------------------------------------------------------------
 
 @app.command()
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def submit(
     task: str = typer.Argument(..., help="task name, e.g. primes.count"),
     payload: str = typer.Option("{}", "--payload", "-p", help="JSON object, or @file.json"),
@@ -165,18 +117,23 @@ def submit(
     timeout: float | None = typer.Option(None, "--timeout", help="per-attempt timeout, seconds"),
     retries: int | None = typer.Option(None, "--retries", min=0),
     idempotency_key: str | None = typer.Option(None, "--idempotency-key"),
+    requires: list[str] = typer.Option([], "--requires", help="resource it needs, e.g. GPU=1 (repeatable)"),
+    label: list[str] = typer.Option([], "--label", help="label a worker must have, e.g. region=eu"),
+    prefer: list[str] = typer.Option([], "--prefer", help="soft preference, e.g. model=llama3 or zone=a"),
 ) -> None:
     """Submit one job; prints its id (and with --wait its result as JSON)."""
     text = Path(payload[1:]).read_text(encoding="utf-8") if payload.startswith("@") else payload
     data = parse_payload_text(text)
-    client = _client()
-    job = client.submit(task, data, priority=priority, queue=queue, delay=delay, timeout=timeout,
-                        retries=retries, idempotency_key=idempotency_key)
+    c = client()
+    job = c.submit(task, data, priority=priority, queue=queue, delay=delay, timeout=timeout,
+                   retries=retries, idempotency_key=idempotency_key,
+                   requires=parse_pairs("--requires", requires, numbers=True),
+                   labels=parse_pairs("--label", label), prefers=parse_pairs("--prefer", prefer))
     if not wait:
         out.print(job.id)
         return
     err.print(f"job {job.id} submitted; waiting (the cluster must be up: clusterai up)")
-    result = client.result(job, timeout=wait_timeout)
+    result = c.result(job, timeout=wait_timeout)
     out.print_json(json.dumps(result))
 
 
@@ -204,7 +161,7 @@ def _jobs_table(jobs: list[Job], title: str) -> Table:
 
 
 @jobs_app.command("list")
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def jobs_list(
     state: str | None = typer.Option(None, "--state"),
     task: str | None = typer.Option(None, "--task"),
@@ -215,7 +172,7 @@ def jobs_list(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List jobs, oldest first, with filters."""
-    jobs = _client().store.list_jobs(state=_state(state), task=task, queue=queue, worker=worker,
+    jobs = client().store.list_jobs(state=_state(state), task=task, queue=queue, worker=worker,
                                      after_id=after, limit=limit)
     if as_json:
         out.print_json(json.dumps([j.to_dict() for j in jobs]))
@@ -224,10 +181,10 @@ def jobs_list(
 
 
 @jobs_app.command("show")
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def jobs_show(job_id: int, as_json: bool = typer.Option(False, "--json")) -> None:
     """One job in full: payload, result, error and every attempt."""
-    job = _client().get(job_id)
+    job = client().get(job_id)
     if as_json:
         out.print_json(json.dumps(job.to_dict()))
         return
@@ -250,29 +207,29 @@ def jobs_show(job_id: int, as_json: bool = typer.Option(False, "--json")) -> Non
 
 
 @jobs_app.command("cancel")
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def jobs_cancel(job_id: int) -> None:
     """Cancel a job: at once if waiting; if running, its attempt is abandoned and any late result ignored."""
-    job = _client().cancel(job_id)
+    job = client().cancel(job_id)
     out.print(f"job {job.id} {job.state.value}")
 
 
 @jobs_app.command("retry")
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def jobs_retry(job_id: int) -> None:
     """Run a dead, cancelled or succeeded job again."""
-    job = _client().retry(job_id)
+    job = client().retry(job_id)
     out.print(f"job {job.id} {job.state.value}")
 
 
 # -- dead letters ---------------------------------------------------------------------------
 
 @dlq_app.command("list")
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def dlq_list(limit: int = typer.Option(50, "--limit", min=1, max=10_000),
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Jobs in the dead-letter state, with their last error."""
-    jobs = _client().dead_letters(limit)
+    jobs = client().dead_letters(limit)
     if as_json:
         out.print_json(json.dumps([j.to_dict() for j in jobs]))
         return
@@ -286,58 +243,37 @@ def dlq_list(limit: int = typer.Option(50, "--limit", min=1, max=10_000),
 
 
 @dlq_app.command("requeue")
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def dlq_requeue(job_ids: list[int] = typer.Argument(None),
                 all_: bool = typer.Option(False, "--all", help="requeue every dead letter")) -> None:
     """Put dead letters back in the queue."""
-    client = _client()
+    c = client()
     if all_:
-        job_ids = [j.id for j in client.dead_letters(limit=1_000_000)]
+        job_ids = [j.id for j in c.dead_letters(limit=1_000_000)]
     if not job_ids:
         raise BadInput("name the job ids to requeue, or pass --all")
     for job_id in job_ids:
-        job = client.store.get(job_id, attempts=False)
+        job = c.store.get(job_id, attempts=False)
         if job.state is not State.DEAD:
             raise BadInput(f"job {job_id} is {job.state.value}, not dead")
     for job_id in job_ids:
-        client.retry(job_id)
+        c.retry(job_id)
     out.print(f"requeued {len(job_ids)} jobs")
 
 
 # -- workers, status, config, tasks ----------------------------------------------------------
 
-@workers_app.command("list")
-@_errors_to_exit_codes
-def workers_list(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Workers as the coordinator last saw them."""
-    workers = _client().workers()
-    if as_json:
-        out.print_json(json.dumps([w.__dict__ for w in workers]))
-        return
-    table = Table(title=f"{sum(w.status != 'gone' for w in workers)} workers")
-    for column in ("name", "address", "status", "threads", "in flight", "done", "failed",
-                   "cpu %", "memory", "last seen"):
-        table.add_column(column)
-    for w in workers:
-        mem = w.metrics.get("memory")
-        table.add_row(w.name, w.address, w.status, str(w.nthreads), str(w.inflight),
-                      str(w.completed), str(w.failed), f"{w.metrics.get('cpu', 0):.0f}",
-                      f"{mem / 2**20:.0f} MiB" if mem else "-",
-                      f"{time.time() - w.last_seen:.0f} s ago")
-    out.print(table)
-
-
 @app.command()
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def status(as_json: bool = typer.Option(False, "--json")) -> None:
     """Jobs per state, live workers and recent throughput."""
-    client = _client()
-    counts = client.counts()
-    workers = [w for w in client.workers() if w.status != "gone"]
-    stats = client.store.stats(time.time() - 60)
+    c = client()
+    counts = c.counts()
+    workers = [w for w in c.workers() if w.status != "gone"]
+    stats = c.store.stats(time.time() - 60)
     data = {"jobs": counts, "workers": len(workers), "succeeded_last_minute": stats["succeeded"],
             "failed_attempts_last_minute": stats["failed_attempts"], "retries": stats["retries"],
-            "store": client.store.url}
+            "store": c.store.url}
     if as_json:
         out.print_json(json.dumps(data))
         return
@@ -347,12 +283,12 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
     table.add_row("workers up", str(len(workers)))
     table.add_row("throughput (last minute)", f"{stats['succeeded'] / 60:.1f} jobs/s")
     table.add_row("failed attempts (last minute)", str(stats["failed_attempts"]))
-    table.add_row("store", client.store.url)
+    table.add_row("store", c.store.url)
     out.print(table)
 
 
 @config_app.command("validate")
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def config_validate(path: Path | None = typer.Argument(None, help="default: ./cluster.yaml")) -> None:
     """Check cluster.yaml: every error names the key, the bad value and what is allowed."""
     settings.config_path = path or settings.config_path
@@ -363,14 +299,14 @@ def config_validate(path: Path | None = typer.Argument(None, help="default: ./cl
 
 
 @config_app.command("show")
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def config_show() -> None:
     """Print the effective configuration (file + defaults) as JSON."""
     out.print_json(settings.config().model_dump_json())
 
 
 @tasks_app.command("list")
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def tasks_list() -> None:
     """Registered tasks and their payload fields."""
     import_task_modules(settings.config().tasks)
@@ -384,7 +320,7 @@ def tasks_list() -> None:
 
 
 @tasks_app.command("check")
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def tasks_check(task: str, payload: str = typer.Option("{}", "--payload", "-p")) -> None:
     """Validate a payload against a task without submitting it."""
     conf = settings.config()

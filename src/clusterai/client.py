@@ -15,6 +15,7 @@ from clusterai.engine.runtime import BackgroundRuntime
 from clusterai.errors import BadInput, JobFailed, ResultTimeout
 from clusterai.jobs.model import Job, JobSpec, Priority, RetryPolicy, State, WorkerRecord
 from clusterai.jobs.store import JobStore, open_store
+from clusterai.placement import Constraints, WorkerSlot
 from clusterai.tasks import get_task, import_task_modules
 
 JobRef = int | Job
@@ -59,9 +60,41 @@ def build_spec(config: ClusterConfig, task: str, payload: Any, **options: Any) -
         idempotency_key=options.get("idempotency_key"),
         retry=RetryPolicy(retries=pick("retries"), backoff=pick("backoff"),
                           max_backoff=pick("max_backoff"), jitter=d.jitter),
-        resources={**definition.resources, **(options.get("resources") or {})},
-        labels=dict(options.get("labels") or {}),
+        resources=_numbers("requires", {**definition.resources, **(options.get("requires") or {}),
+                                        **(options.get("resources") or {})}),
+        labels=_strings("labels", options.get("labels") or {}),
+        prefers=_strings("prefers", options.get("prefers") or {}),
     )
+
+
+def _numbers(what: str, mapping: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise BadInput(f"{what}: {key} must be a number >= 0, got {value!r}")
+        out[str(key)] = float(value)
+    return out
+
+
+def _strings(what: str, mapping: dict[str, Any]) -> dict[str, str]:
+    if not isinstance(mapping, dict):
+        raise BadInput(f"{what} must be a mapping of names to values, got {type(mapping).__name__}")
+    return {str(k): str(v) for k, v in mapping.items()}
+
+
+def check_placeable(spec: JobSpec, known: Sequence[WorkerSlot]) -> None:
+    """Refuse a job that no worker the cluster has ever had could run (with its reasons); a job
+    that only no *current* worker matches is accepted and waits."""
+    if not known or not (spec.resources or spec.labels):
+        return
+    probe = Job(id=0, task=spec.task, queue=spec.queue, priority=spec.priority, state=State.QUEUED,
+                payload={}, created_at=0, updated_at=0, run_at=0, attempt=0, failures=0, lost_count=0,
+                retry=spec.retry, resources=spec.resources, labels=spec.labels)
+    c = Constraints.of(probe)
+    reasons = [w.why_not(probe, c) for w in known]
+    if all(reasons):
+        shown = "; ".join(r for r in reasons[:5] if r)
+        raise BadInput(f"no worker of this cluster can run this job: {shown}")
 
 
 class _Waiters:
@@ -128,9 +161,31 @@ class Client:
     def submit_many(self, task: str, payloads: Sequence[dict[str, Any]], **options: Any) -> list[Job]:
         """Submit many jobs of one task in one transaction: all are stored, or none."""
         specs = [build_spec(self.config, task, p, **options) for p in payloads]
+        if specs and (specs[0].resources or specs[0].labels):
+            known = self._known_workers()
+            distinct = {(s.queue, tuple(sorted(s.resources.items())), tuple(sorted(s.labels.items()))): s
+                        for s in specs}
+            for spec in distinct.values():
+                check_placeable(spec, known)
         jobs = self.store.submit_many(specs, time.time())
         self._wake()
         return jobs
+
+    def _known_workers(self) -> list[WorkerSlot]:
+        """Every worker the cluster has had (the registry keeps gone ones), and the local workers
+        cluster.yaml declares."""
+        slots = [WorkerSlot(address=r.address, name=r.name, nthreads=r.nthreads, labels=r.labels,
+                            resources=r.resources) for r in self.store.list_workers()]
+        c = self.config.cluster
+        if not c.scheduler:
+            for i in range(c.workers):
+                profile = c.worker_profiles[i] if i < len(c.worker_profiles) else None
+                resources = {"CPU": float(c.threads_per_worker), **(profile.resources if profile else {})}
+                slots.append(WorkerSlot(address=f"local-{i}", name=str(i), nthreads=c.threads_per_worker,
+                                        labels=dict(profile.labels) if profile else {},
+                                        resources=resources,
+                                        accepts=frozenset(profile.accepts) if profile else frozenset()))
+        return slots
 
     def _wake(self) -> None:
         if self.runtime is not None and self.runtime.runtime.coordinator is not None:
@@ -221,6 +276,29 @@ class Client:
         requeued = self.store.requeue(_job_id(job), time.time())
         self._wake()
         return requeued
+
+    def command_worker(self, worker: str, action: str, wait: float = 10.0) -> str | None:
+        """Ask the coordinator to drain, undrain, remove or restart a worker (by name or address);
+        returns what it did, or None if it has not acted within `wait` seconds."""
+        from clusterai.workers import ACTIONS
+
+        if action not in ACTIONS:
+            raise BadInput(f"unknown worker action {action!r}; allowed: {', '.join(ACTIONS)}")
+        live = [w for w in self.store.list_workers() if w.status != "gone"]
+        target = next((w for w in live if worker in (w.name, w.address)), None)
+        if target is None:
+            known = ", ".join(w.name for w in live) or "(none)"
+            raise BadInput(f"no live worker named {worker!r}; live workers: {known}")
+        command_id = self.store.add_worker_command(target.address, action, time.time())
+        self._wake()
+        deadline = time.monotonic() + wait
+        while True:
+            _, _, done_at, outcome = self.store.worker_command(command_id)
+            if done_at is not None:
+                return outcome
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
 
     def close(self) -> None:
         if self.runtime is not None:

@@ -169,7 +169,7 @@ class Coordinator:
                 batch.release()
             raise
         for batch in plan.batches:
-            batch.jobs = [started[job.id] for job in batch.jobs if job.id in started]
+            batch.keep([started[job.id] for job in batch.jobs if job.id in started])
             if batch.jobs:
                 task = asyncio.create_task(self._run_batch(batch))
                 self._batches.add(task)
@@ -193,7 +193,6 @@ class Coordinator:
         slot, jobs = batch.slot, batch.jobs
         for job in jobs:
             self._inflight[job.id] = job
-        slot.jobs += len(jobs)
         items = [{"id": j.id, "attempt": j.attempt, "task": j.task,
                   "payload": canonical_json(j.payload), "timeout": j.timeout} for j in jobs]
         hard_limit = None
@@ -205,7 +204,6 @@ class Coordinator:
             await self._commit(finishes)
         finally:
             batch.release()
-            slot.jobs -= len(jobs)
             for job in jobs:
                 if self._inflight.get(job.id) is job:
                     del self._inflight[job.id]
@@ -222,7 +220,8 @@ class Coordinator:
             # worker dies, so a lost worker surfaces here only as a late reply
             call = self.client.submit(run_batch_anywhere, items, pure=False)
         else:
-            call = self.client.rpc(slot.address).clusterai_run(items=items)
+            call = self.client.rpc(slot.address).clusterai_run(
+                items=items, stop_after=self.placement.breaker.failures)
         try:
             replies = await (asyncio.wait_for(call, hard_limit) if hard_limit else call)
         except asyncio.TimeoutError:
@@ -254,10 +253,11 @@ class Coordinator:
         for reply in replies:
             job = by_id[reply["id"]]
             outcome = Outcome(reply["outcome"])
-            self.planner.observe(job.task, reply.get("duration", 0.0))
+            if outcome is not Outcome.ABANDONED:
+                self.planner.observe(job.task, reply.get("duration", 0.0))
             if outcome is Outcome.SUCCEEDED:
                 slot.completed += 1
-            else:
+            elif outcome is not Outcome.ABANDONED:
                 slot.failed += 1
             finishes.append(self._decide(
                 job, outcome, now, retryable=reply.get("retryable", True),

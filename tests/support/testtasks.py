@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from clusterai import NonRetryableError, current_job, task
 
@@ -58,3 +59,22 @@ def refuse(message: str) -> None:
 @task("test.pid", retries=0)
 def pid() -> int:
     return os.getpid()
+
+
+@task("test.where", retries=0)
+def where(sleep: float = 0.0) -> str:
+    """The name of the worker that ran it."""
+    if sleep:
+        time.sleep(sleep)
+    job = current_job()
+    return job.worker if job else ""
+
+
+@task("test.fragile", retries=0)
+def fragile(flag: str) -> str:
+    """Fails on the worker named in the file `flag` while that file exists: a broken machine."""
+    job = current_job()
+    name = job.worker if job else ""
+    if os.path.exists(flag) and Path(flag).read_text().strip() == name:
+        raise RuntimeError(f"worker {name} is broken")
+    return name

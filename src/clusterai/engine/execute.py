@@ -90,8 +90,21 @@ def run_one(item: dict[str, Any], worker: str) -> dict[str, Any]:
     return reply
 
 
-def run_batch(items: list[dict[str, Any]], worker: str) -> list[dict[str, Any]]:
-    return [run_one(item, worker) for item in items]
+def run_batch(items: list[dict[str, Any]], worker: str, stop_after: int | None = None) -> list[dict[str, Any]]:
+    """Run items in order. After `stop_after` failures in a row the rest are handed back unrun:
+    a broken worker should not burn through a whole batch before its circuit breaker opens."""
+    replies: list[dict[str, Any]] = []
+    in_a_row = 0
+    for item in items:
+        if stop_after is not None and in_a_row >= stop_after:
+            replies.append({"id": item["id"], "attempt": item["attempt"], "outcome": "abandoned",
+                            "duration": 0.0,
+                            "error": f"not run: {in_a_row} jobs failed in a row on worker {worker}"})
+            continue
+        reply = run_one(item, worker)
+        in_a_row = in_a_row + 1 if reply["outcome"] in ("failed", "timeout") else 0
+        replies.append(reply)
+    return replies
 
 
 def run_batch_anywhere(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -67,15 +67,16 @@ class ClusterAIWorkerPlugin(WorkerPlugin):
         profile["resources"] = resources
         return profile
 
-    async def run(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def run(self, items: list[dict[str, Any]], stop_after: int | None = None) -> list[dict[str, Any]]:
         self.inflight += len(items)
         try:
             loop = asyncio.get_running_loop()
-            replies = await loop.run_in_executor(self.pool, run_batch, items, str(self.worker.name))
+            replies = await loop.run_in_executor(self.pool, run_batch, items, str(self.worker.name), stop_after)
         finally:
             self.inflight -= len(items)
         for item, reply in zip(items, replies):
-            self._observe(item["task"], reply.get("duration", 0.0))
+            if reply["outcome"] != "abandoned":
+                self._observe(item["task"], reply.get("duration", 0.0))
         self.completed += len(items)
         return replies
 

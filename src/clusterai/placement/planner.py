@@ -15,16 +15,27 @@ SHORT_SECONDS = 0.05  # a task faster than this may be prefetched and batched
 
 
 class Batch:
-    """Jobs sent to one worker in one call; holds a room (and resources) on it until released."""
+    """Jobs sent to one worker in one call; holds a room, its jobs' count and their resources on
+    the worker from the moment it is planned, so the next choice in the same round sees them."""
 
     def __init__(self, slot: WorkerSlot, jobs: list[Job], *, long: bool, suspect: bool,
                  strategy: str, trial: bool = False):
-        self.slot, self.jobs, self.long, self.suspect = slot, jobs, long, suspect
+        self.slot, self.jobs, self.long, self.suspect = slot, list(jobs), long, suspect
         self.strategy, self.trial = strategy, trial
         self.held: dict[str, float] = {}
         slot.calls += 1
+        slot.jobs += len(self.jobs)
         slot.long_calls += long
         slot.isolated = slot.isolated or suspect
+
+    def add(self, job: Job) -> None:
+        self.jobs.append(job)
+        self.slot.jobs += 1
+
+    def keep(self, jobs: list[Job]) -> None:
+        """Narrow the batch to the jobs that really started (others were cancelled meanwhile)."""
+        self.slot.jobs -= len(self.jobs) - len(jobs)
+        self.jobs = jobs
 
     def hold(self, requires: Mapping[str, float]) -> None:
         for key, amount in requires.items():
@@ -33,6 +44,7 @@ class Batch:
 
     def release(self) -> None:
         self.slot.calls -= 1
+        self.slot.jobs -= len(self.jobs)
         self.slot.long_calls -= self.long
         if self.suspect:
             self.slot.isolated = False
@@ -75,7 +87,7 @@ class Planner:
 
     def fetch_limit(self, slots: Sequence[WorkerSlot]) -> int:
         """About as many jobs as the free rooms can take: rows that stay queued are wasted work."""
-        rooms = sum(max(0, s.capacity + 1 - s.calls) for s in slots if s.status == "ready")
+        rooms = sum(max(0, s.capacity + 1 - s.calls) for s in slots if s.has_room(True))
         if rooms == 0:
             return 0
         per_room = max((self.size_for(t) for t in self.duration), default=1)
@@ -91,10 +103,11 @@ class Planner:
             key = (job.task, job.queue, c.key, tuple(sorted(c.prefers.items())))
             batch = open_batch.get(key)
             if size > 1 and batch is not None and len(batch.jobs) < size:
-                batch.jobs.append(job)
+                batch.add(job)
                 continue
             short = self.is_short(job.task)
             candidates = self.candidates(job, c, slots, short, now)
+            self._fill_latency(job.task, candidates)
             strategy = self.strategy_for(job.queue)
             slot = strategy.choose(job, candidates) if candidates else None
             if slot is None:
@@ -130,6 +143,14 @@ class Planner:
             if s.why_not(job, c) is None and s.fits_now(c):
                 out.append(s)
         return out
+
+    def _fill_latency(self, task: str, candidates: Sequence[WorkerSlot]) -> None:
+        """A worker that has not run this task yet is assumed as fast as the cluster's average,
+        so that it is not passed over (or flooded) for lack of its own history."""
+        average = self.duration.get(task)
+        if average is not None:
+            for s in candidates:
+                s.latency.setdefault(task, average)
 
     @staticmethod
     def _begin_trials(slot: WorkerSlot, task: str, now: float) -> bool:

@@ -1,0 +1,88 @@
+"""What every `clusterai` command shares: consoles, settings from the global options, the client,
+and the translation of errors into exit codes (bad input exits 2)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from clusterai.client import Client
+from clusterai.config import ClusterConfig, load_config
+from clusterai.errors import BadInput, ClusterAIError, JobFailed, JobNotFound, StoreUnavailable
+from clusterai.jobs.store import open_store
+from clusterai.tasks import import_task_modules
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAILED = 1  # the work itself failed (a job ended dead)
+EXIT_BAD_INPUT = 2  # usage errors, like Typer's own
+EXIT_UNAVAILABLE = 3
+
+
+def errors_to_exit_codes(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (BadInput, JobNotFound) as exc:
+            err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except StoreUnavailable as exc:
+            err.print(f"[red]store unavailable:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_UNAVAILABLE) from None
+        except JobFailed as exc:
+            err.print(f"[red]job failed:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_FAILED) from None
+        except ClusterAIError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_FAILED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Settings:
+    config_path: Path | None = None
+    store: str | None = None
+    tasks: list[str] = []
+
+    def config(self, **overrides: Any) -> ClusterConfig:
+        conf = load_config(self.config_path)
+        extra: dict[str, Any] = {"store": self.store}
+        if self.tasks:
+            extra["tasks"] = [*conf.tasks, *self.tasks]
+        return conf.with_overrides(**extra, **overrides)
+
+
+settings = _Settings()
+
+
+def client() -> Client:
+    conf = settings.config()
+    import_task_modules(conf.tasks)
+    return Client(open_store(conf.store), conf, runtime=None)
+
+
+
+
+def parse_pairs(what: str, pairs: list[str], numbers: bool = False) -> dict[str, Any]:
+    """`key=value` options (--label region=eu, --requires GPU=1) as a mapping."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise BadInput(f"{what}: expected key=value, got {pair!r}")
+        if numbers:
+            try:
+                out[key.strip()] = float(value)
+            except ValueError:
+                raise BadInput(f"{what}: {key.strip()} must be a number, got {value!r}") from None
+        else:
+            out[key.strip()] = value.strip()
+    return out
