@@ -1,0 +1,1 @@
+"""Benchmarks for clusterai's job plane against Celery + Redis and plain Dask (see BENCHMARKS.md)."""
