@@ -156,7 +156,7 @@ class Coordinator:
         jobs = self.store.fetch_ready(limit)
         if not jobs:
             return False
-        plan = self.planner.plan(jobs, list(self.slots.values()), now)
+        plan = self.planner.plan(jobs, list(self.slots.values()), now, version=self.registry.version)
         self._explain(plan.waiting)
         if not plan.batches:
             return False
@@ -208,7 +208,7 @@ class Coordinator:
                 if self._inflight.get(job.id) is job:
                     del self._inflight[job.id]
             if slot.status == "gone" and slot.calls == 0:
-                self.slots.pop(slot.address, None)
+                self.registry.forget(slot)
             if self._wake is not None:
                 self._wake.set()
 

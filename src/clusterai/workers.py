@@ -31,6 +31,7 @@ class WorkerRegistry:
         self.breaker = breaker or BreakerSection()
         self.on_change = on_change
         self.slots: dict[str, WorkerSlot] = {}
+        self.version = 0  # changes whenever a worker joins, leaves or changes what it offers
         self._removing: dict[str, int] = {}  # address -> command id, removed once idle
 
     def find(self, worker: str) -> WorkerSlot | None:
@@ -39,6 +40,10 @@ class WorkerRegistry:
         if found is not None:
             return found
         return next((s for s in self.slots.values() if s.name == worker and s.status != "gone"), None)
+
+    def forget(self, slot: WorkerSlot) -> None:
+        if self.slots.pop(slot.address, None) is not None:
+            self.version += 1
 
     async def refresh(self) -> None:
         info = await self.client.scheduler.identity()
@@ -53,6 +58,7 @@ class WorkerRegistry:
                     memory_limit=int(w.get("memory_limit") or 0), status="joining", last_ok=now,
                     breaker=CircuitBreaker(self.breaker.failures, self.breaker.cooldown),
                 )
+                self.version += 1
             snapshot = (w.get("metrics") or {}).get("clusterai")
             if isinstance(snapshot, dict):
                 changed |= self.apply(slot, snapshot)
@@ -68,6 +74,7 @@ class WorkerRegistry:
                 self._removing.pop(address, None)
                 if slot.calls == 0:
                     del self.slots[address]
+                    self.version += 1
         await self.run_commands(now)
         self.store.upsert_workers([self.record(s, now) for s in self.slots.values() if s.status != "gone"], now)
         if changed:
@@ -76,11 +83,14 @@ class WorkerRegistry:
     def apply(self, slot: WorkerSlot, snap: dict[str, Any]) -> bool:
         """Take in a worker's snapshot; True when it just became ready."""
         slot.pid = int(snap.get("pid") or slot.pid)
-        slot.labels = {str(k): str(v) for k, v in (snap.get("labels") or {}).items()}
-        slot.resources = {str(k): float(v) for k, v in (snap.get("resources") or {}).items()}
+        labels = {str(k): str(v) for k, v in (snap.get("labels") or {}).items()}
+        resources = {str(k): float(v) for k, v in (snap.get("resources") or {}).items()}
+        accepts = frozenset(snap.get("accepts") or ())
+        if (labels, resources, accepts) != (slot.labels, slot.resources, slot.accepts):
+            self.version += 1
+        slot.labels, slot.resources, slot.accepts = labels, resources, accepts
         slot.models = frozenset(snap.get("models") or ())
         slot.datasets = frozenset(snap.get("datasets") or ())
-        slot.accepts = frozenset(snap.get("accepts") or ())
         slot.slots = int(snap.get("slots") or 0)
         slot.latency = {str(k): float(v) for k, v in (snap.get("latency") or {}).items()}
         slot.metrics = {k: float(snap[k]) for k in ("cpu", "memory", "memory_percent", "gpu_percent",

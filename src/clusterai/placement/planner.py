@@ -3,6 +3,7 @@ breakers and free rooms first, then each queue's strategy. No I/O: the coordinat
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -60,14 +61,24 @@ class Plan:
 
 
 class Planner:
+    """Placement stays cheap at scale: the workers that meet a job's hard constraints are cached
+    per kind of job (until the registry changes), and among more than `sample_size` of them a
+    strategy ranks a random sample (the power of d choices), falling back to all of them only
+    when the sample has no room."""
+
     def __init__(self, strategies: Mapping[str, Strategy], default: Strategy, *,
-                 batch_target_seconds: float = 0.02, max_batch: int = 500, explain_limit: int = 50):
+                 batch_target_seconds: float = 0.02, max_batch: int = 500, explain_limit: int = 50,
+                 sample_size: int = 8, rng: random.Random | None = None):
         self.strategies = dict(strategies)
         self.default = default
         self.batch_target_seconds = batch_target_seconds
         self.max_batch = max_batch
         self.explain_limit = explain_limit
+        self.sample_size = sample_size
+        self.rng = rng or random.Random()
         self.duration: dict[str, float] = {}  # EWMA seconds per job, per task, over all workers
+        self._eligible: dict[tuple[object, ...], list[WorkerSlot]] = {}
+        self._version: int | None = None
 
     def strategy_for(self, queue: str) -> Strategy:
         return self.strategies.get(queue, self.default)
@@ -93,10 +104,17 @@ class Planner:
         per_room = max((self.size_for(t) for t in self.duration), default=1)
         return rooms * per_room + 16
 
-    def plan(self, jobs: Sequence[Job], slots: Sequence[WorkerSlot], now: float) -> Plan:
-        """Batches for the ready jobs (in priority order); the rest stay queued, with a reason."""
+    def plan(self, jobs: Sequence[Job], slots: Sequence[WorkerSlot], now: float,
+             version: int | None = None) -> Plan:
+        """Batches for the ready jobs (in priority order); the rest stay queued, with a reason.
+        `version` names the registry's state: while it holds, cached eligibility stays valid."""
+        if version is None or version != self._version:
+            self._eligible.clear()
+            self._version = version
         plan = Plan()
         open_batch: dict[tuple[object, ...], Batch] = {}
+        free_rooms = sum(max(0, s.capacity + 1 - s.calls) for s in slots if s.has_room(True))
+        reasons: dict[tuple[object, ...], str] = {}
         for job in jobs:
             c = Constraints.of(job)
             size = 1 if (job.lost_count or c.requires) else self.size_for(job.task)
@@ -106,16 +124,20 @@ class Planner:
                 batch.add(job)
                 continue
             short = self.is_short(job.task)
-            candidates = self.candidates(job, c, slots, short, now)
-            self._fill_latency(job.task, candidates)
             strategy = self.strategy_for(job.queue)
+            candidates = self.candidates_for(job, c, slots, short, now, strategy)
+            self._fill_latency(job.task, candidates)
             slot = strategy.choose(job, candidates) if candidates else None
             if slot is None:
                 if len(plan.waiting) < self.explain_limit:
-                    plan.waiting[job.id] = self.why_waiting(job, c, slots, bool(candidates), strategy, now)
-                if not any(s.has_room(True) for s in slots):
+                    why_key = (c.key, job.queue, job.task, bool(candidates))
+                    if why_key not in reasons:  # one look at the registry per kind of job and round
+                        reasons[why_key] = self.why_waiting(job, c, slots, bool(candidates), strategy, now)
+                    plan.waiting[job.id] = reasons[why_key]
+                if free_rooms <= 0:
                     break  # every worker is full: nothing further down the list can go either
                 continue
+            free_rooms -= 1
             trial = self._begin_trials(slot, job.task, now)
             batch = Batch(slot, [job], long=not short, suspect=job.lost_count > 0,
                           strategy=strategy.name, trial=trial)
@@ -125,11 +147,28 @@ class Planner:
                 open_batch[key] = batch
         return plan
 
+    def candidates_for(self, job: Job, c: Constraints, slots: Sequence[WorkerSlot], short: bool,
+                       now: float, strategy: Strategy) -> list[WorkerSlot]:
+        key = (c.key, job.queue, job.task)
+        eligible = self._eligible.get(key)
+        if eligible is None:
+            eligible = [s for s in slots if s.why_not(job, c) is None]
+            if self._version is not None:
+                self._eligible[key] = eligible
+        if len(eligible) > self.sample_size and getattr(strategy, "samples", False):
+            picked = self.candidates(job, c, self.rng.sample(eligible, self.sample_size), short, now, True)
+            if picked:
+                return picked
+        return self.candidates(job, c, eligible, short, now, True)
+
     @staticmethod
     def candidates(job: Job, c: Constraints, slots: Sequence[WorkerSlot], short: bool,
-                   now: float) -> list[WorkerSlot]:
+                   now: float, eligible: bool = False) -> list[WorkerSlot]:
+        """The workers that may take the job now; `eligible`: they are known to meet its hard
+        constraints already (this runs once per decision, so it skips what it can)."""
         suspect = job.lost_count > 0
         out = []
+        task = job.task
         for s in slots:
             if suspect:
                 # a job that was on a worker when it died runs on an otherwise idle worker, and
@@ -138,9 +177,12 @@ class Planner:
                     continue
             elif not s.has_room(short):
                 continue
-            if not (s.breaker.allows(now) and s.breaker_for(job.task).allows(now)):
+            if s.breaker.opened_at is not None and not s.breaker.allows(now):
                 continue
-            if s.why_not(job, c) is None and s.fits_now(c):
+            task_breaker = s.task_breakers.get(task)
+            if task_breaker is not None and task_breaker.opened_at is not None and not task_breaker.allows(now):
+                continue
+            if (eligible or s.why_not(job, c) is None) and (not c.requires or s.fits_now(c)):
                 out.append(s)
         return out
 

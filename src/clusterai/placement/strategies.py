@@ -96,23 +96,27 @@ class PriorityReserve:
 # -- strategies --------------------------------------------------------------------------------
 
 class RoundRobin:
+    """Each worker in turn, in address order: the next address after the last one chosen."""
+
     name = "round_robin"
 
     def __init__(self) -> None:
-        self._turn = 0
+        self._last = ""
 
     def choose(self, job: Job, candidates: Sequence[WorkerSlot]) -> WorkerSlot | None:
         if not candidates:
             return None
-        ordered = sorted(candidates, key=lambda s: s.address)
-        choice = ordered[self._turn % len(ordered)]
-        self._turn += 1
+        after = [s for s in candidates if s.address > self._last]
+        choice = min(after or candidates, key=lambda s: s.address)
+        self._last = choice.address
         return choice
 
 
 class Ranked:
     """Filters, then the candidate with the lowest tuple of scores (a chain: later scorers break
     the ties of earlier ones); the address makes the choice deterministic."""
+
+    samples = True  # ranking a random sample of a large pool is as good as ranking all of it
 
     def __init__(self, name: str, scorers: Sequence[Scorer], filters: Sequence[Filter] = ()):
         self.name = name
