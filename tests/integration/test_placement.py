@@ -117,3 +117,23 @@ def test_drain_lets_running_jobs_finish_and_sends_new_ones_elsewhere(client):
     assert ran_on(c, [c.submit("test.where") for _ in range(5)]) == {"1"}
     assert c.result(long, timeout=30) == "0", "the drained worker finishes what it was running"
     assert {w.name: w.status for w in c.workers()}["0"] == "draining"
+
+
+@pytest.mark.timeout(120)
+def test_restart_and_remove_workers(client):
+    c = client()
+    before = {w.name: w.pid for w in c.workers() if w.status != "gone"}
+    assert c.command_worker("0", "restart", wait=60) == "restarted through its nanny"
+    wait_for(lambda: {w.name: w.pid for w in c.workers() if w.status == "ready" and w.pid}.get("0")
+             not in (None, before["0"]), 60, "worker 0 to come back with a new process")
+    assert "removed" in (c.command_worker("1", "remove", wait=60) or "")
+    wait_for(lambda: "1" not in {w.name for w in c.workers() if w.status != "gone"}, 30, "worker 1 to leave")
+    assert ran_on(c, c.submit_many("test.where", [{}] * 10)) == {"0"}
+
+
+@pytest.mark.timeout(120)
+def test_dask_strategy_lets_dask_place_the_work(client):
+    c = client(strategy="dask")
+    jobs = c.submit_many("test.where", [{"sleep": 0.01}] * 40)
+    assert ran_on(c, jobs) <= {"0", "1"}
+    assert all(j.attempts[0].outcome.value == "succeeded" for j in (c.get(j.id) for j in jobs))
