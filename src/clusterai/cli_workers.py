@@ -74,29 +74,18 @@ def _command(name: str, action: str, wait: float) -> None:
     out.print(f"worker {name}: {outcome}")
 
 
-@workers_app.command("drain")
-@errors_to_exit_codes
-def workers_drain(name: str, wait: float = typer.Option(10.0, "--wait", min=0)) -> None:
-    """Let the worker finish its running jobs and give it no new ones."""
-    _command(name, "drain", wait)
+def _action_command(action: str, summary: str, default_wait: float) -> None:
+    def command(name: str = typer.Argument(..., help="worker name or address"),
+                wait: float = typer.Option(default_wait, "--wait", min=0,
+                                           help="seconds to wait for the coordinator")) -> None:
+        _command(name, action, wait)
+
+    command.__doc__ = summary
+    workers_app.command(action)(errors_to_exit_codes(command))
 
 
-@workers_app.command("undrain")
-@errors_to_exit_codes
-def workers_undrain(name: str, wait: float = typer.Option(10.0, "--wait", min=0)) -> None:
-    """Put a drained worker back in rotation."""
-    _command(name, "undrain", wait)
-
-
-@workers_app.command("remove")
-@errors_to_exit_codes
-def workers_remove(name: str, wait: float = typer.Option(60.0, "--wait", min=0)) -> None:
-    """Drain the worker, then retire it from the cluster once its jobs are done."""
-    _command(name, "remove", wait)
-
-
-@workers_app.command("restart")
-@errors_to_exit_codes
-def workers_restart(name: str, wait: float = typer.Option(60.0, "--wait", min=0)) -> None:
-    """Restart the worker process through its nanny (its running jobs are retried elsewhere)."""
-    _command(name, "restart", wait)
+_action_command("drain", "Let the worker finish its running jobs and give it no new ones.", 10.0)
+_action_command("undrain", "Put a drained worker back in rotation.", 10.0)
+_action_command("remove", "Drain the worker, then retire it from the cluster once its jobs are done.", 60.0)
+_action_command("restart", "Restart the worker process through its nanny (its running jobs are retried elsewhere).",
+                60.0)

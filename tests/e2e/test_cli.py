@@ -135,6 +135,14 @@ def test_up_then_submit_wait_from_another_process(workdir):
         assert [j["task"] for j in json.loads(dead.stdout)] == ["test.refuse"]
         requeued = run_cli("dlq", "requeue", "--all", cwd=workdir)
         assert requeued.returncode == 0 and "requeued 1 jobs" in requeued.stdout
+
+        drained = run_cli("workers", "drain", "0", cwd=workdir)
+        assert drained.returncode == 0 and "worker 0: draining" in drained.stdout
+        listed = json.loads(run_cli("workers", "list", "--json", cwd=workdir).stdout)
+        assert {w["name"]: w["status"] for w in listed}["0"] == "draining"
+        assert "ready again" in run_cli("workers", "undrain", "0", cwd=workdir).stdout
+        unknown = run_cli("workers", "drain", "nosuch", cwd=workdir)
+        assert unknown.returncode == 2 and "no live worker named 'nosuch'" in unknown.stderr
     finally:
         up.send_signal(signal.SIGINT)
         try:
