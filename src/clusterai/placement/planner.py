@@ -115,6 +115,7 @@ class Planner:
         open_batch: dict[tuple[object, ...], Batch] = {}
         free_rooms = sum(max(0, s.capacity + 1 - s.calls) for s in slots if s.has_room(True))
         reasons: dict[tuple[object, ...], str] = {}
+        virtual: dict[str, float] = {}  # seconds of held-back work counted against busy workers
         for job in jobs:
             c = Constraints.of(job)
             size = 1 if (job.lost_count or c.requires) else self.size_for(job.task)
@@ -128,6 +129,16 @@ class Planner:
             candidates = self.candidates_for(job, c, slots, short, now, strategy)
             self._fill_latency(job.task, candidates)
             slot = strategy.choose(job, candidates) if candidates else None
+            if slot is not None and getattr(strategy, "waits_for_faster", False):
+                faster = self._faster_busy_worker(job, c, slot, slots, virtual)
+                if faster is not None:
+                    # minimum completion time: this job is better off waiting for `faster` (a
+                    # slow idle worker would finish it later); count it against faster's backlog
+                    virtual[faster.address] = virtual.get(faster.address, 0.0) + faster.latency[job.task] / max(
+                        1, faster.capacity)
+                    if len(plan.waiting) < self.explain_limit:
+                        plan.waiting[job.id] = f"waiting for a faster worker ({faster.name}) to free up"
+                    continue
             if slot is None:
                 if len(plan.waiting) < self.explain_limit:
                     why_key = (c.key, job.queue, job.task, bool(candidates))
@@ -185,6 +196,26 @@ class Planner:
             if (eligible or s.why_not(job, c) is None) and (not c.requires or s.fits_now(c)):
                 out.append(s)
         return out
+
+    def _faster_busy_worker(self, job: Job, c: Constraints, chosen: WorkerSlot, slots: Sequence[WorkerSlot],
+                            virtual: dict[str, float]) -> WorkerSlot | None:
+        """A busy worker that would finish this job before `chosen` does, counting what it runs and
+        what this round already held back for it. Only in pools small enough to look at whole:
+        in large pools a free fast worker is almost always in the sample anyway."""
+        mine = chosen.latency.get(job.task)
+        eligible = self._eligible.get((c.key, job.queue, job.task))
+        if mine is None or eligible is None or len(eligible) > self.sample_size * 4:
+            return None
+        finish_here = mine / max(1, chosen.capacity) + virtual.get(chosen.address, 0.0)
+        best, best_finish = None, finish_here
+        for s in eligible:
+            lat = s.latency.get(job.task)
+            if s is chosen or lat is None or s.status != "ready" or s.has_room(False):
+                continue
+            finish = (s.jobs + 1) * lat / max(1, s.capacity) + virtual.get(s.address, 0.0)
+            if finish < best_finish:
+                best, best_finish = s, finish
+        return best
 
     def _fill_latency(self, task: str, candidates: Sequence[WorkerSlot]) -> None:
         """A worker that has not run this task yet is assumed as fast as the cluster's average,

@@ -117,6 +117,7 @@ class Ranked:
     the ties of earlier ones); the address makes the choice deterministic."""
 
     samples = True  # ranking a random sample of a large pool is as good as ranking all of it
+    waits_for_faster = False  # may a job wait for a busy worker that would still finish it sooner?
 
     def __init__(self, name: str, scorers: Sequence[Scorer], filters: Sequence[Filter] = ()):
         self.name = name
@@ -133,6 +134,8 @@ class Ranked:
 
 
 class LeastLoaded(Ranked):
+    waits_for_faster = True
+
     def __init__(self) -> None:
         super().__init__("least_loaded", [load_score])
 
@@ -157,7 +160,9 @@ def hybrid(chain: Sequence[str], reserve: int = 1) -> Ranked:
         else:
             allowed = ", ".join(["priority", *SCORERS])
             raise ConfigError(f"placement.hybrid: unknown step {step!r}; allowed: {allowed}")
-    return Ranked("hybrid", scorers or [load_score], filters)
+    ranked = Ranked("hybrid", scorers or [load_score], filters)
+    ranked.waits_for_faster = load_score in ranked.scorers
+    return ranked
 
 
 DEFAULT_HYBRID = ("priority", "capability", "least_loaded", "geographic")
