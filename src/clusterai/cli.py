@@ -58,20 +58,28 @@ def _global(
 def up(
     workers: int | None = typer.Option(None, "--workers", "-w", help="local worker processes"),
     scheduler: str | None = typer.Option(None, "--scheduler", help="use this Dask scheduler"),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", min=1, max=65535,
+                                            help="serve Prometheus metrics on 127.0.0.1:PORT"),
 ) -> None:
     """Start the cluster (Dask workers + coordinator) in the foreground until Ctrl-C."""
     from clusterai.engine.runtime import ClusterRuntime
 
     conf = settings.config(**{"cluster.workers": workers, "cluster.scheduler": scheduler})
-    asyncio.run(_serve(ClusterRuntime(conf)))
+    asyncio.run(_serve(ClusterRuntime(conf), metrics_port))
 
 
-async def _serve(runtime: Any) -> None:
+async def _serve(runtime: Any, metrics_port: int | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await runtime.start()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        # loopback only: the token-protected REST API is the way to reach it from elsewhere
+        start_http_server(metrics_port, addr="127.0.0.1", registry=runtime.coordinator.metrics.registry)
+        out.print(f"Prometheus metrics: http://127.0.0.1:{metrics_port}/metrics")
     conf = runtime.config
     out.print(f"[bold green]clusterai is up[/]: store {conf.store}, scheduler {runtime.scheduler_address}")
     if runtime.dashboard_link:

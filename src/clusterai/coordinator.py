@@ -21,6 +21,7 @@ from clusterai.engine.execute import run_batch_anywhere
 from clusterai.errors import StoreUnavailable
 from clusterai.jobs.model import Finish, Job, Outcome, State, canonical_json, decide
 from clusterai.jobs.store import JobStore
+from clusterai.metrics import Metrics
 from clusterai.placement import Strategy, WorkerSlot, make_strategy
 from clusterai.placement.planner import Batch, Planner
 from clusterai.workers import WorkerRegistry
@@ -50,6 +51,7 @@ class Coordinator:
         self.planner = self._make_planner(self.settings, self.placement)
         self.registry = WorkerRegistry(store, dask_client, breaker=self.placement.breaker,
                                        on_change=self._wake_set)
+        self.metrics = Metrics()
         self.rng = rng or random.Random()
         self._inflight: dict[int, Job] = {}
         self._listeners: list[Listener] = []
@@ -198,8 +200,12 @@ class Coordinator:
         hard_limit = None
         if all(j.timeout for j in jobs):
             hard_limit = sum(j.timeout or 0 for j in jobs) + self.settings.hard_timeout_grace
+        started = time.monotonic()
         try:
             finishes = await self._call_worker(batch, items, hard_limit)
+            elapsed = time.monotonic() - started
+            for finish, job in zip(finishes, jobs):
+                self.metrics.observe_outcome(job.task, finish.outcome.value, elapsed)
             self._update_breakers(batch, finishes)
             await self._commit(finishes)
         finally:
@@ -350,6 +356,7 @@ class Coordinator:
             await asyncio.sleep(1.0)
             try:
                 await self.registry.refresh()
+                self.metrics.observe_workers(self.slots.values(), time.time())
             except StoreUnavailable as exc:
                 log.warning("store unavailable while saving the worker registry: %s", exc)
             except Exception as exc:  # noqa: BLE001 - a scheduler hiccup must not stop the loop

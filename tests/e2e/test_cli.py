@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -113,7 +115,11 @@ def test_demo_runs_real_jobs_and_exits(tmp_path):
 @pytest.mark.timeout(180)
 def test_up_then_submit_wait_from_another_process(workdir):
     env = {**os.environ, "PYTHONPATH": str(SUPPORT)}
-    up = subprocess.Popen([sys.executable, "-m", "clusterai.cli", "up"], cwd=workdir, env=env,
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    up = subprocess.Popen([sys.executable, "-m", "clusterai.cli", "up", "--metrics-port", str(metrics_port)],
+                          cwd=workdir, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)
     try:
@@ -143,6 +149,11 @@ def test_up_then_submit_wait_from_another_process(workdir):
         assert "ready again" in run_cli("workers", "undrain", "0", cwd=workdir).stdout
         unknown = run_cli("workers", "drain", "nosuch", cwd=workdir)
         assert unknown.returncode == 2 and "no live worker named 'nosuch'" in unknown.stderr
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert "cluster_active_workers 2.0" in metrics
+        assert 'cluster_total_tasks_total{outcome="succeeded"}' in metrics
     finally:
         up.send_signal(signal.SIGINT)
         try:

@@ -100,6 +100,11 @@ def test_failing_worker_trips_its_breaker_then_recovers(client, tmp_path):
     started_on_broken = [a.started_at for j in done for a in j.attempts if a.worker == broken]
     assert not [t for t in started_on_broken if opened + 0.2 < t < opened + cooldown - 0.2]
     wait_for(lambda: {w.name: w.breaker for w in c.workers()}["0"] == "open", 10, "the breaker to show")
+    metrics = c.runtime.runtime.coordinator.metrics.render().decode()
+    assert 'worker_breaker_state{worker="0"} 2.0' in metrics
+    assert 'worker_task_breaker_state{task="test.fragile",worker="0"} 2.0' in metrics
+    assert 'worker_breaker_state{worker="1"} 0.0' in metrics
+    assert 'cluster_failed_tasks_total{task="test.fragile"}' in metrics
 
     flag.unlink()  # the machine is repaired
     time.sleep(cooldown + 0.5)  # past the cooldown: half-open, one trial job
