@@ -93,7 +93,9 @@ class PlacementSection(_Section):
         default_factory=lambda: ["priority", "capability", "least_loaded", "geographic"],
         description="filters then scorers, in order",
     )
-    reserve: int = Field(1, ge=0, description="free rooms held back for high and critical jobs")
+    reserve: int | None = Field(
+        None, ge=0, description="free rooms held back for high and critical jobs; unset: 1 for the priority "
+        "strategy, 0 in hybrid chains (an idle reserve costs a small pool a large share of its capacity)")
     breaker: BreakerSection = BreakerSection()
 
     @pydantic.field_validator("strategy")

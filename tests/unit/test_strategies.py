@@ -283,10 +283,15 @@ def test_priority_among_the_allowed_picks_the_least_loaded():
 # -- hybrid ----------------------------------------------------------------------------------------
 
 
-def test_hybrid_default_chain_starts_with_the_priority_reserve():
-    default = make_strategy("hybrid")
-    assert default.choose(make_job(), one_free_room()) is None
-    assert default.choose(make_job(priority=Priority.HIGH), one_free_room()) is not None
+def test_hybrid_default_chain_reserves_nothing_unless_told():
+    # an idle reserve would cost a small pool a large share of its capacity
+    assert make_strategy("hybrid").choose(make_job(), one_free_room()) is not None
+
+
+def test_hybrid_chain_starts_with_the_priority_reserve_when_one_is_configured():
+    reserving = make_strategy("hybrid", reserve=1)
+    assert reserving.choose(make_job(), one_free_room()) is None
+    assert reserving.choose(make_job(priority=Priority.HIGH), one_free_room()) is not None
 
 
 def test_hybrid_capability_comes_before_load():

@@ -171,7 +171,7 @@ BUILT_IN = ("round_robin", "least_loaded", "capability", "affinity", "geographic
             "hybrid", "dask")
 
 
-def make_strategy(name: str, *, hybrid_chain: Sequence[str] = DEFAULT_HYBRID, reserve: int = 1,
+def make_strategy(name: str, *, hybrid_chain: Sequence[str] = DEFAULT_HYBRID, reserve: int | None = None,
                   options: dict[str, Any] | None = None) -> Strategy:
     """A built-in strategy by name, or a custom one by dotted path (`pkg.module:Class`)."""
     if name == "round_robin":
@@ -185,9 +185,9 @@ def make_strategy(name: str, *, hybrid_chain: Sequence[str] = DEFAULT_HYBRID, re
     if name == "geographic":
         return Ranked("geographic", [geo_score, load_score])
     if name == "priority":
-        return Ranked("priority", [load_score], [PriorityReserve(reserve)])
+        return Ranked("priority", [load_score], [PriorityReserve(1 if reserve is None else reserve)])
     if name == "hybrid":
-        return hybrid(hybrid_chain, reserve)
+        return hybrid(hybrid_chain, 0 if reserve is None else reserve)
     if name == "dask":
         return DaskChoice()
     if "." in name or ":" in name:
