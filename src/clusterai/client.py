@@ -60,14 +60,16 @@ def build_spec(config: ClusterConfig, task: str, payload: Any, **options: Any) -
         idempotency_key=options.get("idempotency_key"),
         retry=RetryPolicy(retries=pick("retries"), backoff=pick("backoff"),
                           max_backoff=pick("max_backoff"), jitter=d.jitter),
-        resources=_numbers("requires", {**definition.resources, **(options.get("requires") or {}),
-                                        **(options.get("resources") or {})}),
+        resources={**definition.resources, **_numbers("requires", options.get("requires") or {}),
+                   **_numbers("resources", options.get("resources") or {})},
         labels=_strings("labels", options.get("labels") or {}),
         prefers=_strings("prefers", options.get("prefers") or {}),
     )
 
 
 def _numbers(what: str, mapping: dict[str, Any]) -> dict[str, float]:
+    if not isinstance(mapping, dict):
+        raise BadInput(f"{what} must be a mapping of resource names to amounts, got {type(mapping).__name__}")
     out = {}
     for key, value in mapping.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

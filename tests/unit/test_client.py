@@ -136,3 +136,14 @@ def test_zero_timeout_is_refused():
 def test_invalid_retry_options_are_refused():
     with pytest.raises(BadInput, match="retries must be >= 0"):
         build_spec(CONFIG, "unit.plain", {}, retries=-1)
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("requires", {"GPU": -1}, "requires: GPU must be a number >= 0"),
+    ("requires", {"GPU": "two"}, "requires: GPU must be a number >= 0, got 'two'"),
+    ("requires", ["GPU"], "requires must be a mapping"),
+    ("labels", "region=eu", "labels must be a mapping"),
+])
+def test_bad_placement_constraints_are_refused(option, value, message):
+    with pytest.raises(BadInput, match=message):
+        build_spec(ClusterConfig(), "unit.plain", {}, **{option: value})
