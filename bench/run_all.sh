@@ -19,4 +19,4 @@ fi
 
 mkdir -p bench/results
 # the repository root on the path: Dask's worker processes and the Celery worker import bench.*
-PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec .venv/bin/python -m bench.jobs "$@"
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec .venv/bin/python -m "${BENCH_MODULE:-bench.jobs}" "$@"
