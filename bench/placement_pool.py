@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.common import RESULTS, ROOT, log, write_json
 from bench.jobs import _revision, machine
-from bench.pool_systems import CALIBRATION_UNITS, Spec, run_system
+from bench.pool_systems import CALIBRATION_UNITS, Spec, machine_cpu_seconds, run_system
 from bench.pool_tasks import SPEEDS
 from clusterai.config import STRATEGIES
 
@@ -52,6 +52,7 @@ BUSY_LOAD = 1.5  # a load average above this at the start makes the figures susp
 # CPU is run again, at most MAX_RETRIES times in all.
 OUTSIDE_LIMIT = 0.05
 MAX_RETRIES = 4
+CALM_TIMEOUT = 180  # seconds to wait for other work to end before each run
 
 # -- the workload -----------------------------------------------------------------------------
 
@@ -213,6 +214,7 @@ def run_cleanly(system: str, spec: Spec, cores: int, retries: int) -> tuple[dict
     attempt's share is kept."""
     runs: list[dict[str, Any]] = []
     while True:
+        wait_for_calm(cores)
         run = spawn(system, spec)
         if "error" in run:
             return run, len(runs)
@@ -223,6 +225,23 @@ def run_cleanly(system: str, spec: Spec, cores: int, retries: int) -> tuple[dict
         log(f"{system}: other processes took {share:.0%} of the CPU; running it again")
     best = min(runs, key=lambda r: outside_fraction(r, cores))
     return {**best, "outside_fractions": [outside_fraction(r, cores) for r in runs]}, len(runs) - 1
+
+
+def wait_for_calm(cores: int, sample: float = 1.0, timeout: float = CALM_TIMEOUT) -> None:
+    """Between two runs nothing of ours runs: while other processes (a test suite) keep the CPU
+    busier than OUTSIDE_LIMIT, wait for them, for up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        before = machine_cpu_seconds()[0]
+        time.sleep(sample)
+        busy = (machine_cpu_seconds()[0] - before) / (sample * cores)
+        if busy <= OUTSIDE_LIMIT:
+            return
+        if time.monotonic() > deadline:
+            log(f"other processes still use {busy:.0%} of the CPU; running anyway")
+            return
+        log(f"other processes use {busy:.0%} of the CPU; waiting for them")
+        time.sleep(5)
 
 
 def spawn(system: str, spec: Spec) -> dict[str, Any]:
