@@ -224,7 +224,10 @@ class Coordinator:
         if batch.strategy == "dask":
             # Dask's scheduler picks the worker (and may steal the task); Dask reruns it if a
             # worker dies, so a lost worker surfaces here only as a late reply
-            call = self.client.submit(run_batch_anywhere, items, pure=False)
+            # jobs with hard constraints stay on the worker the planner found for them
+            pinned = any(j.labels or j.resources for j in jobs)
+            call = self.client.submit(run_batch_anywhere, items, pure=False,
+                                      workers=[slot.address] if pinned else None, allow_other_workers=False)
         else:
             call = self.client.rpc(slot.address).clusterai_run(
                 items=items, stop_after=self.placement.breaker.failures)

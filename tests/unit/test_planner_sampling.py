@@ -62,3 +62,12 @@ def test_sampled_least_loaded_still_avoids_loaded_workers():
     chosen = [p.default.choose(j, p.candidates_for(j, Constraints.of(j), slots, False, NOW, p.default))
               for j in (make_job(i) for i in range(200))]
     assert sum(s.calls == 0 for s in chosen) >= 195  # 8 random picks all loaded: (1/2)^8 per decision
+
+
+def test_priority_reserve_counts_the_whole_pool_not_the_job_candidates():
+    # a normal job only "pinned" can run on must not starve while the rest of the pool is free
+    pinned = make_slot("p", labels={"gpu": "yes"})
+    others = pool(3)
+    p = Planner({}, make_strategy("priority", reserve=1))
+    plan = p.plan([make_job(1, labels={"gpu": "yes"})], [pinned, *others], NOW, version=1)
+    assert [b.slot for b in plan.batches] == [pinned]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from clusterai.jobs.model import Job
 from clusterai.placement.registry import Constraints, WorkerSlot
-from clusterai.placement.strategies import Strategy
+from clusterai.placement.strategies import PriorityReserve, Strategy
 
 _EWMA_ALPHA = 0.2
 SHORT_SECONDS = 0.05  # a task faster than this may be prefetched and batched
@@ -115,6 +115,7 @@ class Planner:
         open_batch: dict[tuple[object, ...], Batch] = {}
         free_rooms = sum(max(0, s.capacity + 1 - s.calls) for s in slots if s.has_room(True))
         reasons: dict[tuple[object, ...], str] = {}
+        idle_slots = sum(max(0, s.capacity - s.calls) for s in slots if s.status == "ready")
         virtual: dict[str, float] = {}  # seconds of held-back work counted against busy workers
         for job in jobs:
             c = Constraints.of(job)
@@ -128,6 +129,9 @@ class Planner:
             strategy = self.strategy_for(job.queue)
             candidates = self.candidates_for(job, c, slots, short, now, strategy)
             self._fill_latency(job.task, candidates)
+            for keep in getattr(strategy, "filters", ()):
+                if isinstance(keep, PriorityReserve):
+                    keep.pool_free = idle_slots
             slot = strategy.choose(job, candidates) if candidates else None
             if slot is not None and getattr(strategy, "waits_for_faster", False):
                 faster = self._faster_busy_worker(job, c, slot, slots, virtual)
@@ -149,6 +153,7 @@ class Planner:
                     break  # every worker is full: nothing further down the list can go either
                 continue
             free_rooms -= 1
+            idle_slots -= 1
             trial = self._begin_trials(slot, job.task, now)
             batch = Batch(slot, [job], long=not short, suspect=job.lost_count > 0,
                           strategy=strategy.name, trial=trial)

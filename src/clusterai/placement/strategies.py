@@ -85,11 +85,15 @@ class PriorityReserve:
 
     def __init__(self, reserve: int = 1):
         self.reserve = reserve
+        # free rooms in the whole pool, set by the planner each round: a job that only a few
+        # workers can run must not starve because *its* candidates alone are within the reserve
+        self.pool_free: int | None = None
 
     def __call__(self, job: Job, candidates: Sequence[WorkerSlot]) -> Sequence[WorkerSlot]:
         if job.priority >= Priority.HIGH:
             return candidates
-        free = sum(max(0, w.capacity - w.calls) for w in candidates)
+        free = self.pool_free if self.pool_free is not None else sum(
+            max(0, w.capacity - w.calls) for w in candidates)
         return candidates if free > self.reserve else ()
 
 
