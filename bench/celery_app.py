@@ -12,14 +12,22 @@ from celery import Celery
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
-app = Celery("bench", broker=REDIS_URL, backend=REDIS_URL)
-app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
-)
+
+
+def make_app(name: str) -> Celery:
+    """A Celery app on the throwaway Redis, JSON only (the same rules as clusterai: no pickle)."""
+    app = Celery(name, broker=REDIS_URL, backend=REDIS_URL)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_app("bench")
 
 
 @app.task(name="bench.noop")

@@ -10,20 +10,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery import Celery
-
+from bench.celery_app import make_app
 from bench.pool_tasks import work
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-app = Celery("bench_pool", broker=REDIS_URL, backend=REDIS_URL)
-app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
-)
+app = make_app("bench_pool")
 
 
 @app.task(name="bench.units")
