@@ -58,39 +58,60 @@ def _global(
 def up(
     workers: int | None = typer.Option(None, "--workers", "-w", help="local worker processes"),
     scheduler: str | None = typer.Option(None, "--scheduler", help="use this Dask scheduler"),
-    metrics_port: int | None = typer.Option(None, "--metrics-port", min=1, max=65535,
-                                            help="serve Prometheus metrics on 127.0.0.1:PORT"),
+    api_host: str | None = typer.Option(None, "--api-host", help="API bind address (default 127.0.0.1)"),
+    api_port: int | None = typer.Option(None, "--api-port", min=0, max=65535, help="API port (0: any free one)"),
+    no_api: bool = typer.Option(False, "--no-api", help="do not serve the REST API"),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate: serve the API over HTTPS"),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert"),
 ) -> None:
-    """Start the cluster (Dask workers + coordinator) in the foreground until Ctrl-C."""
+    """Start the cluster (Dask workers + coordinator + REST API) in the foreground until Ctrl-C."""
     from clusterai.engine.runtime import ClusterRuntime
 
-    conf = settings.config(**{"cluster.workers": workers, "cluster.scheduler": scheduler})
-    asyncio.run(_serve(ClusterRuntime(conf), metrics_port))
+    conf = settings.config(**{"cluster.workers": workers, "cluster.scheduler": scheduler, "api.host": api_host,
+                              "api.port": api_port, "api.enabled": False if no_api else None,
+                              "api.tls_cert": str(tls_cert) if tls_cert else None,
+                              "api.tls_key": str(tls_key) if tls_key else None})
+    asyncio.run(_serve(ClusterRuntime(conf)))
 
 
-async def _serve(runtime: Any, metrics_port: int | None = None) -> None:
+async def _serve(runtime: Any) -> None:
+    from clusterai.api.server import ApiServer, ensure_admin_token, is_loopback
+    from clusterai.jobs.store import open_store
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await runtime.start()
-    if metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        # loopback only: the token-protected REST API is the way to reach it from elsewhere
-        start_http_server(metrics_port, addr="127.0.0.1", registry=runtime.coordinator.metrics.registry)
-        out.print(f"Prometheus metrics: http://127.0.0.1:{metrics_port}/metrics")
     conf = runtime.config
-    out.print(f"[bold green]clusterai is up[/]: store {conf.store}, scheduler {runtime.scheduler_address}")
-    if runtime.dashboard_link:
-        out.print(f"Dask dashboard: {runtime.dashboard_link}")
-    out.print("Ctrl-C to stop.")
-    sys.stdout.flush()
+    api = None
+    api_store = None
+    await runtime.start()
     try:
+        if conf.api.enabled:
+            api_store = open_store(conf.store)  # its own connection: API reads never wait on the coordinator's
+            written = ensure_admin_token(api_store, conf.api.token_file)
+            api = ApiServer(conf, api_store, wake=runtime.coordinator.wake,
+                            coordinator_registry=runtime.coordinator.metrics.registry)
+            url = await api.start()
+            out.print(f"REST API: {url}  (OpenAPI at {url}/docs, metrics at {url}/metrics)")
+            if written:
+                out.print(f"first admin token written to {written} (readable by you only)")
+            if not is_loopback(api.host) and not api.tls:
+                err.print("[yellow]warning:[/] the API listens beyond this machine without TLS; tokens travel "
+                          "in clear text. Use --tls-cert/--tls-key.")
+        out.print(f"[bold green]clusterai is up[/]: store {conf.store}, scheduler {runtime.scheduler_address}")
+        if runtime.dashboard_link:
+            out.print(f"Dask dashboard: {runtime.dashboard_link}")
+        out.print("Ctrl-C to stop.")
+        sys.stdout.flush()
         await stop.wait()
     finally:
         out.print("stopping...")
+        if api is not None:
+            await api.stop()
         await runtime.stop()
+        if api_store is not None:
+            api_store.close()
 
 
 @app.command()

@@ -13,7 +13,7 @@ from typing import Any
 from clusterai.config import ClusterConfig, load_config
 from clusterai.engine.runtime import BackgroundRuntime
 from clusterai.errors import BadInput, JobFailed, ResultTimeout
-from clusterai.jobs.model import Job, JobSpec, Priority, RetryPolicy, State, WorkerRecord
+from clusterai.jobs.model import AuditEntry, Job, JobSpec, Priority, RetryPolicy, State, WorkerRecord
 from clusterai.jobs.store import JobStore, open_store
 from clusterai.placement import Constraints, WorkerSlot
 from clusterai.tasks import get_task, import_task_modules
@@ -64,6 +64,7 @@ def build_spec(config: ClusterConfig, task: str, payload: Any, **options: Any) -
                    **_numbers("resources", options.get("resources") or {})},
         labels=_strings("labels", options.get("labels") or {}),
         prefers=_strings("prefers", options.get("prefers") or {}),
+        owner=options.get("owner"),
     )
 
 
@@ -162,14 +163,18 @@ class Client:
 
     def submit_many(self, task: str, payloads: Sequence[dict[str, Any]], **options: Any) -> list[Job]:
         """Submit many jobs of one task in one transaction: all are stored, or none."""
-        specs = [build_spec(self.config, task, p, **options) for p in payloads]
-        if specs and (specs[0].resources or specs[0].labels):
+        return self.submit_specs([build_spec(self.config, task, p, **options) for p in payloads])
+
+    def submit_specs(self, specs: Sequence[JobSpec], audit: AuditEntry | None = None) -> list[Job]:
+        """Store validated specs in one transaction (with `audit` in it, if given)."""
+        constrained = [s for s in specs if s.resources or s.labels]
+        if constrained:
             known = self._known_workers()
             distinct = {(s.queue, tuple(sorted(s.resources.items())), tuple(sorted(s.labels.items()))): s
-                        for s in specs}
+                        for s in constrained}
             for spec in distinct.values():
                 check_placeable(spec, known)
-        jobs = self.store.submit_many(specs, time.time())
+        jobs = self.store.submit_many(specs, time.time(), audit)
         self._wake()
         return jobs
 

@@ -80,6 +80,10 @@ class CoordinatorSection(_Section):
     hard_timeout_grace: float = Field(
         10.0, ge=0, description="past a job's timeout plus this, its worker is restarted"
     )
+    events_retention: float = Field(
+        3600.0, gt=0, description="seconds of job and worker events kept for live views to resume from"
+    )
+    events_kept: int = Field(1_000_000, ge=1000, description="at most this many events are kept")
 
 class BreakerSection(_Section):
     failures: int = Field(5, ge=1, description="failures in a row that open a worker's breaker")
@@ -118,6 +122,24 @@ def _check_strategy(name: str) -> str:
     raise ValueError(f"unknown strategy {name!r}; allowed: {', '.join(STRATEGIES)}, or package.module:Class")
 
 
+class ApiSection(_Section):
+    enabled: bool = Field(True, description="serve the REST API (and /metrics) from `clusterai up`")
+    host: str = Field("127.0.0.1", description="bind address; anything but loopback should use TLS")
+    port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
+    token_file: str = Field(".clusterai/admin.token", description="where `up` writes the first admin token")
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="larger request bodies get 413")
+    rate_limit: float = Field(1000.0, ge=0, description="requests per second per token; 0 = no limit")
+    rate_burst: int = Field(2000, ge=1, description="requests a token may send at once above the rate")
+    tls_cert: str | None = Field(None, description="PEM certificate: serve HTTPS")
+    tls_key: str | None = Field(None, description="PEM private key of tls_cert")
+
+    @pydantic.model_validator(mode="after")
+    def _tls_pair(self) -> ApiSection:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
+
+
 class DefaultsSection(_Section):
     retries: int = Field(3, ge=0, le=1000)
     backoff: float = Field(1.0, ge=0)
@@ -132,6 +154,7 @@ class ClusterConfig(_Section):
     cluster: ClusterSection = ClusterSection()
     coordinator: CoordinatorSection = CoordinatorSection()
     placement: PlacementSection = PlacementSection()
+    api: ApiSection = ApiSection()
     defaults: DefaultsSection = DefaultsSection()
     queues: dict[str, QueueSection] = Field(default_factory=dict)
 

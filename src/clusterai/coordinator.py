@@ -204,10 +204,8 @@ class Coordinator:
         try:
             finishes = await self._call_worker(batch, items, hard_limit)
             elapsed = time.monotonic() - started
-            for finish, job in zip(finishes, jobs):
-                self.metrics.observe_outcome(job.task, finish.outcome.value, elapsed)
             self._update_breakers(batch, finishes)
-            await self._commit(finishes)
+            await self._commit(finishes, jobs, elapsed)
         finally:
             batch.release()
             for job in jobs:
@@ -291,8 +289,9 @@ class Coordinator:
             for breaker in slot.task_breakers.values():
                 breaker.trial_running = False
 
-    async def _commit(self, finishes: list[Finish]) -> None:
-        """Write outcomes; while the store is down, keep them and try again (never drop one)."""
+    async def _commit(self, finishes: list[Finish], jobs: list[Job], elapsed: float | None = None) -> None:
+        """Write outcomes; while the store is down, keep them and try again (never drop one).
+        Metrics count only the outcomes the store accepted, so they agree with it."""
         delay = 0.1
         while True:
             try:
@@ -302,9 +301,11 @@ class Coordinator:
                 log.warning("store unavailable while committing %d outcomes: %s", len(finishes), exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        for finish, ok in zip(finishes, accepted):
+        now = time.time()
+        for finish, job, ok in zip(finishes, jobs, accepted):
             if not ok:
                 continue
+            self.metrics.observe_outcome(job, finish, elapsed, now)
             if finish.state is State.PENDING and finish.run_at is not None:
                 self._next_due = min(self._next_due or finish.run_at, finish.run_at)
             if finish.state.terminal:
@@ -343,7 +344,7 @@ class Coordinator:
             finishes = [self._decide(j, Outcome.EXPIRED, now,
                                      error=f"lease expired on worker {j.worker}: it stopped answering")
                         for j in expired]
-            await self._commit(finishes)
+            await self._commit(finishes, expired)
             self._wake_set()
 
     async def _ping(self, slot: WorkerSlot, timeout: float) -> bool:
@@ -355,11 +356,16 @@ class Coordinator:
             self._wake.set()
 
     async def _registry_loop(self) -> None:
+        next_prune = 0.0
         while True:
             await asyncio.sleep(1.0)
             try:
                 await self.registry.refresh()
-                self.metrics.observe_workers(self.slots.values(), time.time())
+                now = time.time()
+                self.metrics.observe_workers(self.slots.values(), now)
+                if now >= next_prune:
+                    next_prune = now + 60.0
+                    self.store.prune_events(now - self.settings.events_retention, self.settings.events_kept)
             except StoreUnavailable as exc:
                 log.warning("store unavailable while saving the worker registry: %s", exc)
             except Exception as exc:  # noqa: BLE001 - a scheduler hiccup must not stop the loop

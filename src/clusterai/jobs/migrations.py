@@ -86,4 +86,40 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         "ALTER TABLE workers ADD COLUMN breaker TEXT NOT NULL DEFAULT 'closed'",
         "ALTER TABLE workers ADD COLUMN models TEXT NOT NULL DEFAULT '[]'",
     ],
+    # 3: the REST API: who submitted a job, an event log for live updates, tokens, the audit log
+    [
+        "ALTER TABLE jobs ADD COLUMN owner TEXT",
+        "CREATE INDEX jobs_owner ON jobs(owner, id) WHERE owner IS NOT NULL",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            job_id INTEGER,
+            state TEXT,
+            worker TEXT,
+            detail TEXT
+        )""",
+        "CREATE INDEX events_at ON events(at)",
+        """CREATE TABLE tokens (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            secret_hash TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            created_by TEXT,
+            expires_at REAL,
+            revoked_at REAL
+        )""",
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            role TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            status INTEGER NOT NULL,
+            detail TEXT
+        )""",
+        "CREATE INDEX audit_actor ON audit(actor, id)",
+    ],
 ]

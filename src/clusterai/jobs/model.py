@@ -133,6 +133,7 @@ class JobSpec:
     resources: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     prefers: dict[str, str] = field(default_factory=dict)
+    owner: str | None = None  # the API token's name that submitted it (None: local client)
 
     @property
     def payload_json(self) -> str:
@@ -181,6 +182,7 @@ class Job:
     error: str | None = None
     finished_at: float | None = None
     attempts: tuple[Attempt, ...] = ()
+    owner: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -195,6 +197,8 @@ class Job:
             "worker": self.worker,
             "attempt": self.attempt,
             "failures": self.failures,
+            "lost_count": self.lost_count,
+            "retries": self.retry.retries,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "run_at": self.run_at,
@@ -205,6 +209,7 @@ class Job:
             "labels": self.labels,
             "prefers": self.prefers,
             "waiting": self.waiting,
+            "owner": self.owner,
             "attempts": [
                 {
                     "number": a.number,
@@ -220,6 +225,27 @@ class Job:
         }
 
 
+def job_from_dict(data: dict[str, Any]) -> Job:
+    """The inverse of Job.to_dict, for clients that read jobs as JSON (the REST API)."""
+    attempts = tuple(
+        Attempt(a["number"], a.get("worker"), a["started_at"], a.get("finished_at"),
+                Outcome(a["outcome"]) if a.get("outcome") else None, a.get("error"), a.get("late"))
+        for a in data.get("attempts") or ()
+    )
+    return Job(
+        id=data["id"], task=data["task"], queue=data["queue"], priority=Priority.parse(data["priority"]),
+        state=State(data["state"]), payload=data.get("payload") or {}, created_at=data["created_at"],
+        updated_at=data["updated_at"], run_at=data["run_at"], attempt=data["attempt"],
+        failures=data.get("failures", 0), lost_count=data.get("lost_count", 0),
+        retry=RetryPolicy(retries=data.get("retries", 3)),
+        timeout=data.get("timeout"), idempotency_key=data.get("idempotency_key"),
+        resources=data.get("resources") or {}, labels=data.get("labels") or {},
+        prefers=data.get("prefers") or {}, waiting=data.get("waiting"), worker=data.get("worker"),
+        result=data.get("result"), error=data.get("error"), finished_at=data.get("finished_at"),
+        attempts=attempts, owner=data.get("owner"),
+    )
+
+
 @dataclass(frozen=True)
 class Finish:
     """The store write that ends one attempt; applied only if the attempt still holds the lease."""
@@ -233,6 +259,39 @@ class Finish:
     run_at: float | None = None
     failures: int = 0
     lost_count: int = 0
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One mutating API call: who (token name and role), what, on what, and how it ended."""
+
+    actor: str
+    role: str
+    action: str  # "POST /api/v1/jobs"
+    target: str | None
+    status: int
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An API token as stored: never the secret, only its hash."""
+
+    id: str
+    name: str
+    role: str
+    secret_hash: str
+    created_at: float
+    created_by: str | None = None
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def usable(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "role": self.role, "created_at": self.created_at,
+                "created_by": self.created_by, "expires_at": self.expires_at, "revoked_at": self.revoked_at}
 
 
 @dataclass(frozen=True)

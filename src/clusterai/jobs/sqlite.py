@@ -22,6 +22,7 @@ from clusterai.errors import IdempotencyConflict, InvalidTransition, JobNotFound
 from clusterai.jobs.migrations import SQLITE_MIGRATIONS
 from clusterai.jobs.model import (
     Attempt,
+    AuditEntry,
     Finish,
     Job,
     JobSpec,
@@ -31,19 +32,25 @@ from clusterai.jobs.model import (
     State,
     check_transition,
 )
+from clusterai.jobs.sqlite_access import AccessTables
+from clusterai.jobs.sqlite_events import EventTables, job_events
 from clusterai.jobs.sqlite_workers import WorkerTables
+
+# Locked past the busy timeout, a disk error, a file that is no database: the store is unavailable
+# (an API answers 503), never an internal error. Constraint violations are bugs and stay loud.
+_UNAVAILABLE = (sqlite3.OperationalError, sqlite3.DatabaseError)
 
 _JOB_COLUMNS = (
     "id, task, queue, priority, state, payload, idempotency_key, run_at, created_at, updated_at,"
     " attempt, failures, lost_count, retries, backoff, max_backoff, jitter, timeout, resources,"
-    " labels, worker, result, error, finished_at, prefers, waiting"
+    " labels, worker, result, error, finished_at, prefers, waiting, owner"
 )
 
 
 def _row_to_job(row: sqlite3.Row | tuple, attempts: tuple[Attempt, ...] = ()) -> Job:
     (id_, task, queue, priority, state, payload, key, run_at, created, updated, attempt,
      failures, lost, retries, backoff, max_backoff, jitter, timeout, resources, labels,
-     worker, result, error, finished, prefers, waiting) = row
+     worker, result, error, finished, prefers, waiting, owner) = row
     return Job(
         id=id_, task=task, queue=queue, priority=Priority(priority), state=State(state),
         payload=json.loads(payload), created_at=created, updated_at=updated, run_at=run_at,
@@ -54,11 +61,11 @@ def _row_to_job(row: sqlite3.Row | tuple, attempts: tuple[Attempt, ...] = ()) ->
         labels=json.loads(labels) if labels else {},
         prefers=json.loads(prefers) if prefers else {}, waiting=waiting,
         worker=worker, result=json.loads(result) if result is not None else None,
-        error=error, finished_at=finished, attempts=attempts,
+        error=error, finished_at=finished, attempts=attempts, owner=owner,
     )
 
 
-class SQLiteStore(WorkerTables):
+class SQLiteStore(WorkerTables, EventTables, AccessTables):
     """One connection per store object, guarded by a lock: SQLite has a single writer anyway."""
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 30.0, synchronous: str = "NORMAL"):
@@ -87,11 +94,14 @@ class SQLiteStore(WorkerTables):
             cur = self._db.cursor()
             try:
                 cur.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
+            except _UNAVAILABLE as exc:
                 raise StoreUnavailable(f"SQLite store {self.path!r} is unavailable: {exc}") from None
             try:
                 yield cur
-            except sqlite3.OperationalError as exc:
+            except sqlite3.IntegrityError:
+                self._db.rollback()
+                raise
+            except _UNAVAILABLE as exc:
                 self._db.rollback()
                 raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from None
             except BaseException:
@@ -100,7 +110,7 @@ class SQLiteStore(WorkerTables):
             else:
                 try:
                     cur.execute("COMMIT")
-                except sqlite3.OperationalError as exc:
+                except _UNAVAILABLE as exc:
                     self._db.rollback()
                     raise StoreUnavailable(f"commit failed on {self.path!r}: {exc}") from None
 
@@ -108,7 +118,7 @@ class SQLiteStore(WorkerTables):
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
-            except sqlite3.OperationalError as exc:
+            except _UNAVAILABLE as exc:
                 raise StoreUnavailable(f"SQLite store {self.path!r} is unavailable: {exc}") from None
 
     def _migrate(self) -> None:
@@ -145,8 +155,10 @@ class SQLiteStore(WorkerTables):
 
     # -- submission and reads -----------------------------------------------------------------
 
-    def submit_many(self, specs: Sequence[JobSpec], now: float) -> list[Job]:
+    def submit_many(self, specs: Sequence[JobSpec], now: float, audit: AuditEntry | None = None) -> list[Job]:
+        """Store every job or none; with `audit`, the audit record commits in the same transaction."""
         jobs: list[Job] = []
+        created: set[int] = set()
         with self._write() as cur:
             for spec in specs:
                 if spec.idempotency_key is not None:
@@ -167,23 +179,28 @@ class SQLiteStore(WorkerTables):
                 cur.execute(
                     "INSERT INTO jobs (task, queue, priority, state, payload, fingerprint,"
                     " idempotency_key, run_at, created_at, updated_at, retries, backoff,"
-                    " max_backoff, jitter, timeout, resources, labels, prefers)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " max_backoff, jitter, timeout, resources, labels, prefers, owner)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (spec.task, spec.queue, int(spec.priority), state.value, spec.payload_json,
                      spec.fingerprint if spec.idempotency_key else None, spec.idempotency_key,
                      run_at, now, now, spec.retry.retries, spec.retry.backoff,
                      spec.retry.max_backoff, spec.retry.jitter, spec.timeout,
                      json.dumps(spec.resources) if spec.resources else None,
                      json.dumps(spec.labels) if spec.labels else None,
-                     json.dumps(spec.prefers) if spec.prefers else None),
+                     json.dumps(spec.prefers) if spec.prefers else None, spec.owner),
                 )
+                created.add(cur.lastrowid or 0)
                 jobs.append(Job(
                     id=cur.lastrowid or 0, task=spec.task, queue=spec.queue,
                     priority=spec.priority, state=state, payload=spec.payload, created_at=now,
                     updated_at=now, run_at=run_at, attempt=0, failures=0, lost_count=0,
                     retry=spec.retry, timeout=spec.timeout, idempotency_key=spec.idempotency_key,
                     resources=spec.resources, labels=spec.labels, prefers=spec.prefers,
+                    owner=spec.owner,
                 ))
+            job_events(cur, now, [(j.id, j.state.value, None, None) for j in jobs if j.id in created])
+            if audit is not None:
+                self._audit(cur, audit, now)
         return jobs
 
     def get(self, job_id: int, *, attempts: bool = True) -> Job:
@@ -209,22 +226,29 @@ class SQLiteStore(WorkerTables):
         task: str | None = None,
         queue: str | None = None,
         worker: str | None = None,
+        owner: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
         after_id: int | None = None,
+        before_id: int | None = None,
+        newest_first: bool = False,
         limit: int = 100,
     ) -> list[Job]:
+        """Jobs matching every filter given; `since`/`until` bound the creation time. Oldest first
+        (page with `after_id`), or newest first (page with `before_id`)."""
         where: list[str] = []
         params: list[Any] = []
-        for column, value in (("state", state.value if state else None), ("task", task),
-                              ("queue", queue), ("worker", worker)):
+        for clause, value in (("state=?", state.value if state else None), ("task=?", task),
+                              ("queue=?", queue), ("worker=?", worker), ("owner=?", owner),
+                              ("created_at>=?", since), ("created_at<?", until), ("id>?", after_id),
+                              ("id<?", before_id)):
             if value is not None:
-                where.append(f"{column}=?")
+                where.append(clause)
                 params.append(value)
-        if after_id is not None:
-            where.append("id>?")
-            params.append(after_id)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
+        order = "DESC" if newest_first else ""
         rows = self._read(
-            f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY id LIMIT ?", (*params, limit)
+            f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY id {order} LIMIT ?", (*params, limit)
         )
         return [_row_to_job(r) for r in rows]
 
@@ -260,12 +284,13 @@ class SQLiteStore(WorkerTables):
 
     def promote_due(self, now: float) -> int:
         with self._write() as cur:
-            cur.execute(
+            ids = cur.execute(
                 "UPDATE jobs INDEXED BY jobs_pending SET state='queued', updated_at=?"
-                " WHERE state='pending' AND run_at<=?",
+                " WHERE state='pending' AND run_at<=? RETURNING id",
                 (now, now),
-            )
-            return cur.rowcount
+            ).fetchall()
+            job_events(cur, now, [(i, "queued", None, None) for (i,) in ids])
+            return len(ids)
 
     def next_due_at(self) -> float | None:
         return self._read("SELECT MIN(run_at) FROM jobs INDEXED BY jobs_pending WHERE state='pending'")[0][0]
@@ -297,10 +322,12 @@ class SQLiteStore(WorkerTables):
                     (job_id, job.attempt, worker, now),
                 )
                 started.append(job)
+            job_events(cur, now, [(j.id, "running", j.worker, f"attempt {j.attempt}") for j in started])
         return started
 
     def finish_attempts(self, finishes: Sequence[Finish], now: float) -> list[bool]:
         accepted = []
+        events: list[tuple[int, str, str | None, str | None]] = []
         with self._write() as cur:
             for f in finishes:
                 cur.execute(
@@ -314,15 +341,19 @@ class SQLiteStore(WorkerTables):
                 if ok:
                     cur.execute(
                         "UPDATE attempts SET finished_at=?, outcome=?, error=?"
-                        " WHERE job_id=? AND number=?",
+                        " WHERE job_id=? AND number=? RETURNING worker",
                         (now, f.outcome.value, f.error, f.job_id, f.attempt),
                     )
+                    row = cur.fetchone()
+                    events.append((f.job_id, f.state.value, row[0] if row else None,
+                                   f"attempt {f.attempt} {f.outcome.value}"))
                 else:
                     cur.execute(
                         "UPDATE attempts SET late=? WHERE job_id=? AND number=?",
                         (_late_text(f, now), f.job_id, f.attempt),
                     )
                 accepted.append(ok)
+            job_events(cur, now, events)
         return accepted
 
     def set_waiting(self, reasons: Mapping[int, str]) -> None:
@@ -377,6 +408,7 @@ class SQLiteStore(WorkerTables):
                     "UPDATE attempts SET finished_at=?, outcome='cancelled' WHERE job_id=? AND number=?",
                     (now, job_id, attempt),
                 )
+            job_events(cur, now, [(job_id, "cancelled", None, f"was {state.value}")])
         return self.get(job_id)
 
     def requeue(self, job_id: int, now: float) -> Job:
@@ -395,6 +427,7 @@ class SQLiteStore(WorkerTables):
                 " finished_at=NULL, result=NULL, error=NULL WHERE id=?",
                 (now, now, job_id),
             )
+            job_events(cur, now, [(job_id, "queued", None, f"requeued from {state.value}")])
         return self.get(job_id)
 
     def stats(self, since: float) -> dict[str, float]:
@@ -403,15 +436,33 @@ class SQLiteStore(WorkerTables):
             " WHERE state='succeeded' AND finished_at>=?",
             (since,),
         )[0]
-        failed = self._read(
-            "SELECT COUNT(*) FROM attempts WHERE finished_at>=? AND outcome!='succeeded'", (since,)
-        )[0][0]
+        finished, failed = self._read(
+            "SELECT COUNT(*), COALESCE(SUM(outcome IN ('failed','timeout','lost','expired')), 0)"
+            " FROM attempts WHERE finished_at>=?", (since,)
+        )[0]
         retries = self._read("SELECT COALESCE(SUM(failures), 0) FROM jobs")[0][0]
         lost = self._read(
             "SELECT COUNT(*) FROM attempts WHERE outcome IN ('lost','expired','abandoned')"
         )[0][0]
         return {"succeeded": done, "first_finished": first or 0.0, "last_finished": last or 0.0,
-                "failed_attempts": failed, "retries": retries, "lost_attempts": lost}
+                "failed_attempts": failed, "finished_attempts": finished, "retries": retries, "lost_attempts": lost}
+
+    def queue_depths(self) -> list[tuple[str, int, str, int]]:
+        """(queue, priority, state, jobs) for every job not finished yet."""
+        return self._read(
+            "SELECT queue, priority, state, COUNT(*) FROM jobs WHERE state IN ('pending','queued','running')"
+            " GROUP BY queue, priority, state ORDER BY queue, priority DESC, state"
+        )
+
+    def recent_latencies(self, since: float, limit: int = 10_000) -> list[tuple[float, float]]:
+        """(seconds from submit to finish, seconds the last attempt ran) of the newest jobs that
+        succeeded since `since`: the sample behind the status latency percentiles."""
+        return self._read(
+            "SELECT j.finished_at - j.created_at, j.finished_at - a.started_at FROM jobs j"
+            " INDEXED BY jobs_finished JOIN attempts a ON a.job_id = j.id AND a.number = j.attempt"
+            " WHERE j.finished_at >= ? AND j.state = 'succeeded' ORDER BY j.finished_at DESC LIMIT ?",
+            (since, limit),
+        )
 
     def per_worker(self) -> dict[str, int]:
         """Accepted results per worker (by name where the registry knows it): who did the work."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from clusterai.errors import JobNotFound
 from clusterai.jobs.model import WorkerRecord
+from clusterai.jobs.sqlite_events import worker_events
 
 
 class WorkerTables:
@@ -21,6 +22,14 @@ class WorkerTables:
 
     def upsert_workers(self, records: Sequence[WorkerRecord], now: float) -> None:
         with self._write() as cur:
+            before = dict(cur.execute("SELECT address, status FROM workers").fetchall())
+            names = dict(cur.execute("SELECT address, name FROM workers").fetchall())
+            changes = [(r.name, r.status, "joined" if r.address not in before else f"was {before[r.address]}")
+                       for r in records if before.get(r.address) != r.status]
+            live_now = {r.address for r in records}
+            changes += [(names[a], "gone", f"was {status}") for a, status in before.items()
+                        if a not in live_now and status != "gone"]
+            worker_events(cur, now, changes)
             for r in records:
                 cur.execute(
                     "INSERT INTO workers (name, address, status, nthreads, memory_limit, inflight,"

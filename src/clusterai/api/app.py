@@ -1,0 +1,125 @@
+"""The REST API: `create_app()` builds it on a store (and, inside `clusterai up`, beside the
+coordinator, whose metrics it serves). Errors are translated here, at the edge: bad input is a 4xx
+that says what is wrong, an unavailable store a 503 with Retry-After, never a 500."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from clusterai import __version__
+from clusterai.api.auth import RateLimiter, TokenVerifier
+from clusterai.api.deps import ApiContext
+from clusterai.api.edges import AuditAndCount, BodyEdges
+from clusterai.api.routes import access, cluster, dlq, events, jobs, system, workers
+from clusterai.api.schemas import RequestInvalid, validation_message
+from clusterai.client import Client
+from clusterai.config import ClusterConfig
+from clusterai.errors import (
+    BadInput,
+    IdempotencyConflict,
+    InvalidTransition,
+    JobNotFound,
+    StoreUnavailable,
+    UnknownTaskError,
+)
+from clusterai.jobs.store import JobStore
+from clusterai.metrics import StoreCollector
+
+log = logging.getLogger("clusterai.api")
+
+
+class _Forward(Collector):
+    """Serves another registry's metrics (the coordinator's) from this one."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return _error(400, "malformed JSON body: " + "; ".join(f["message"] for f in fields), fields=fields)
+        return _error(422, validation_message(fields), fields=fields)
+
+    @app.exception_handler(RequestInvalid)
+    async def invalid_body(request: Request, exc: RequestInvalid) -> JSONResponse:
+        return _error(422, str(exc), fields=exc.fields)
+
+    @app.exception_handler(UnknownTaskError)
+    async def unknown_task(request: Request, exc: UnknownTaskError) -> JSONResponse:
+        return _error(422, str(exc), known_tasks=exc.known)
+
+    @app.exception_handler(IdempotencyConflict)
+    async def conflict(request: Request, exc: IdempotencyConflict) -> JSONResponse:
+        return _error(409, str(exc), job=exc.job_id)
+
+    @app.exception_handler(InvalidTransition)
+    async def transition(request: Request, exc: InvalidTransition) -> JSONResponse:
+        return _error(409, str(exc))
+
+    @app.exception_handler(BadInput)
+    async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(JobNotFound)
+    async def not_found(request: Request, exc: JobNotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("store unavailable: %s", exc)
+        return _error(503, "the job store is unavailable; try again shortly", headers={"Retry-After": "2"})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+def create_app(
+    store: JobStore,
+    config: ClusterConfig,
+    *,
+    wake: Callable[[], None] | None = None,
+    coordinator_registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(store))
+    if coordinator_registry is not None:
+        registry.register(_Forward(coordinator_registry))
+    api = config.api
+    ctx = ApiContext(store=store, config=config, verifier=TokenVerifier(store),
+                     limiter=RateLimiter(api.rate_limit, api.rate_burst),
+                     client=Client(store, config, runtime=None), registry=registry, wake=wake or (lambda: None))
+    app = FastAPI(title="clusterai", version=__version__,
+                  description="Durable AI jobs across every machine a team has. Every route but /healthz "
+                              "and /readyz needs `Authorization: Bearer <token>`.")
+    app.state.ctx = ctx
+    _add_error_handlers(app)
+    for module in (jobs, dlq, workers, cluster, events, access, system):
+        app.include_router(module.router)
+    app.add_middleware(AuditAndCount, store=store, registry=registry)
+    app.add_middleware(BodyEdges, max_bytes=api.max_body_bytes)
+    return app

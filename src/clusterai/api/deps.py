@@ -1,0 +1,73 @@
+"""What the routes share: the API context (store, config, auth), and the dependencies that
+authenticate a request and check its role."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Depends, HTTPException, Request
+from prometheus_client import CollectorRegistry
+from starlette.concurrency import run_in_threadpool
+
+from clusterai.api.auth import Permission, Principal, RateLimiter, TokenVerifier, retry_after_header
+from clusterai.client import Client
+from clusterai.config import ClusterConfig
+from clusterai.jobs.store import JobStore
+
+SESSION_COOKIE = "clusterai_session"
+
+
+@dataclass
+class ApiContext:
+    store: JobStore
+    config: ClusterConfig
+    verifier: TokenVerifier
+    limiter: RateLimiter
+    client: Client
+    registry: CollectorRegistry
+    wake: Callable[[], None] = lambda: None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+def _presented_token(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    return request.cookies.get(SESSION_COOKIE)
+
+
+async def authenticate(request: Request) -> Principal:
+    ctx = context(request)
+    text = _presented_token(request)
+    if not text:
+        raise HTTPException(401, "a token is required: send Authorization: Bearer <token>",
+                            headers={"WWW-Authenticate": "Bearer"})
+    principal = await run_in_threadpool(ctx.verifier.verify, text)
+    if principal is None:
+        raise HTTPException(401, "the token is unknown, revoked or expired", headers={"WWW-Authenticate": "Bearer"})
+    request.state.principal = principal
+    wait = ctx.limiter.check(principal.token_id)
+    if wait > 0:
+        raise HTTPException(429, f"rate limit of {ctx.limiter.rate:g} requests/s for this token reached",
+                            headers={"Retry-After": retry_after_header(wait)})
+    return principal
+
+
+def require(*permissions: Permission) -> Callable[..., Any]:
+    """A dependency that lets the request through if its token's role has any of `permissions`."""
+    wanted = " or ".join(p.value for p in permissions)
+
+    async def check(principal: Principal = Depends(authenticate)) -> Principal:
+        if not any(principal.can(p) for p in permissions):
+            raise HTTPException(403, f"role {principal.role!r} may not do this (needs {wanted})")
+        return principal
+
+    return check

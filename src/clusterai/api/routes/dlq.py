@@ -1,0 +1,52 @@
+"""/api/v1/dlq: dead letters (jobs that used up their attempts or failed for good), and requeue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from clusterai.api.auth import Permission, Principal
+from clusterai.api.deps import context, require
+from clusterai.api.schemas import RequeueRequest
+from clusterai.errors import BadInput
+from clusterai.jobs.model import State
+
+router = APIRouter(prefix="/api/v1/dlq", tags=["dead letters"])
+
+
+@router.get("", summary="Dead letters, newest first; page with the cursor")
+async def list_dead(
+    request: Request,
+    task: str | None = Query(None, max_length=200),
+    cursor: int | None = Query(None, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+    principal: Principal = Depends(require(Permission.READ)),
+) -> dict[str, Any]:
+    jobs = await run_in_threadpool(context(request).store.list_jobs, state=State.DEAD, task=task,
+                                   before_id=cursor, newest_first=True, limit=limit)
+    return {"jobs": [j.to_dict() for j in jobs], "next_cursor": jobs[-1].id if len(jobs) == limit else None}
+
+
+@router.post("/requeue", summary="Put dead letters back in the queue: the ids given, or all")
+async def requeue(request: Request, body: RequeueRequest,
+                  principal: Principal = Depends(require(Permission.OPERATE))) -> dict[str, Any]:
+    ctx = context(request)
+    if body.all:
+        ids = [j.id for j in await run_in_threadpool(ctx.store.list_jobs, state=State.DEAD, limit=1_000_000)]
+    elif body.ids:
+        ids = list(dict.fromkeys(body.ids))
+        states = await run_in_threadpool(ctx.store.states_of, ids)
+        for job_id in ids:
+            if job_id not in states:
+                raise BadInput(f"no job with id {job_id}")
+            if states[job_id] is not State.DEAD:
+                raise BadInput(f"job {job_id} is {states[job_id].value}, not dead; nothing was requeued")
+    else:
+        raise BadInput("name the job ids to requeue, or send {\"all\": true}")
+    request.state.audit_target = f"{len(ids)} dead letters"
+    for job_id in ids:
+        await run_in_threadpool(ctx.client.retry, job_id)
+    ctx.wake()
+    return {"requeued": ids}

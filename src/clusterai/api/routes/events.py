@@ -1,0 +1,78 @@
+"""/api/v1/events: job and worker changes as Server-Sent Events, in commit order.
+
+Each event's id is its row in the store's event log, so a client that reconnects with
+Last-Event-ID (browsers do it by themselves) gets everything it missed, as long as the log still
+keeps it; if it does not, the client gets a `reset` event and should reload what it shows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from clusterai.api.auth import Permission, Principal
+from clusterai.api.deps import ApiContext, context, require
+from clusterai.errors import StoreUnavailable
+
+router = APIRouter(prefix="/api/v1", tags=["events"])
+PAGE = 500
+HEARTBEAT = 15.0
+
+
+def _frame(event_id: int, kind: str, data: dict[str, Any]) -> str:
+    return f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _visible(event: dict[str, Any], principal: Principal) -> bool:
+    if principal.reads_everything:
+        return True
+    return event["kind"] == "job" and event["owner"] is not None and event["owner"] == principal.name
+
+
+async def _stream(ctx: ApiContext, principal: Principal, after: int | None, poll: float) -> AsyncIterator[str]:
+    low, high = await run_in_threadpool(ctx.store.event_bounds)
+    cursor = high if after is None else after
+    yield f"retry: 2000\n\n{_frame(cursor, 'hello', {'last_event_id': cursor, 'first_kept': low})}"
+    if after is not None and low and after < low - 1:
+        yield _frame(cursor, "reset", {"message": "events after the given id are no longer kept; reload",
+                                       "first_kept": low})
+    quiet_since = time.monotonic()
+    while True:
+        try:
+            events = await run_in_threadpool(ctx.store.events_after, cursor, PAGE)
+        except StoreUnavailable:
+            events = []  # keep the stream open; the client sees events again when the store is back
+        for event in events:
+            cursor = event["id"]
+            if _visible(event, principal):
+                event.pop("owner", None)
+                yield _frame(cursor, event["kind"], event)
+                quiet_since = time.monotonic()
+        if len(events) == PAGE:
+            continue
+        if time.monotonic() - quiet_since > HEARTBEAT:
+            yield ": keep-alive\n\n"
+            quiet_since = time.monotonic()
+        await asyncio.sleep(poll)
+
+
+@router.get("/events", summary="Server-Sent Events of job and worker changes; resumable with Last-Event-ID",
+            response_class=StreamingResponse)
+async def events(
+    request: Request,
+    last_event_id: int | None = Query(None, ge=0, description="resume after this id (or send Last-Event-ID)"),
+    principal: Principal = Depends(require(Permission.READ, Permission.READ_OWN)),
+) -> StreamingResponse:
+    header = request.headers.get("last-event-id")
+    after = last_event_id
+    if after is None and header is not None and header.strip().isdigit():
+        after = int(header)
+    ctx = context(request)
+    return StreamingResponse(_stream(ctx, principal, after, poll=0.1), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,153 @@
+"""/api/v1/jobs: submit (one or a batch), list with filters and a cursor, read, cancel, retry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from clusterai.api.auth import Permission, Principal
+from clusterai.api.deps import ApiContext, context, require
+from clusterai.api.schemas import BatchRequest, RequestInvalid, parse_submission, submission_schema
+from clusterai.client import build_spec
+from clusterai.errors import BadInput, JobNotFound
+from clusterai.jobs.model import AuditEntry, Job, State
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+StateName = Query(None, pattern="^(pending|queued|running|succeeded|dead|cancelled)$")
+
+
+def parse_time(name: str, text: str | None) -> float | None:
+    """Epoch seconds, or an ISO 8601 time (UTC unless it says otherwise)."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise RequestInvalid([{"field": f"query.{name}",
+                               "message": f"{text!r} is neither epoch seconds nor an ISO 8601 time"}]) from None
+    if moment.tzinfo is None:
+        from datetime import timezone
+
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def visible(job: Job, principal: Principal) -> bool:
+    return principal.reads_everything or (job.owner is not None and job.owner == principal.name)
+
+
+async def read_job(ctx: ApiContext, job_id: int, principal: Principal, attempts: bool = True) -> Job:
+    job = await run_in_threadpool(ctx.store.get, job_id, attempts=attempts)
+    if not visible(job, principal):
+        raise JobNotFound(job_id)  # someone else's job: as if it did not exist
+    return job
+
+
+@router.post("", status_code=201, summary="Submit one job, or a batch as {\"jobs\": [...]}",
+             openapi_extra={"requestBody": {"required": True,
+                                            "content": {"application/json": {"schema": submission_schema()}}}})
+async def submit(request: Request, principal: Principal = Depends(require(Permission.SUBMIT))) -> JSONResponse:
+    ctx = context(request)
+    body = await request.body()
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"malformed JSON body: {exc}") from None
+    parsed = parse_submission(data)
+    items = parsed.jobs if isinstance(parsed, BatchRequest) else [parsed]
+    specs = []
+    for index, item in enumerate(items):
+        try:
+            specs.append(build_spec(ctx.config, item.task, item.payload, owner=principal.name, **item.options()))
+        except BadInput as exc:
+            if isinstance(parsed, BatchRequest):
+                exc.args = (f"jobs[{index}]: {exc}",)  # say which job of the batch is wrong
+            raise
+    audit = AuditEntry(principal.name, principal.role, "POST /api/v1/jobs", target=None, status=201,
+                       detail=f"{len(specs)} job(s) of {', '.join(sorted({s.task for s in specs}))}")
+    before = time.time()
+    jobs = await run_in_threadpool(ctx.client.submit_specs, specs, audit)
+    request.state.audited = True
+    ctx.wake()
+    if isinstance(parsed, BatchRequest):
+        return JSONResponse({"count": len(jobs), "ids": [j.id for j in jobs]}, status_code=201)
+    job = jobs[0]
+    created = job.created_at >= before  # else an idempotency key returned an existing job
+    return JSONResponse(job.to_dict(), status_code=201 if created else 200)
+
+
+@router.get("", summary="List jobs with filters; newest first unless order=asc; page with the cursor")
+async def list_jobs(
+    request: Request,
+    state: str | None = StateName,
+    task: str | None = Query(None, max_length=200),
+    queue: str | None = Query(None, max_length=200),
+    worker: str | None = Query(None, max_length=300),
+    since: str | None = Query(None, description="created at or after: epoch seconds or ISO 8601"),
+    until: str | None = Query(None, description="created before: epoch seconds or ISO 8601"),
+    order: str = Query("desc", pattern="^(asc|desc)$"),
+    cursor: int | None = Query(None, ge=0, description="next_cursor of the previous page"),
+    limit: int = Query(100, ge=1, le=1000),
+    principal: Principal = Depends(require(Permission.READ, Permission.READ_OWN)),
+) -> dict[str, Any]:
+    ctx = context(request)
+    newest_first = order == "desc"
+    jobs = await run_in_threadpool(
+        ctx.store.list_jobs, state=State(state) if state else None, task=task, queue=queue, worker=worker,
+        owner=None if principal.reads_everything else principal.name,
+        since=parse_time("since", since), until=parse_time("until", until),
+        after_id=None if newest_first else cursor, before_id=cursor if newest_first else None,
+        newest_first=newest_first, limit=limit,
+    )
+    return {"jobs": [j.to_dict() for j in jobs],
+            "next_cursor": jobs[-1].id if len(jobs) == limit else None}
+
+
+@router.get("/{job_id}", summary="One job with every attempt; wait=N holds the answer until it ends (N s at most)")
+async def get_job(
+    request: Request,
+    job_id: int,
+    wait: float = Query(0, ge=0, le=300, description="seconds to wait for the job to end"),
+    principal: Principal = Depends(require(Permission.READ, Permission.READ_OWN)),
+) -> dict[str, Any]:
+    ctx = context(request)
+    job = await read_job(ctx, job_id, principal)
+    deadline = time.monotonic() + wait
+    pause = 0.005
+    while not job.state.terminal and time.monotonic() < deadline:
+        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.25)
+        states = await run_in_threadpool(ctx.store.states_of, [job_id])
+        if states.get(job_id, job.state).terminal:
+            job = await read_job(ctx, job_id, principal)
+    return job.to_dict()
+
+
+@router.delete("/{job_id}", summary="Cancel a job (a running attempt is abandoned; a late result is ignored)")
+async def cancel_job(request: Request, job_id: int,
+                     principal: Principal = Depends(require(Permission.CANCEL))) -> dict[str, Any]:
+    ctx = context(request)
+    request.state.audit_target = f"job {job_id}"
+    job = await run_in_threadpool(ctx.client.cancel, job_id)
+    return job.to_dict()
+
+
+@router.post("/{job_id}/retry", summary="Run a finished (dead, cancelled or succeeded) job again")
+async def retry_job(request: Request, job_id: int,
+                    principal: Principal = Depends(require(Permission.OPERATE))) -> dict[str, Any]:
+    ctx = context(request)
+    request.state.audit_target = f"job {job_id}"
+    job = await run_in_threadpool(ctx.client.retry, job_id)
+    ctx.wake()
+    return job.to_dict()

@@ -1,0 +1,51 @@
+"""Health (no token), readiness (no token), Prometheus metrics and the task catalogue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from clusterai.api.auth import Permission, Principal
+from clusterai.api.deps import context, require
+from clusterai.errors import StoreUnavailable
+from clusterai.tasks import get_task, known_tasks
+
+router = APIRouter(tags=["system"])
+
+# The routes anyone may call without a token; everything else needs one (the test suite checks).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+@router.get("/healthz", summary="The API process is alive (no token needed)")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The API can read its store (no token needed)")
+async def readyz(request: Request) -> JSONResponse:
+    try:
+        await run_in_threadpool(context(request).store.event_bounds)
+    except StoreUnavailable:
+        return JSONResponse({"status": "unavailable", "store": "unreachable"}, status_code=503,
+                            headers={"Retry-After": "2"})
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request, principal: Principal = Depends(require(Permission.READ))) -> Response:
+    text = await run_in_threadpool(generate_latest, context(request).registry)
+    return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/api/v1/tasks", summary="Registered tasks with their payload schemas")
+async def tasks(principal: Principal = Depends(require(Permission.READ, Permission.SUBMIT))) -> dict[str, Any]:
+    out = []
+    for name in known_tasks():
+        t = get_task(name)
+        out.append({"name": name, "queue": t.queue, "retries": t.retries, "timeout": t.timeout,
+                    "resources": t.resources, "payload_schema": t.schema()})
+    return {"tasks": out}

@@ -1,0 +1,92 @@
+"""Request bodies of the REST API (pydantic), with errors that name the field."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from clusterai.errors import BadInput
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobRequest(_Body):
+    """One job: a task name, its JSON payload, and optional placement and retry settings."""
+
+    task: Name
+    payload: dict[str, Any] = Field(default_factory=dict)
+    queue: Name | None = None
+    priority: Literal["low", "normal", "high", "critical"] | None = None
+    run_at: float | None = Field(None, description="epoch seconds before which it may not run")
+    delay: float | None = Field(None, ge=0, le=10 * 365 * 86400, description="seconds before it may run")
+    timeout: float | None = Field(None, gt=0, le=30 * 86400, description="per-attempt timeout, seconds")
+    retries: int | None = Field(None, ge=0, le=1000)
+    backoff: float | None = Field(None, ge=0, le=86400)
+    max_backoff: float | None = Field(None, ge=0, le=30 * 86400)
+    idempotency_key: Name | None = None
+    resources: dict[Name, Annotated[float, Field(ge=0)]] = Field(default_factory=dict,
+                                                                description="what it needs, e.g. GPU: 1")
+    labels: dict[Name, Annotated[str, Field(max_length=200)]] = Field(default_factory=dict)
+    prefers: dict[Name, Annotated[str, Field(max_length=200)]] = Field(default_factory=dict)
+
+    def options(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"task", "payload"}, exclude_none=True)
+
+
+class BatchRequest(_Body):
+    """Many jobs, stored all or none."""
+
+    jobs: list[JobRequest] = Field(min_length=1, max_length=100_000)
+
+
+class RequeueRequest(_Body):
+    ids: list[int] = Field(default_factory=list, max_length=100_000)
+    all: bool = Field(False, description="requeue every dead letter")
+
+
+class TokenRequest(_Body):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    role: Literal["admin", "operator", "submitter", "viewer"]
+    expires_in: float | None = Field(None, gt=0, le=10 * 365 * 86400, description="seconds until it expires")
+
+
+def field_errors(exc: ValidationError, prefix: str = "body") -> list[dict[str, str]]:
+    return [{"field": ".".join([prefix, *(str(p) for p in e["loc"])]), "message": e["msg"]} for e in exc.errors()]
+
+
+def validation_message(fields: list[dict[str, str]]) -> str:
+    shown = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:10])
+    more = f" (and {len(fields) - 10} more)" if len(fields) > 10 else ""
+    return f"invalid request: {shown}{more}"
+
+
+class RequestInvalid(BadInput):
+    """A body that does not match its schema; carries the fields at fault."""
+
+    def __init__(self, fields: list[dict[str, str]]):
+        self.fields = fields
+        super().__init__(validation_message(fields))
+
+
+def parse_submission(data: Any) -> JobRequest | BatchRequest:
+    """One job, or a batch when the object has a `jobs` key."""
+    if not isinstance(data, dict):
+        raise RequestInvalid([{"field": "body", "message": f"expected a JSON object, got {type(data).__name__}"}])
+    model: type[JobRequest] | type[BatchRequest] = BatchRequest if "jobs" in data else JobRequest
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestInvalid(field_errors(exc)) from None
+
+
+def submission_schema() -> dict[str, Any]:
+    """The OpenAPI schema of POST /api/v1/jobs: one job, or {"jobs": [...]}."""
+    job = JobRequest.model_json_schema()
+    batch = {"title": "BatchRequest", "type": "object", "additionalProperties": False, "required": ["jobs"],
+             "properties": {"jobs": {"type": "array", "minItems": 1, "maxItems": 100_000, "items": job}}}
+    return {"oneOf": [job, batch]}

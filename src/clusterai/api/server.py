@@ -1,0 +1,108 @@
+"""Serving the API from `clusterai up`: uvicorn on the coordinator's event loop, and the first
+admin token written to a file only its owner can read."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from clusterai.api.app import create_app
+from clusterai.api.auth import new_token
+from clusterai.config import ClusterConfig
+from clusterai.errors import ConfigError
+from clusterai.jobs.store import JobStore
+
+log = logging.getLogger("clusterai.api")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: `clusterai up` owns SIGINT/SIGTERM and stops the
+    API together with the coordinator and the workers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def ensure_admin_token(store: JobStore, token_file: str | Path) -> Path | None:
+    """With no usable admin token in the store, make one and write it to `token_file` (mode
+    0600); returns the file, or None when an admin token already exists."""
+    now = time.time()
+    if any(t.role == "admin" and t.usable(now) for t in store.list_tokens()):
+        return None
+    text, record = new_token("admin", "admin", created_by="clusterai up")
+    path = Path(token_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+    os.chmod(path, 0o600)  # also when the file existed with looser bits
+    store.add_token(record)
+    return path
+
+
+class ApiServer:
+    """The API on the running event loop; `url` is known once it listens (port 0 picks one)."""
+
+    def __init__(self, config: ClusterConfig, store: JobStore, *, wake: Any = None, coordinator_registry: Any = None,
+                 host: str | None = None, port: int | None = None):
+        api = config.api
+        self.host = host or api.host
+        self.port = api.port if port is None else port
+        self.tls = api.tls_cert is not None
+        for name in ("tls_cert", "tls_key"):
+            value = getattr(api, name)
+            if value is not None and not Path(value).is_file():
+                raise ConfigError(f"api.{name}: no such file {value!r}")
+        app = create_app(store, config, wake=wake, coordinator_registry=coordinator_registry)
+        self.server = _Server(uvicorn.Config(
+            app, host=self.host, port=self.port, log_level="warning", access_log=False, lifespan="off",
+            ssl_certfile=api.tls_cert, ssl_keyfile=api.tls_key, timeout_graceful_shutdown=2,
+        ))
+        self._task: Any = None
+
+    async def start(self) -> str:
+        import asyncio
+
+        self._task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self._task.done():
+                try:
+                    self._task.result()
+                except SystemExit:  # uvicorn exits when it cannot bind
+                    pass
+                raise ConfigError(f"api: cannot listen on {self.host}:{self.port} (address in use or not "
+                                  "available); choose another with --api-port or api.port")
+            await asyncio.sleep(0.02)
+        return self.url
+
+    @property
+    def url(self) -> str:
+        sock = self.server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.tls else 'http'}://{shown}:{port}"
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self.server.should_exit = True
+        with contextlib.suppress(Exception):
+            await self._task

@@ -1,0 +1,71 @@
+"""API tokens and the audit log in the SQLite store. Tokens are kept as hashes only."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from clusterai.errors import BadInput
+from clusterai.jobs.model import AuditEntry, TokenRecord
+
+_TOKEN_COLUMNS = "id, name, role, secret_hash, created_at, created_by, expires_at, revoked_at"
+
+
+class AccessTables:
+    """Mixed into SQLiteStore, whose `_write` and `_read` it uses."""
+
+    _write: Callable[[], AbstractContextManager[sqlite3.Cursor]]
+    _read: Callable[..., list[tuple[Any, ...]]]
+
+    def add_token(self, record: TokenRecord) -> None:
+        with self._write() as cur:
+            cur.execute(
+                f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+                (record.id, record.name, record.role, record.secret_hash, record.created_at,
+                 record.created_by, record.expires_at, record.revoked_at),
+            )
+
+    def get_token(self, token_id: str) -> TokenRecord | None:
+        rows = self._read(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id=?", (token_id,))
+        return TokenRecord(*rows[0]) if rows else None
+
+    def list_tokens(self) -> list[TokenRecord]:
+        return [TokenRecord(*r) for r in self._read(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_at")]
+
+    def revoke_token(self, token_id: str, now: float) -> TokenRecord:
+        with self._write() as cur:
+            cur.execute("UPDATE tokens SET revoked_at=COALESCE(revoked_at, ?) WHERE id=?", (now, token_id))
+            if cur.rowcount == 0:
+                raise BadInput(f"no token with id {token_id!r}")
+        record = self.get_token(token_id)
+        assert record is not None
+        return record
+
+    def record_audit(self, entries: Sequence[AuditEntry], now: float) -> None:
+        with self._write() as cur:
+            for entry in entries:
+                self._audit(cur, entry, now)
+
+    @staticmethod
+    def _audit(cur: sqlite3.Cursor, entry: AuditEntry, now: float) -> None:
+        cur.execute(
+            "INSERT INTO audit (at, actor, role, action, target, status, detail) VALUES (?,?,?,?,?,?,?)",
+            (now, entry.actor, entry.role, entry.action, entry.target, entry.status, entry.detail),
+        )
+
+    def list_audit(self, *, actor: str | None = None, since: float | None = None, before_id: int | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first; page with `before_id`."""
+        where, params = [], []
+        for clause, value in (("actor=?", actor), ("at>=?", since), ("id<?", before_id)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = "SELECT id, at, actor, role, action, target, status, detail FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        keys = ("id", "at", "actor", "role", "action", "target", "status", "detail")
+        return [dict(zip(keys, row)) for row in rows]

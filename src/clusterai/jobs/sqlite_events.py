@@ -1,0 +1,61 @@
+"""The event log in the SQLite store: one row per job or worker change, written in the same
+transaction as the change itself, so the order of ids is the order of commits. The API streams it
+(Server-Sent Events) and a client resumes from the last id it saw."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+EventRow = tuple[int, str, str | None, str | None]  # job id, new state, worker, detail
+
+
+def job_events(cur: sqlite3.Cursor, now: float, rows: Sequence[EventRow]) -> None:
+    if rows:
+        cur.executemany(
+            "INSERT INTO events (at, kind, job_id, state, worker, detail) VALUES (?, 'job', ?, ?, ?, ?)",
+            [(now, *row) for row in rows],
+        )
+
+
+def worker_events(cur: sqlite3.Cursor, now: float, rows: Sequence[tuple[str, str, str | None]]) -> None:
+    """(worker name, status, detail) for each worker that joined or changed status."""
+    if rows:
+        cur.executemany(
+            "INSERT INTO events (at, kind, state, worker, detail) VALUES (?, 'worker', ?, ?, ?)",
+            [(now, status, name, detail) for name, status, detail in rows],
+        )
+
+
+class EventTables:
+    """Mixed into SQLiteStore, whose `_write` and `_read` it uses."""
+
+    _write: Callable[[], AbstractContextManager[sqlite3.Cursor]]
+    _read: Callable[..., list[tuple[Any, ...]]]
+
+    def events_after(self, after_id: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Events with an id above `after_id`, oldest first, with the job's task, queue and owner."""
+        rows = self._read(
+            "SELECT e.id, e.at, e.kind, e.job_id, e.state, e.worker, e.detail, j.task, j.queue, j.owner"
+            " FROM events e LEFT JOIN jobs j ON j.id = e.job_id WHERE e.id > ? ORDER BY e.id LIMIT ?",
+            (after_id, limit),
+        )
+        return [
+            {"id": id_, "at": at, "kind": kind, "job": job, "state": state, "worker": worker,
+             "detail": detail, "task": task, "queue": queue, "owner": owner}
+            for id_, at, kind, job, state, worker, detail, task, queue, owner in rows
+        ]
+
+    def event_bounds(self) -> tuple[int, int]:
+        """(lowest id still kept, highest id written); (0, 0) when there are none."""
+        low, high = self._read("SELECT MIN(id), MAX(id) FROM events")[0]
+        return (low or 0, high or 0)
+
+    def prune_events(self, older_than: float, keep_at_most: int) -> int:
+        """Forget events older than a time, and beyond the newest `keep_at_most`."""
+        with self._write() as cur:
+            high = cur.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
+            cur.execute("DELETE FROM events WHERE id <= ? OR at < ?", (high - keep_at_most, older_than))
+            return cur.rowcount
