@@ -22,11 +22,12 @@ from clusterai.cli_common import (
     parse_pairs,
     settings,
 )
+from clusterai.cli_tokens import audit, token_app
 from clusterai.cli_workers import workers_app
 from clusterai.client import build_spec
 from clusterai.errors import BadInput
 from clusterai.jobs.model import Job, State
-from clusterai.tasks import get_task, import_task_modules, known_tasks, parse_payload_text
+from clusterai.tasks import import_task_modules, parse_payload_text
 
 app = typer.Typer(help="clusterai: pool your machines into one cluster and run AI work across it.",
                   no_args_is_help=True, add_completion=False)
@@ -39,6 +40,8 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(workers_app, name="workers")
 app.add_typer(config_app, name="config")
 app.add_typer(tasks_app, name="tasks")
+app.add_typer(token_app, name="token")
+app.command("audit")(audit)
 
 @app.callback()
 def _global(
@@ -47,8 +50,13 @@ def _global(
     store: str | None = typer.Option(None, "--store", help="job store URL (overrides config)",
                                         envvar="CLUSTERAI_STORE"),
     tasks: list[str] = typer.Option([], "--tasks", help="task module to import (repeatable)"),
+    url: str | None = typer.Option(None, "--url", help="reach a cluster over its REST API, e.g. "
+                                   "https://head:8000", envvar="CLUSTERAI_URL"),
+    token: str | None = typer.Option(None, "--token", help="API token (default: the admin token file)",
+                                     envvar="CLUSTERAI_TOKEN"),
 ) -> None:
     settings.config_path, settings.store, settings.tasks = config, store, list(tasks)
+    settings.url, settings.token = url, token
 
 
 # -- running a cluster --------------------------------------------------------------------------
@@ -201,8 +209,7 @@ def jobs_list(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List jobs, oldest first, with filters."""
-    jobs = client().store.list_jobs(state=_state(state), task=task, queue=queue, worker=worker,
-                                     after_id=after, limit=limit)
+    jobs = client().list(state=_state(state), task=task, queue=queue, worker=worker, after_id=after, limit=limit)
     if as_json:
         out.print_json(json.dumps([j.to_dict() for j in jobs]))
     else:
@@ -276,18 +283,8 @@ def dlq_list(limit: int = typer.Option(50, "--limit", min=1, max=10_000),
 def dlq_requeue(job_ids: list[int] = typer.Argument(None),
                 all_: bool = typer.Option(False, "--all", help="requeue every dead letter")) -> None:
     """Put dead letters back in the queue."""
-    c = client()
-    if all_:
-        job_ids = [j.id for j in c.dead_letters(limit=1_000_000)]
-    if not job_ids:
-        raise BadInput("name the job ids to requeue, or pass --all")
-    for job_id in job_ids:
-        job = c.store.get(job_id, attempts=False)
-        if job.state is not State.DEAD:
-            raise BadInput(f"job {job_id} is {job.state.value}, not dead")
-    for job_id in job_ids:
-        c.retry(job_id)
-    out.print(f"requeued {len(job_ids)} jobs")
+    requeued = client().requeue_dead(job_ids or [], everything=all_)
+    out.print(f"requeued {len(requeued)} jobs")
 
 
 # -- workers, status, config, tasks ----------------------------------------------------------
@@ -295,24 +292,24 @@ def dlq_requeue(job_ids: list[int] = typer.Argument(None),
 @app.command()
 @errors_to_exit_codes
 def status(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Jobs per state, live workers and recent throughput."""
-    c = client()
-    counts = c.counts()
-    workers = [w for w in c.workers() if w.status != "gone"]
-    stats = c.store.stats(time.time() - 60)
-    data = {"jobs": counts, "workers": len(workers), "succeeded_last_minute": stats["succeeded"],
-            "failed_attempts_last_minute": stats["failed_attempts"], "retries": stats["retries"],
-            "store": c.store.url}
+    """Jobs per state, workers, queues, throughput, latency and error rate over the last minute."""
+    data = client().status()
     if as_json:
         out.print_json(json.dumps(data))
         return
     table = Table(title="cluster status", show_header=False)
-    for state, n in counts.items():
+    for state, n in data["jobs"].items():
         table.add_row(f"jobs {state}", str(n))
-    table.add_row("workers up", str(len(workers)))
-    table.add_row("throughput (last minute)", f"{stats['succeeded'] / 60:.1f} jobs/s")
-    table.add_row("failed attempts (last minute)", str(stats["failed_attempts"]))
-    table.add_row("store", c.store.url)
+    w = data["workers"]
+    table.add_row("workers", f"{w['total']} ({w['active']} ready, {w['breakers_open']} breakers open)")
+    for q in data["queues"]:
+        table.add_row(f"queue {q['queue']}", f"{q['queued']} queued, {q['pending']} pending, {q['running']} running")
+    table.add_row("throughput (last minute)", f"{data['throughput']['per_second']:.1f} jobs/s")
+    lat = data["latency"]
+    if lat["samples"]:
+        table.add_row("latency p50 / p95 / p99", f"{lat['p50'] * 1000:.1f} / {lat['p95'] * 1000:.1f} / "
+                                                 f"{lat['p99'] * 1000:.1f} ms")
+    table.add_row("error rate (last minute)", f"{data['error_rate']:.1%} of {data['finished_attempts']} attempts")
     out.print(table)
 
 
@@ -338,13 +335,12 @@ def config_show() -> None:
 @errors_to_exit_codes
 def tasks_list() -> None:
     """Registered tasks and their payload fields."""
-    import_task_modules(settings.config().tasks)
     table = Table(title="tasks")
     table.add_column("name")
     table.add_column("payload fields")
-    for name in known_tasks():
-        props = get_task(name).schema().get("properties", {})
-        table.add_row(name, ", ".join(f"{k}: {v.get('type', 'any')}" for k, v in props.items()))
+    for t in client().tasks():
+        props = t["payload_schema"].get("properties", {})
+        table.add_row(t["name"], ", ".join(f"{k}: {v.get('type', 'any')}" for k, v in props.items()))
     out.print(table)
 
 

@@ -15,6 +15,7 @@ from clusterai.client import Client
 from clusterai.config import ClusterConfig, load_config
 from clusterai.errors import BadInput, ClusterAIError, JobFailed, JobNotFound, StoreUnavailable
 from clusterai.jobs.store import open_store
+from clusterai.remote import AuthError, RemoteClient, read_token_file
 from clusterai.tasks import import_task_modules
 
 out = Console()
@@ -24,6 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_FAILED = 1  # the work itself failed (a job ended dead)
 EXIT_BAD_INPUT = 2  # usage errors, like Typer's own
 EXIT_UNAVAILABLE = 3
+EXIT_AUTH = 4  # the API refused the token (401) or its role (403)
 
 
 def errors_to_exit_codes(fn: F) -> F:
@@ -31,6 +33,9 @@ def errors_to_exit_codes(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except AuthError as exc:
+            err.print(f"[red]refused:[/] {exc}", highlight=False)
+            raise typer.Exit(EXIT_AUTH) from None
         except (BadInput, JobNotFound) as exc:
             err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
             raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -51,6 +56,8 @@ class _Settings:
     config_path: Path | None = None
     store: str | None = None
     tasks: list[str] = []
+    url: str | None = None
+    token: str | None = None
 
     def config(self, **overrides: Any) -> ClusterConfig:
         conf = load_config(self.config_path)
@@ -63,10 +70,22 @@ class _Settings:
 settings = _Settings()
 
 
-def client() -> Client:
+def client() -> Client | RemoteClient:
+    """Over the REST API when --url (or CLUSTERAI_URL) is given, else straight on the store."""
+    if settings.url:
+        token = settings.token or read_token_file(settings.config().api.token_file)
+        if not token:
+            raise BadInput("--url needs a token: --token, CLUSTERAI_TOKEN, or the admin token file that "
+                           "`clusterai up` wrote")
+        return RemoteClient(settings.url, token)
     conf = settings.config()
     import_task_modules(conf.tasks)
     return Client(open_store(conf.store), conf, runtime=None)
+
+
+def local_store_only(what: str) -> None:
+    if settings.url:
+        raise BadInput(f"{what} works on the local store; drop --url")
 
 
 

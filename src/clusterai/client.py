@@ -4,6 +4,7 @@ to the store of one already running (for example `clusterai up` in another termi
 from __future__ import annotations
 
 import builtins
+import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -16,6 +17,7 @@ from clusterai.errors import BadInput, JobFailed, ResultTimeout
 from clusterai.jobs.model import AuditEntry, Job, JobSpec, Priority, RetryPolicy, State, WorkerRecord
 from clusterai.jobs.store import JobStore, open_store
 from clusterai.placement import Constraints, WorkerSlot
+from clusterai.remote import RemoteClient
 from clusterai.tasks import get_task, import_task_modules
 
 JobRef = int | Job
@@ -212,6 +214,31 @@ class Client:
     def counts(self) -> dict[str, int]:
         return self.store.counts()
 
+    def status(self, window: float = 60.0) -> dict[str, Any]:
+        """The cluster in one answer (what GET /api/v1/cluster/status returns)."""
+        from clusterai.status import cluster_status
+
+        return cluster_status(self.store, window)
+
+    def tasks(self) -> builtins.list[dict[str, Any]]:
+        from clusterai.tasks import known_tasks
+
+        return [{"name": n, "payload_schema": get_task(n).schema()} for n in known_tasks()]
+
+    def requeue_dead(self, ids: Sequence[int] = (), *, everything: bool = False) -> builtins.list[int]:
+        """Put dead letters back in the queue: the ids given (each must be dead), or all of them."""
+        if everything:
+            ids = [j.id for j in self.list(state=State.DEAD, limit=10_000_000)]
+        elif not ids:
+            raise BadInput("name the job ids to requeue, or pass --all")
+        for job_id, state in zip(ids, (self.store.get(i, attempts=False).state for i in ids)):
+            if state is not State.DEAD:
+                raise BadInput(f"job {job_id} is {state.value}, not dead; nothing was requeued")
+        for job_id in ids:
+            self.store.requeue(job_id, time.time())
+        self._wake()
+        return builtins.list(ids)
+
     # -- waiting ------------------------------------------------------------------------------
 
     def wait(self, jobs: Sequence[JobRef], timeout: float | None = None) -> None:
@@ -328,12 +355,19 @@ class Client:
 def connect(
     config: ClusterConfig | str | Path | None = None,
     *,
+    url: str | None = None,
+    token: str | None = None,
     store: str | None = None,
     tasks: Sequence[str] = (),
     workers: int | None = None,
     scheduler: str | None = None,
-) -> Client:
-    """Embedded cluster by default; with `store=`, attach to the store of a running cluster."""
+) -> Client | RemoteClient:
+    """Embedded cluster by default; with `store=`, attach to the store of a running cluster; with
+    `url=` (or $CLUSTERAI_URL), reach a cluster over its REST API with `token=` (or
+    $CLUSTERAI_TOKEN)."""
+    url = url or os.environ.get("CLUSTERAI_URL")
+    if url:
+        return RemoteClient(url, token or os.environ.get("CLUSTERAI_TOKEN") or "")
     conf = config if isinstance(config, ClusterConfig) else load_config(config)
     if tasks:
         conf = conf.with_overrides(tasks=[*conf.tasks, *tasks])

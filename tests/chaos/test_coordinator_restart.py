@@ -47,6 +47,7 @@ def test_kill9_coordinator_then_restart_loses_nothing(tmp_path):
         "tasks": ["testtasks"],
         "cluster": {"workers": 2, "dashboard": False, "memory_limit": "2GiB", "death_timeout": 5},
         "coordinator": {"lease_seconds": 3},
+        "api": {"port": 0},
     }))
     executions = tmp_path / "executions.log"
     out = tmp_path / "coordinator.log"

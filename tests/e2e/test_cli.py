@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -34,6 +33,7 @@ def workdir(tmp_path: Path) -> Path:
         "store": "sqlite:///.clusterai/clusterai.db",
         "tasks": ["testtasks"],
         "cluster": {"workers": 2, "dashboard": False, "memory_limit": "2GiB", "death_timeout": 5},
+        "api": {"port": 0},
     }))
     return tmp_path
 
@@ -111,53 +111,82 @@ def test_demo_runs_real_jobs_and_exits(tmp_path):
         store.close()
 
 
+def _start_up(workdir: Path) -> tuple[subprocess.Popen, str]:
+    """`clusterai up` in its own session; returns the process and the API URL it printed."""
+    env = {**os.environ, "PYTHONPATH": str(SUPPORT), "COLUMNS": "200"}
+    up = subprocess.Popen([sys.executable, "-m", "clusterai.cli", "up"], cwd=workdir, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    assert up.stdout is not None
+    seen = []
+    for line in up.stdout:
+        seen.append(line)
+        if line.startswith("REST API: "):
+            return up, line.split()[2]
+    raise AssertionError("clusterai up printed no API address:\n" + "".join(seen))
+
+
+def _stop(up: subprocess.Popen) -> None:
+    up.send_signal(signal.SIGINT)
+    try:
+        up.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(up.pid, signal.SIGKILL)
+        up.wait(10)
+
+
 @pytest.mark.cluster
 @pytest.mark.timeout(180)
-def test_up_then_submit_wait_from_another_process(workdir):
-    env = {**os.environ, "PYTHONPATH": str(SUPPORT)}
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        metrics_port = probe.getsockname()[1]
-    up = subprocess.Popen([sys.executable, "-m", "clusterai.cli", "up", "--metrics-port", str(metrics_port)],
-                          cwd=workdir, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True)
+def test_up_then_every_command_over_the_api(workdir):
+    up, url = _start_up(workdir)
     try:
-        result = run_cli("submit", "primes.count", "--payload", '{"limit": 1000}', "--wait",
+        token_file = workdir / ".clusterai" / "admin.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        remote = ("--url", url)  # the admin token comes from the file `up` wrote
+
+        result = run_cli(*remote, "submit", "primes.count", "--payload", '{"limit": 1000}', "--wait",
                          "--wait-timeout", "90", cwd=workdir)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout) == {"limit": 1000, "primes": 168}
 
-        listed = run_cli("jobs", "list", "--json", cwd=workdir)
+        listed = run_cli(*remote, "jobs", "list", "--json", cwd=workdir)
         assert [j["state"] for j in json.loads(listed.stdout)] == ["succeeded"]
-        wait_for(lambda: "2 workers" in run_cli("workers", "list", cwd=workdir).stdout, 30, "workers")
-        status = run_cli("status", "--json", cwd=workdir)
-        assert json.loads(status.stdout)["jobs"]["succeeded"] == 1
+        local = run_cli("jobs", "list", "--json", cwd=workdir)  # straight on the store, same answer
+        assert [j["id"] for j in json.loads(local.stdout)] == [j["id"] for j in json.loads(listed.stdout)]
+        wait_for(lambda: "2 workers" in run_cli(*remote, "workers", "list", cwd=workdir).stdout, 30, "workers")
+        status = json.loads(run_cli(*remote, "status", "--json", cwd=workdir).stdout)
+        assert status["jobs"]["succeeded"] == 1 and status["workers"]["total"] == 2
 
-        failing = run_cli("submit", "test.refuse", "--payload", '{"message": "nope"}', "--wait",
+        failing = run_cli(*remote, "submit", "test.refuse", "--payload", '{"message": "nope"}', "--wait",
                           cwd=workdir)
         assert failing.returncode == 1 and "nope" in failing.stderr
-        dead = run_cli("dlq", "list", "--json", cwd=workdir)
+        dead = run_cli(*remote, "dlq", "list", "--json", cwd=workdir)
         assert [j["task"] for j in json.loads(dead.stdout)] == ["test.refuse"]
-        requeued = run_cli("dlq", "requeue", "--all", cwd=workdir)
+        requeued = run_cli(*remote, "dlq", "requeue", "--all", cwd=workdir)
         assert requeued.returncode == 0 and "requeued 1 jobs" in requeued.stdout
 
-        drained = run_cli("workers", "drain", "0", cwd=workdir)
+        drained = run_cli(*remote, "workers", "drain", "0", cwd=workdir)
         assert drained.returncode == 0 and "worker 0: draining" in drained.stdout
-        listed = json.loads(run_cli("workers", "list", "--json", cwd=workdir).stdout)
+        listed = json.loads(run_cli(*remote, "workers", "list", "--json", cwd=workdir).stdout)
         assert {w["name"]: w["status"] for w in listed}["0"] == "draining"
-        assert "ready again" in run_cli("workers", "undrain", "0", cwd=workdir).stdout
-        unknown = run_cli("workers", "drain", "nosuch", cwd=workdir)
-        assert unknown.returncode == 2 and "no live worker named 'nosuch'" in unknown.stderr
+        assert "ready again" in run_cli(*remote, "workers", "undrain", "0", cwd=workdir).stdout
+        unknown = run_cli(*remote, "workers", "drain", "nosuch", cwd=workdir)
+        assert unknown.returncode == 2 and "no worker named 'nosuch'" in unknown.stderr
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        made = run_cli(*remote, "token", "create", "reader", "--role", "viewer", cwd=workdir)
+        viewer = made.stdout.strip()
+        assert made.returncode == 0 and viewer.startswith("cai_")
+        refused = run_cli("--url", url, "--token", viewer, "submit", "primes.count", cwd=workdir)
+        assert refused.returncode == 4 and "may not" in refused.stderr
+        request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {viewer}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
             metrics = response.read().decode()
         assert "cluster_active_workers 2.0" in metrics
         assert 'cluster_total_tasks_total{outcome="succeeded"}' in metrics
+        token_id = json.loads(run_cli(*remote, "token", "list", "--json", cwd=workdir).stdout)[-1]["id"]
+        assert run_cli(*remote, "token", "revoke", token_id, cwd=workdir).returncode == 0
+        gone = run_cli("--url", url, "--token", viewer, "jobs", "list", cwd=workdir)
+        assert gone.returncode == 4 and "revoked" in gone.stderr
+        audit = json.loads(run_cli(*remote, "audit", "--json", cwd=workdir).stdout)
+        assert {"POST /api/v1/tokens", "POST /api/v1/dlq/requeue"} <= {e["action"] for e in audit}
     finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait(10)
+        _stop(up)
