@@ -96,7 +96,9 @@ async def _serve(runtime: Any) -> None:
     await runtime.start()
     try:
         if conf.api.enabled:
-            api_store = open_store(conf.store)  # its own connection: API reads never wait on the coordinator's
+            # its own connection (API reads never wait on the coordinator), and a shorter busy wait:
+            # a locked store answers 503 in seconds rather than holding requests for half a minute
+            api_store = open_store(conf.store, busy_timeout=5.0)
             written = ensure_admin_token(api_store, conf.api.token_file)
             api = ApiServer(conf, api_store, wake=runtime.coordinator.wake,
                             coordinator_registry=runtime.coordinator.metrics.registry)

@@ -742,3 +742,22 @@ def test_get_many_keeps_the_order_asked_and_refuses_unknown_ids(store):
     assert store.get_many(wanted)[0].payload == {"n": 1202}
     with pytest.raises(JobNotFound):
         store.get_many([ids[0], 999_999])
+
+
+def test_event_log_records_each_change_in_commit_order_and_prunes_by_age_and_count(tmp_path):
+    store = open_store(tmp_path / "events.db")
+    for t in range(10):
+        store.submit_many([JobSpec(task="x", payload={"n": t})], 1000.0 + t)
+    job = store.fetch_ready(1)[0]
+    store.start_attempts([(job.id, "w1")], 1011.0, 1041.0)
+    store.cancel(job.id, 1012.0)
+    events = store.events_after(0, 100)
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+    assert [(e["job"], e["state"]) for e in events[-3:]] == [(10, "queued"), (1, "running"), (1, "cancelled")]
+    assert events[-2]["worker"] == "w1" and events[-1]["task"] == "x"
+    assert store.prune_events(1003.0, 1_000_000) == 3  # the events written before t=1003
+    assert store.event_bounds() == (4, 12)
+    assert store.prune_events(0.0, 5) == 4  # only the newest five are kept
+    assert store.event_bounds() == (8, 12)
+    store.submit_many([JobSpec(task="x", payload={})], 2000.0)
+    assert store.event_bounds()[1] == 13  # ids are never reused after a prune

@@ -99,7 +99,6 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             worker TEXT,
             detail TEXT
         )""",
-        "CREATE INDEX events_at ON events(at)",
         """CREATE TABLE tokens (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL,

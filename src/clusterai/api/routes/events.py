@@ -37,11 +37,13 @@ def _visible(event: dict[str, Any], principal: Principal) -> bool:
 
 async def _stream(ctx: ApiContext, principal: Principal, after: int | None, poll: float) -> AsyncIterator[str]:
     low, high = await run_in_threadpool(ctx.store.event_bounds)
-    cursor = high if after is None else after
+    pruned = after is not None and low and after < low - 1
+    unknown = after is not None and after > high  # an id from another store (or a store reset)
+    cursor = high if after is None or unknown else after
     yield f"retry: 2000\n\n{_frame(cursor, 'hello', {'last_event_id': cursor, 'first_kept': low})}"
-    if after is not None and low and after < low - 1:
-        yield _frame(cursor, "reset", {"message": "events after the given id are no longer kept; reload",
-                                       "first_kept": low})
+    if pruned or unknown:
+        why = "no longer kept" if pruned else "unknown to this store"
+        yield _frame(cursor, "reset", {"message": f"events after id {after} are {why}; reload", "first_kept": low})
     quiet_since = time.monotonic()
     while True:
         try:
