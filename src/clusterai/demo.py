@@ -142,12 +142,37 @@ def _cli_path() -> str:
         return str(beside)
 
 
+def _start_api(runtime: BackgroundRuntime, config: ClusterConfig, console: Console) -> Any:
+    """The REST API beside the demo's cluster; on a free port if the configured one is taken."""
+    from clusterai.api.server import ApiServer, ensure_admin_token
+    from clusterai.errors import ConfigError
+    from clusterai.jobs.store import open_store
+
+    coordinator = runtime.runtime.coordinator
+    assert coordinator is not None
+    store = open_store(config.store, busy_timeout=5.0)
+    written = ensure_admin_token(store, config.api.token_file)
+    for port in (config.api.port, 0):
+        api = ApiServer(config, store, wake=coordinator.wake, coordinator_registry=coordinator.metrics.registry,
+                        port=port)
+        try:
+            url = runtime.call(api.start())
+            break
+        except ConfigError as exc:
+            console.print(f"[yellow]{exc}; trying a free port[/]")
+    console.print(f"  REST API: {url}/docs  (metrics at {url}/metrics)")
+    token_note = f"written to {written}" if written else f"in {config.api.token_file} (made earlier)"
+    console.print(f"  admin token {token_note}; use it with: {_cli_path()} --url {url} status")
+    return api
+
+
 def _serve_until_interrupted(runtime: BackgroundRuntime, config: ClusterConfig,
                              console: Console) -> None:
     link = runtime.runtime.dashboard_link
     console.print("\n[bold green]The cluster stays up.[/] Where to look:")
     if link:
         console.print(f"  Dask dashboard (tasks, workers): {link}")
+    api = _start_api(runtime, config, console) if config.api.enabled else None
     console.print(f"  job store: {config.store}")
     cli = _cli_path()
     console.print("  in another terminal, from this folder:")
@@ -166,3 +191,5 @@ def _serve_until_interrupted(runtime: BackgroundRuntime, config: ClusterConfig,
     finally:
         signal.signal(signal.SIGTERM, previous)
         console.print("stopping the cluster...")
+        if api is not None:
+            runtime.call(api.stop())

@@ -154,6 +154,11 @@ class BackgroundRuntime:
         await self._stop.wait()
         await self.runtime.stop()
 
+    def call(self, coro: Any, timeout: float = 60.0) -> Any:
+        """Run a coroutine on the runtime's loop (for example to start the API beside it)."""
+        assert self._loop is not None, "start() first"
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
     def stop(self, timeout: float = 60.0) -> None:
         if self._loop is not None and self._stop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
