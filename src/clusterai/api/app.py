@@ -8,12 +8,13 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
+from starlette.exceptions import HTTPException
 
 from clusterai import __version__
 from clusterai.api.auth import RateLimiter, TokenVerifier
@@ -88,6 +89,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.warning("store unavailable: %s", exc)
         return _error(503, "the job store is unavailable; try again shortly", headers={"Retry-After": "2"})
 
+    # Starlette's class, not FastAPI's subclass: the 404/405 of the router and FastAPI's own 400 for a
+    # body it cannot read are Starlette HTTPExceptions, and answer in the same {"error": ...} shape
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))

@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clusterai.errors import StoreUnavailable
@@ -23,8 +24,12 @@ log = logging.getLogger("clusterai.api")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """An HTTPException, so that FastAPI passes it on when it reads a body for a route's model (it
+    turns any other error into a 400) and the app answers 413 inside the middleware that audits."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(413, f"request body is over the limit of {max_bytes} bytes")
 
 
 async def send_error(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
@@ -78,7 +83,7 @@ class BodyEdges:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(self.max_bytes)
             return message
 
         async def tracked_send(message: Message) -> None:

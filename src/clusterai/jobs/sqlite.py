@@ -254,6 +254,18 @@ class SQLiteStore(WorkerTables, EventTables, AccessTables):
 
     def get_many(self, job_ids: Sequence[int]) -> list[Job]:
         """Jobs by id, in the order asked, without their attempt history."""
+        found = self._by_ids(job_ids)
+        missing = [i for i in job_ids if i not in found]
+        if missing:
+            raise JobNotFound(missing[0])
+        return [found[i] for i in job_ids]
+
+    def get_many_found(self, job_ids: Sequence[int]) -> list[Job]:
+        """The jobs of these ids that exist, in the order asked."""
+        found = self._by_ids(job_ids)
+        return [found[i] for i in dict.fromkeys(job_ids) if i in found]
+
+    def _by_ids(self, job_ids: Sequence[int]) -> dict[int, Job]:
         found: dict[int, Job] = {}
         ids = list(job_ids)
         for start in range(0, len(ids), 500):
@@ -261,10 +273,7 @@ class SQLiteStore(WorkerTables, EventTables, AccessTables):
             marks = ",".join("?" * len(chunk))
             for row in self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", chunk):
                 found[row[0]] = _row_to_job(row)
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise JobNotFound(missing[0])
-        return [found[i] for i in ids]
+        return found
 
     def states_of(self, job_ids: Sequence[int]) -> dict[int, State]:
         out: dict[int, State] = {}
