@@ -93,7 +93,7 @@ async def list_jobs(
     state: str | None = StateName,
     task: str | None = Query(None, max_length=200),
     queue: str | None = Query(None, max_length=200),
-    worker: str | None = Query(None, max_length=300),
+    worker: str | None = Query(None, max_length=300, description="name or address"),
     since: str | None = Query(None, description="created at or after: epoch seconds or ISO 8601"),
     until: str | None = Query(None, description="created before: epoch seconds or ISO 8601"),
     order: str = Query("desc", pattern="^(asc|desc)$"),
@@ -108,6 +108,9 @@ async def list_jobs(
         found = await run_in_threadpool(ctx.store.get_many_found, wanted)
         return {"jobs": [j.to_dict() for j in found if visible(j, principal)], "next_cursor": None}
     newest_first = order == "desc"
+    if worker is not None and "://" not in worker:  # a worker's name: jobs record its address
+        known = await run_in_threadpool(ctx.store.list_workers)
+        worker = next((w.address for w in known if w.name == worker), worker)
     jobs = await run_in_threadpool(
         ctx.store.list_jobs, state=State(state) if state else None, task=task, queue=queue, worker=worker,
         owner=None if principal.reads_everything else principal.name,
