@@ -7,7 +7,7 @@ import builtins
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,13 @@ def _job_id(job: JobRef) -> int:
 
 def build_spec(config: ClusterConfig, task: str, payload: Any, **options: Any) -> JobSpec:
     """Validate a submission and resolve its options: call > @task > queue config > defaults."""
+    return spec_factory(config, task, **options)(payload)
+
+
+def spec_factory(config: ClusterConfig, task: str, **options: Any) -> Callable[..., JobSpec]:
+    """Resolve the options of a submission once; the returned function validates one payload and
+    makes its JobSpec (a batch of one task with the same options resolves them only once)."""
     definition = get_task(task)
-    clean = definition.validate(payload if payload is not None else {})
     queue = options.get("queue") or definition.queue or "default"
     qconf = config.queues.get(queue)
     d = config.defaults
@@ -52,14 +57,12 @@ def build_spec(config: ClusterConfig, task: str, payload: Any, **options: Any) -
         raise BadInput(f"timeout must be > 0 seconds, got {timeout}")
     priority = next((p for p in (options.get("priority"), definition.priority) if p is not None),
                     Priority.NORMAL)
-    return JobSpec(
+    fields: dict[str, Any] = dict(
         task=task,
-        payload=clean,
         queue=queue,
         priority=Priority.parse(priority),
         run_at=run_at,
         timeout=timeout,
-        idempotency_key=options.get("idempotency_key"),
         retry=RetryPolicy(retries=pick("retries"), backoff=pick("backoff"),
                           max_backoff=pick("max_backoff"), jitter=d.jitter),
         resources={**definition.resources, **_numbers("requires", options.get("requires") or {}),
@@ -68,6 +71,13 @@ def build_spec(config: ClusterConfig, task: str, payload: Any, **options: Any) -
         prefers=_strings("prefers", options.get("prefers") or {}),
         owner=options.get("owner"),
     )
+    default_key = options.get("idempotency_key")
+
+    def make(payload: Any, idempotency_key: str | None = None) -> JobSpec:
+        clean = definition.validate(payload if payload is not None else {})
+        return JobSpec(payload=clean, idempotency_key=idempotency_key or default_key, **fields)
+
+    return make
 
 
 def _numbers(what: str, mapping: dict[str, Any]) -> dict[str, float]:
@@ -165,20 +175,25 @@ class Client:
 
     def submit_many(self, task: str, payloads: Sequence[dict[str, Any]], **options: Any) -> list[Job]:
         """Submit many jobs of one task in one transaction: all are stored, or none."""
-        return self.submit_specs([build_spec(self.config, task, p, **options) for p in payloads])
+        make = spec_factory(self.config, task, **options)
+        return self.submit_specs([make(p) for p in payloads])
 
     def submit_specs(self, specs: Sequence[JobSpec], audit: AuditEntry | None = None) -> list[Job]:
         """Store validated specs in one transaction (with `audit` in it, if given)."""
-        constrained = [s for s in specs if s.resources or s.labels]
+        return self.submit_groups([(specs, audit)])[0]
+
+    def submit_groups(self, groups: Sequence[tuple[Sequence[JobSpec], AuditEntry | None]]) -> list[list[Job]]:
+        """Several submissions in one transaction: all stored, or none."""
+        constrained = [s for specs, _ in groups for s in specs if s.resources or s.labels]
         if constrained:
             known = self._known_workers()
             distinct = {(s.queue, tuple(sorted(s.resources.items())), tuple(sorted(s.labels.items()))): s
                         for s in constrained}
             for spec in distinct.values():
                 check_placeable(spec, known)
-        jobs = self.store.submit_many(specs, time.time(), audit)
+        stored = self.store.submit_groups(groups, time.time())
         self._wake()
-        return jobs
+        return stored
 
     def _known_workers(self) -> list[WorkerSlot]:
         """Every worker the cluster has had (the registry keeps gone ones), and the local workers

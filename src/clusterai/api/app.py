@@ -22,6 +22,7 @@ from clusterai.api.deps import ApiContext
 from clusterai.api.edges import AuditAndCount, BodyEdges
 from clusterai.api.routes import access, cluster, dlq, events, jobs, system, workers
 from clusterai.api.schemas import RequestInvalid, validation_message
+from clusterai.api.writer import SubmissionWriter
 from clusterai.client import Client
 from clusterai.config import ClusterConfig
 from clusterai.errors import (
@@ -113,9 +114,10 @@ def create_app(
     if coordinator_registry is not None:
         registry.register(_Forward(coordinator_registry))
     api = config.api
+    client = Client(store, config, runtime=None)
     ctx = ApiContext(store=store, config=config, verifier=TokenVerifier(store),
-                     limiter=RateLimiter(api.rate_limit, api.rate_burst),
-                     client=Client(store, config, runtime=None), registry=registry, wake=wake or (lambda: None))
+                     limiter=RateLimiter(api.rate_limit, api.rate_burst), client=client, registry=registry,
+                     writer=SubmissionWriter(client), wake=wake or (lambda: None))
     app = FastAPI(title="clusterai", version=__version__,
                   description="Durable AI jobs across every machine a team has. Every route but /healthz "
                               "and /readyz needs `Authorization: Bearer <token>`.")

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 from clusterai.api.auth import Permission, Principal, RateLimiter, TokenVerifier, retry_after_header
+from clusterai.api.writer import SubmissionWriter
 from clusterai.client import Client
 from clusterai.config import ClusterConfig
 from clusterai.jobs.store import JobStore
@@ -27,6 +28,7 @@ class ApiContext:
     limiter: RateLimiter
     client: Client
     registry: CollectorRegistry
+    writer: SubmissionWriter
     wake: Callable[[], None] = lambda: None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -50,8 +52,11 @@ async def authenticate(request: Request) -> Principal:
     if not text:
         raise HTTPException(401, "a token is required: send Authorization: Bearer <token>",
                             headers={"WWW-Authenticate": "Bearer"})
-    principal = await run_in_threadpool(ctx.verifier.verify, text)
-    if principal is None:
+    # a cached record is checked on the loop; only a cache miss reads the store, off the loop
+    principal = ctx.verifier.verify_cached(text)
+    if principal is False:
+        principal = await run_in_threadpool(ctx.verifier.verify, text)
+    if not isinstance(principal, Principal):
         raise HTTPException(401, "the token is unknown, revoked or expired", headers={"WWW-Authenticate": "Bearer"})
     request.state.principal = principal
     wait = ctx.limiter.check(principal.token_id)

@@ -157,50 +157,74 @@ class SQLiteStore(WorkerTables, EventTables, AccessTables):
 
     def submit_many(self, specs: Sequence[JobSpec], now: float, audit: AuditEntry | None = None) -> list[Job]:
         """Store every job or none; with `audit`, the audit record commits in the same transaction."""
-        jobs: list[Job] = []
-        created: set[int] = set()
+        return self.submit_groups([(specs, audit)], now)[0]
+
+    def submit_groups(self, groups: Sequence[tuple[Sequence[JobSpec], AuditEntry | None]], now: float
+                      ) -> list[list[Job]]:
+        """Several submissions in one transaction (the API's group commit): all stored, or none."""
+        out = []
         with self._write() as cur:
-            for spec in specs:
-                if spec.idempotency_key is not None:
-                    existing = cur.execute(
-                        "SELECT id, fingerprint FROM jobs WHERE idempotency_key=?",
-                        (spec.idempotency_key,),
-                    ).fetchone()
-                    if existing is not None:
-                        if existing[1] != spec.fingerprint:
-                            raise IdempotencyConflict(spec.idempotency_key, existing[0])
-                        row = cur.execute(
-                            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (existing[0],)
-                        ).fetchone()
-                        jobs.append(_row_to_job(row))
-                        continue
-                run_at = spec.run_at if spec.run_at is not None else now
-                state = State.PENDING if run_at > now else State.QUEUED
-                cur.execute(
-                    "INSERT INTO jobs (task, queue, priority, state, payload, fingerprint,"
-                    " idempotency_key, run_at, created_at, updated_at, retries, backoff,"
-                    " max_backoff, jitter, timeout, resources, labels, prefers, owner)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (spec.task, spec.queue, int(spec.priority), state.value, spec.payload_json,
-                     spec.fingerprint if spec.idempotency_key else None, spec.idempotency_key,
-                     run_at, now, now, spec.retry.retries, spec.retry.backoff,
-                     spec.retry.max_backoff, spec.retry.jitter, spec.timeout,
-                     json.dumps(spec.resources) if spec.resources else None,
-                     json.dumps(spec.labels) if spec.labels else None,
-                     json.dumps(spec.prefers) if spec.prefers else None, spec.owner),
-                )
-                created.add(cur.lastrowid or 0)
-                jobs.append(Job(
-                    id=cur.lastrowid or 0, task=spec.task, queue=spec.queue,
-                    priority=spec.priority, state=state, payload=spec.payload, created_at=now,
-                    updated_at=now, run_at=run_at, attempt=0, failures=0, lost_count=0,
-                    retry=spec.retry, timeout=spec.timeout, idempotency_key=spec.idempotency_key,
-                    resources=spec.resources, labels=spec.labels, prefers=spec.prefers,
-                    owner=spec.owner,
-                ))
-            job_events(cur, now, [(j.id, j.state.value, None, None) for j in jobs if j.id in created])
-            if audit is not None:
-                self._audit(cur, audit, now)
+            for specs, audit in groups:
+                jobs = self._insert_jobs(cur, specs, now)
+                if audit is not None:
+                    self._audit(cur, audit, now)
+                out.append(jobs)
+        return out
+
+    def _insert_jobs(self, cur: sqlite3.Cursor, specs: Sequence[JobSpec], now: float) -> list[Job]:
+        jobs: list[Job] = []
+        plain: list[JobSpec] = []  # jobs without an idempotency key go in with one executemany
+        for spec in specs:
+            if spec.idempotency_key is None:
+                plain.append(spec)
+                continue
+            jobs += self._insert_plain(cur, plain, now)
+            plain = []
+            existing = cur.execute(
+                "SELECT id, fingerprint FROM jobs WHERE idempotency_key=?", (spec.idempotency_key,)
+            ).fetchone()
+            if existing is None:
+                jobs += self._insert_plain(cur, [spec], now)
+            elif existing[1] != spec.fingerprint:
+                raise IdempotencyConflict(spec.idempotency_key, existing[0])
+            else:
+                jobs.append(_row_to_job(cur.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?",
+                                                    (existing[0],)).fetchone()))
+        return jobs + self._insert_plain(cur, plain, now)
+
+    @staticmethod
+    def _insert_plain(cur: sqlite3.Cursor, specs: Sequence[JobSpec], now: float) -> list[Job]:
+        if not specs:
+            return []
+        rows = []
+        for spec in specs:
+            run_at = spec.run_at if spec.run_at is not None else now
+            rows.append((spec.task, spec.queue, int(spec.priority),
+                         State.PENDING.value if run_at > now else State.QUEUED.value, spec.payload_json,
+                         spec.fingerprint if spec.idempotency_key else None, spec.idempotency_key,
+                         run_at, now, now, spec.retry.retries, spec.retry.backoff, spec.retry.max_backoff,
+                         spec.retry.jitter, spec.timeout,
+                         json.dumps(spec.resources) if spec.resources else None,
+                         json.dumps(spec.labels) if spec.labels else None,
+                         json.dumps(spec.prefers) if spec.prefers else None, spec.owner))
+        cur.executemany(
+            "INSERT INTO jobs (task, queue, priority, state, payload, fingerprint, idempotency_key, run_at,"
+            " created_at, updated_at, retries, backoff, max_backoff, jitter, timeout, resources, labels,"
+            " prefers, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+        # this transaction is the only writer and ids autoincrement, so the rows got consecutive ids
+        last = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
+        jobs = [
+            Job(id=last - len(specs) + 1 + i, task=spec.task, queue=spec.queue, priority=spec.priority,
+                state=State.QUEUED if row[3] == "queued" else State.PENDING, payload=spec.payload,
+                created_at=now, updated_at=now, run_at=row[7],
+                attempt=0, failures=0, lost_count=0, retry=spec.retry, timeout=spec.timeout,
+                idempotency_key=spec.idempotency_key, resources=spec.resources, labels=spec.labels,
+                prefers=spec.prefers, owner=spec.owner)
+            for i, (spec, row) in enumerate(zip(specs, rows))
+        ]
+        job_events(cur, now, [(j.id, j.state.value, None, None) for j in jobs])
         return jobs
 
     def get(self, job_id: int, *, attempts: bool = True) -> Job:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -15,9 +16,9 @@ from starlette.concurrency import run_in_threadpool
 from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import ApiContext, context, require
 from clusterai.api.schemas import BatchRequest, RequestInvalid, parse_submission, submission_schema
-from clusterai.client import build_spec
+from clusterai.client import spec_factory
 from clusterai.errors import BadInput, JobNotFound
-from clusterai.jobs.model import AuditEntry, Job, State
+from clusterai.jobs.model import AuditEntry, Job, JobSpec, State
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 StateName = Query(None, pattern="^(pending|queued|running|succeeded|dead|cancelled)$")
@@ -67,9 +68,16 @@ async def submit(request: Request, principal: Principal = Depends(require(Permis
     parsed = parse_submission(data)
     items = parsed.jobs if isinstance(parsed, BatchRequest) else [parsed]
     specs = []
+    makers: dict[tuple[str, str], Callable[..., JobSpec]] = {}  # options resolved once per kind of job
     for index, item in enumerate(items):
         try:
-            specs.append(build_spec(ctx.config, item.task, item.payload, owner=principal.name, **item.options()))
+            options = item.options()
+            key = options.pop("idempotency_key", None)
+            kind = (item.task, json.dumps(options, sort_keys=True))
+            make = makers.get(kind)
+            if make is None:
+                make = makers[kind] = spec_factory(ctx.config, item.task, owner=principal.name, **options)
+            specs.append(make(item.payload, key))
         except BadInput as exc:
             if isinstance(parsed, BatchRequest):
                 exc.args = (f"jobs[{index}]: {exc}",)  # say which job of the batch is wrong
@@ -77,7 +85,7 @@ async def submit(request: Request, principal: Principal = Depends(require(Permis
     audit = AuditEntry(principal.name, principal.role, "POST /api/v1/jobs", target=None, status=201,
                        detail=f"{len(specs)} job(s) of {', '.join(sorted({s.task for s in specs}))}")
     before = time.time()
-    jobs = await run_in_threadpool(ctx.client.submit_specs, specs, audit)
+    jobs = await ctx.writer.submit(specs, audit)
     request.state.audited = True
     ctx.wake()
     if isinstance(parsed, BatchRequest):
