@@ -21,7 +21,7 @@ from clusterai.api.auth import RateLimiter, TokenVerifier
 from clusterai.api.deps import ApiContext
 from clusterai.api.edges import AuditAndCount, BodyEdges
 from clusterai.api.routes import access, cluster, dlq, events, jobs, system, workers
-from clusterai.api.schemas import RequestInvalid, validation_message
+from clusterai.api.schemas import MalformedJSON, RequestInvalid, validation_message
 from clusterai.api.writer import SubmissionWriter
 from clusterai.client import Client
 from clusterai.config import ClusterConfig
@@ -60,6 +60,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
             return _error(400, "malformed JSON body: " + "; ".join(f["message"] for f in fields), fields=fields)
         return _error(422, validation_message(fields), fields=fields)
+
+    @app.exception_handler(MalformedJSON)
+    async def malformed(request: Request, exc: MalformedJSON) -> JSONResponse:
+        return _error(400, str(exc))
 
     @app.exception_handler(RequestInvalid)
     async def invalid_body(request: Request, exc: RequestInvalid) -> JSONResponse:

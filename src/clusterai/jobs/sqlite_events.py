@@ -49,9 +49,12 @@ class EventTables:
         ]
 
     def event_bounds(self) -> tuple[int, int]:
-        """(lowest id still kept, highest id written); (0, 0) when there are none."""
-        low, high = self._read("SELECT MIN(id), MAX(id) FROM events")[0]
-        return (low or 0, high or 0)
+        """(lowest id still kept, highest id ever written). With every event pruned the lowest is
+        the highest + 1, so a client that saw the last one has missed nothing."""
+        rows = self._read("SELECT seq FROM sqlite_sequence WHERE name='events'")
+        high = rows[0][0] if rows else 0
+        low = self._read("SELECT MIN(id) FROM events")[0][0]
+        return (low if low is not None else high + 1, high)
 
     def prune_events(self, older_than: float, keep_at_most: int) -> int:
         """Forget events older than a time, and beyond the newest `keep_at_most`."""

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from clusterai.api.auth import Permission, Principal, new_token
 from clusterai.api.deps import authenticate, context, require
-from clusterai.api.schemas import TokenRequest
+from clusterai.api.schemas import MAX_ID, TokenRequest, body_schema, parse_body
 
 router = APIRouter(prefix="/api/v1", tags=["access"])
 
@@ -28,9 +28,10 @@ async def list_tokens(request: Request, principal: Principal = Depends(require(P
     return {"tokens": [t.to_dict() for t in tokens]}
 
 
-@router.post("/tokens", status_code=201, summary="Create a token; its text is in this answer only")
-async def create_token(request: Request, body: TokenRequest,
-                       principal: Principal = Depends(require(Permission.ADMIN))) -> JSONResponse:
+@router.post("/tokens", status_code=201, summary="Create a token; its text is in this answer only",
+             openapi_extra=body_schema(TokenRequest))
+async def create_token(request: Request, principal: Principal = Depends(require(Permission.ADMIN))) -> JSONResponse:
+    body = parse_body(await request.body(), TokenRequest)
     text, record = new_token(body.name, body.role, created_by=principal.name, expires_in=body.expires_in)
     await run_in_threadpool(context(request).store.add_token, record)
     request.state.audit_target = f"token {record.id} ({record.name}, {record.role})"
@@ -52,7 +53,7 @@ async def audit(
     request: Request,
     actor: str | None = Query(None, max_length=100),
     since: float | None = Query(None, ge=0),
-    cursor: int | None = Query(None, ge=0),
+    cursor: int | None = Query(None, ge=0, le=MAX_ID),
     limit: int = Query(100, ge=1, le=1000),
     principal: Principal = Depends(require(Permission.ADMIN)),
 ) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import context, require
-from clusterai.api.schemas import RequeueRequest
+from clusterai.api.schemas import MAX_ID, RequeueRequest, body_schema, parse_body
 from clusterai.errors import BadInput
 from clusterai.jobs.model import State
 
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/api/v1/dlq", tags=["dead letters"])
 async def list_dead(
     request: Request,
     task: str | None = Query(None, max_length=200),
-    cursor: int | None = Query(None, ge=0),
+    cursor: int | None = Query(None, ge=0, le=MAX_ID),
     limit: int = Query(100, ge=1, le=1000),
     principal: Principal = Depends(require(Permission.READ)),
 ) -> dict[str, Any]:
@@ -29,10 +29,11 @@ async def list_dead(
     return {"jobs": [j.to_dict() for j in jobs], "next_cursor": jobs[-1].id if len(jobs) == limit else None}
 
 
-@router.post("/requeue", summary="Put dead letters back in the queue: the ids given, or all")
-async def requeue(request: Request, body: RequeueRequest,
-                  principal: Principal = Depends(require(Permission.OPERATE))) -> dict[str, Any]:
+@router.post("/requeue", summary="Put dead letters back in the queue: the ids given, or all",
+             openapi_extra=body_schema(RequeueRequest))
+async def requeue(request: Request, principal: Principal = Depends(require(Permission.OPERATE))) -> dict[str, Any]:
     ctx = context(request)
+    body = parse_body(await request.body(), RequeueRequest)
     if body.all:
         ids = [j.id for j in await run_in_threadpool(ctx.store.list_jobs, state=State.DEAD, limit=1_000_000)]
     elif body.ids:

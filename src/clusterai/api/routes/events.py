@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import ApiContext, context, require
+from clusterai.api.schemas import MAX_ID
 from clusterai.errors import StoreUnavailable
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
@@ -37,7 +38,7 @@ def _visible(event: dict[str, Any], principal: Principal) -> bool:
 
 async def _stream(ctx: ApiContext, principal: Principal, after: int | None, poll: float) -> AsyncIterator[str]:
     low, high = await run_in_threadpool(ctx.store.event_bounds)
-    pruned = after is not None and low and after < low - 1
+    pruned = after is not None and after < low - 1
     unknown = after is not None and after > high  # an id from another store (or a store reset)
     cursor = high if after is None or unknown else after
     yield f"retry: 2000\n\n{_frame(cursor, 'hello', {'last_event_id': cursor, 'first_kept': low})}"
@@ -68,12 +69,13 @@ async def _stream(ctx: ApiContext, principal: Principal, after: int | None, poll
             response_class=StreamingResponse)
 async def events(
     request: Request,
-    last_event_id: int | None = Query(None, ge=0, description="resume after this id (or send Last-Event-ID)"),
+    last_event_id: int | None = Query(None, ge=0, le=MAX_ID,
+                                      description="resume after this id (or send Last-Event-ID)"),
     principal: Principal = Depends(require(Permission.READ, Permission.READ_OWN)),
 ) -> StreamingResponse:
     header = request.headers.get("last-event-id")
     after = last_event_id
-    if after is None and header is not None and header.strip().isdigit():
+    if after is None and header is not None and header.strip().isdigit() and len(header.strip()) <= 18:
         after = int(header)
     ctx = context(request)
     return StreamingResponse(_stream(ctx, principal, after, poll=0.1), media_type="text/event-stream",

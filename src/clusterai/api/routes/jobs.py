@@ -9,18 +9,19 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import ApiContext, context, require
-from clusterai.api.schemas import BatchRequest, RequestInvalid, parse_submission, submission_schema
+from clusterai.api.schemas import MAX_ID, BatchRequest, RequestInvalid, parse_json, parse_submission, submission_schema
 from clusterai.client import spec_factory
 from clusterai.errors import BadInput, JobNotFound
 from clusterai.jobs.model import AuditEntry, Job, JobSpec, State
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+JobId = Path(ge=1, le=MAX_ID)
 StateName = Query(None, pattern="^(pending|queued|running|succeeded|dead|cancelled)$")
 
 
@@ -60,12 +61,7 @@ async def read_job(ctx: ApiContext, job_id: int, principal: Principal, attempts:
                                             "content": {"application/json": {"schema": submission_schema()}}}})
 async def submit(request: Request, principal: Principal = Depends(require(Permission.SUBMIT))) -> JSONResponse:
     ctx = context(request)
-    body = await request.body()
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HTTPException(400, f"malformed JSON body: {exc}") from None
-    parsed = parse_submission(data)
+    parsed = parse_submission(parse_json(await request.body()))
     items = parsed.jobs if isinstance(parsed, BatchRequest) else [parsed]
     specs = []
     makers: dict[tuple[str, str], Callable[..., JobSpec]] = {}  # options resolved once per kind of job
@@ -105,14 +101,18 @@ async def list_jobs(
     since: str | None = Query(None, description="created at or after: epoch seconds or ISO 8601"),
     until: str | None = Query(None, description="created before: epoch seconds or ISO 8601"),
     order: str = Query("desc", pattern="^(asc|desc)$"),
-    cursor: int | None = Query(None, ge=0, description="next_cursor of the previous page"),
+    cursor: int | None = Query(None, ge=0, le=MAX_ID, description="next_cursor of the previous page"),
     limit: int = Query(100, ge=1, le=1000),
-    ids: str | None = Query(None, pattern=r"^\d+(,\d+){0,999}$", description="these jobs only: 1,2,3 (1,000 at most)"),
+    ids: str | None = Query(None, pattern=r"^[0-9]+(,[0-9]+)*$", max_length=20_000,
+                            description="these jobs only: 1,2,3 (1,000 at most)"),
     principal: Principal = Depends(require(Permission.READ, Permission.READ_OWN)),
 ) -> dict[str, Any]:
     ctx = context(request)
     if ids is not None:
-        wanted = [int(i) for i in ids.split(",")]
+        pieces = ids.split(",")
+        if len(pieces) > 1000 or any(len(p) > 18 for p in pieces):
+            raise RequestInvalid([{"field": "query.ids", "message": "at most 1,000 ids of at most 18 digits"}])
+        wanted = [int(p) for p in pieces]
         found = await run_in_threadpool(ctx.store.get_many_found, wanted)
         return {"jobs": [j.to_dict() for j in found if visible(j, principal)], "next_cursor": None}
     newest_first = order == "desc"
@@ -133,7 +133,7 @@ async def list_jobs(
 @router.get("/{job_id}", summary="One job with every attempt; wait=N holds the answer until it ends (N s at most)")
 async def get_job(
     request: Request,
-    job_id: int,
+    job_id: int = JobId,
     wait: float = Query(0, ge=0, le=300, description="seconds to wait for the job to end"),
     principal: Principal = Depends(require(Permission.READ, Permission.READ_OWN)),
 ) -> dict[str, Any]:
@@ -151,7 +151,7 @@ async def get_job(
 
 
 @router.delete("/{job_id}", summary="Cancel a job (a running attempt is abandoned; a late result is ignored)")
-async def cancel_job(request: Request, job_id: int,
+async def cancel_job(request: Request, job_id: int = JobId,
                      principal: Principal = Depends(require(Permission.CANCEL))) -> dict[str, Any]:
     ctx = context(request)
     request.state.audit_target = f"job {job_id}"
@@ -160,7 +160,7 @@ async def cancel_job(request: Request, job_id: int,
 
 
 @router.post("/{job_id}/retry", summary="Run a finished (dead, cancelled or succeeded) job again")
-async def retry_job(request: Request, job_id: int,
+async def retry_job(request: Request, job_id: int = JobId,
                     principal: Principal = Depends(require(Permission.OPERATE))) -> dict[str, Any]:
     ctx = context(request)
     request.state.audit_target = f"job {job_id}"
