@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
@@ -20,7 +21,7 @@ from clusterai import __version__
 from clusterai.api.auth import RateLimiter, TokenVerifier
 from clusterai.api.deps import ApiContext
 from clusterai.api.edges import AuditAndCount, BodyEdges
-from clusterai.api.routes import access, cluster, dlq, events, jobs, system, workers
+from clusterai.api.routes import access, cluster, dlq, docs, events, jobs, system, workers
 from clusterai.api.schemas import MalformedJSON, RequestInvalid, validation_message
 from clusterai.api.writer import SubmissionWriter
 from clusterai.client import Client
@@ -106,6 +107,23 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(500, f"internal error ({type(exc).__name__}); see the server log")
 
 
+def _declare_bearer_auth(app: FastAPI) -> None:
+    """The schema says what every client must send: a bearer token, except on the public routes."""
+
+    def schema() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            spec.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            spec["security"] = [{"bearer": []}]
+            for path in system.PUBLIC_PATHS:
+                for operation in spec["paths"].get(path, {}).values():
+                    operation["security"] = []
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = schema  # type: ignore[method-assign]
+
+
 def create_app(
     store: JobStore,
     config: ClusterConfig,
@@ -122,13 +140,14 @@ def create_app(
     ctx = ApiContext(store=store, config=config, verifier=TokenVerifier(store),
                      limiter=RateLimiter(api.rate_limit, api.rate_burst), client=client, registry=registry,
                      writer=SubmissionWriter(client), wake=wake or (lambda: None))
-    app = FastAPI(title="clusterai", version=__version__,
+    app = FastAPI(title="clusterai", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   description="Durable AI jobs across every machine a team has. Every route but /healthz "
                               "and /readyz needs `Authorization: Bearer <token>`.")
     app.state.ctx = ctx
     _add_error_handlers(app)
-    for module in (jobs, dlq, workers, cluster, events, access, system):
+    for module in (jobs, dlq, workers, cluster, events, access, system, docs):
         app.include_router(module.router)
+    _declare_bearer_auth(app)
     app.add_middleware(AuditAndCount, store=store, registry=registry)
     app.add_middleware(BodyEdges, max_bytes=api.max_body_bytes)
     return app

@@ -118,11 +118,16 @@ class AuditAndCount:
             return
         status = 500
         begun = time.perf_counter()
+        audited = scope["method"] not in MUTATING
 
         async def send_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, audited
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if not audited:
+                    # before the answer leaves: a caller that reads the audit log next finds its call
+                    audited = True
+                    await self._audit(scope, status)
             await send(message)
 
         try:
@@ -131,7 +136,7 @@ class AuditAndCount:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.requests.labels(scope["method"], route, str(status)).inc()
             self.seconds.labels(route).observe(time.perf_counter() - begun)
-            if scope["method"] in MUTATING:
+            if not audited:  # no answer was sent (the handler crashed)
                 await self._audit(scope, status)
 
     async def _audit(self, scope: Scope, status: int) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -46,8 +48,21 @@ async def get_worker(request: Request, name: str,
 async def _command(request: Request, name: str, action: str, wait: float) -> JSONResponse:
     ctx = context(request)
     worker = await find_worker(request, name)
+    if worker.status == "gone":
+        raise HTTPException(409, f"worker {worker.name} has left the cluster; nothing to {action}")
     request.state.audit_target = f"worker {worker.name} ({worker.address})"
-    outcome = await run_in_threadpool(ctx.client.command_worker, worker.address, action, wait)
+    command_id = await run_in_threadpool(ctx.store.add_worker_command, worker.address, action, time.time())
+    ctx.wake()
+    outcome = None
+    deadline = time.monotonic() + wait
+    while True:  # waits on the loop, not in a pool thread: many waiting callers cost no threads
+        _, _, done_at, answer = await run_in_threadpool(ctx.store.worker_command, command_id)
+        if done_at is not None:
+            outcome = answer
+            break
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.1)
     if outcome is None:
         return JSONResponse({"worker": worker.name, "action": action, "done": False,
                              "message": f"{action} requested; the coordinator has not acted on it within {wait:g} s"},

@@ -1,0 +1,249 @@
+"""Every route of the app against every kind of caller: no token, a bad one, and each role.
+
+EXPECTED is the access policy, written down by hand; a route the app serves that is not in it fails
+the suite, so a new route cannot ship without a decision on who may call it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from api_support import ROLES, WORKER, Api, running_api
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from clusterai.api.app import create_app
+from clusterai.api.routes.system import PUBLIC_PATHS
+from clusterai.config import ClusterConfig
+from clusterai.jobs.model import Outcome, State
+from clusterai.jobs.store import open_store
+
+PUBLIC = frozenset({"/healthz", "/readyz"})
+ALL = frozenset(ROLES)
+READERS = frozenset({"viewer", "operator", "admin"})  # read everything
+OPERATORS = frozenset({"operator", "admin"})
+ADMIN = frozenset({"admin"})
+SUBMITTERS = frozenset({"submitter", "operator", "admin"})
+
+# (method, path) -> the roles allowed; None: public (no token needed)
+EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
+    ("GET", "/healthz"): None,
+    ("GET", "/readyz"): None,
+    ("GET", "/metrics"): READERS,
+    ("GET", "/api/v1/tasks"): ALL,
+    ("GET", "/api/v1/whoami"): ALL,
+    ("POST", "/api/v1/jobs"): SUBMITTERS,
+    ("GET", "/api/v1/jobs"): ALL,  # a submitter sees only its own (test_ownership)
+    ("GET", "/api/v1/jobs/{job_id}"): ALL,  # the job here is the submitter's own
+    ("DELETE", "/api/v1/jobs/{job_id}"): OPERATORS,
+    ("POST", "/api/v1/jobs/{job_id}/retry"): OPERATORS,
+    ("GET", "/api/v1/dlq"): READERS,
+    ("POST", "/api/v1/dlq/requeue"): OPERATORS,
+    ("GET", "/api/v1/workers"): READERS,
+    ("GET", "/api/v1/workers/{name}"): READERS,
+    ("POST", "/api/v1/workers/{name}/drain"): OPERATORS,
+    ("POST", "/api/v1/workers/{name}/undrain"): OPERATORS,
+    ("POST", "/api/v1/workers/{name}/remove"): OPERATORS,
+    ("POST", "/api/v1/workers/{name}/restart"): OPERATORS,
+    ("GET", "/api/v1/cluster/status"): READERS,
+    ("GET", "/api/v1/events"): ALL,  # a submitter gets only its own jobs' events
+    ("GET", "/api/v1/tokens"): ADMIN,
+    ("POST", "/api/v1/tokens"): ADMIN,
+    ("DELETE", "/api/v1/tokens/{token_id}"): ADMIN,
+    ("GET", "/api/v1/audit"): ADMIN,
+    ("GET", "/openapi.json"): ALL,
+    ("GET", "/docs"): ALL,
+}
+
+# the schema and the reference page: any valid token (kept out of the schema itself)
+DOCS = frozenset({"/openapi.json", "/docs"})
+
+
+def route_table(app: FastAPI) -> tuple[set[tuple[str, str]], set[str]]:
+    """((method, path) of every API route, paths of every other route). Recent FastAPI keeps
+    included routers as lazy entries of app.routes; iter_route_contexts flattens them."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # older FastAPI: app.routes is flat
+        contexts: list[Any] = list(app.routes)
+    else:
+        contexts = list(iter_route_contexts(app.routes))
+    api_routes, others = set(), set()
+    for ctx in contexts:
+        original = getattr(ctx, "original_route", ctx)
+        if isinstance(original, APIRoute):
+            api_routes |= {(m, ctx.path) for m in ctx.methods}
+        else:
+            others.add(ctx.path)
+    return api_routes, others
+
+
+def _app_routes() -> set[tuple[str, str]]:
+    store = open_store(":memory:")
+    try:
+        routes, _ = route_table(create_app(store, ClusterConfig()))
+    finally:
+        store.close()
+    return routes
+
+
+APP_ROUTES = sorted(_app_routes())
+
+
+def route_id(route: tuple[str, str]) -> str:
+    return f"{route[0]} {route[1]}"
+
+
+def test_every_route_has_a_decided_policy() -> None:
+    store = open_store(":memory:")
+    try:
+        routes, others = route_table(create_app(store, ClusterConfig()))
+    finally:
+        store.close()
+    undecided = routes - set(EXPECTED)
+    assert not undecided, f"routes without an access policy in EXPECTED: {sorted(undecided)}"
+    stale = set(EXPECTED) - routes
+    assert not stale, f"EXPECTED names routes the app does not serve: {sorted(stale)}"
+    assert not others, f"routes that are not API routes: {sorted(others)}"
+    public = {path for (method, path), roles in EXPECTED.items() if roles is None}
+    assert public == PUBLIC == PUBLIC_PATHS
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One API for the whole module (the matrix makes a few hundred calls)."""
+    with running_api(tmp_path_factory.mktemp("matrix")) as api:
+        api.add_worker()
+        yield api
+
+
+def fill(api: Api, method: str, path: str, role: str | None) -> dict[str, Any]:
+    """A request that would succeed for a role allowed to make it: real ids, valid bodies, and a
+    fresh object where the call changes one."""
+    params: dict[str, Any] = {}
+    body: Any = None
+    if "{job_id}" in path:
+        if method == "GET":
+            job = api.add_job(owner="submitter")  # the submitter's own job: readable by every role
+        elif path.endswith("/retry"):
+            job = api.add_job(owner="submitter")
+            api.store.cancel(job.id, time.time())  # retry needs a finished job
+        else:
+            job = api.add_job(owner="submitter")
+        path = path.replace("{job_id}", str(job.id))
+    if "{token_id}" in path:
+        _, token_id = api.add_token("viewer")
+        path = path.replace("{token_id}", token_id)
+    if "{name}" in path:
+        path = path.replace("{name}", WORKER)
+        if method == "POST":
+            params["wait"] = 0
+    if (method, path) == ("POST", "/api/v1/jobs"):
+        body = {"task": "bench.noop"}
+    elif (method, path) == ("POST", "/api/v1/tokens"):
+        body = {"name": "made-by-matrix", "role": "viewer", "expires_in": 60}
+    elif (method, path) == ("POST", "/api/v1/dlq/requeue"):
+        dead = api.add_job(owner="submitter")
+        api.finish(dead.id, Outcome.FAILED, State.DEAD, error="boom")
+        body = {"ids": [dead.id]}
+    return {"method": method, "url": path, "params": params, "json": body}
+
+
+def call(client: httpx.Client, request: dict[str, Any]) -> int:
+    """The status of the request; an event stream is closed as soon as its status is known."""
+    with client.stream(**request) as response:
+        return response.status_code
+
+
+@pytest.mark.parametrize("route", APP_ROUTES, ids=route_id)
+def test_no_bad_or_missing_token_gets_in(served: Api, route: tuple[str, str]) -> None:
+    method, path = route
+    revoked_text, _ = served.add_token("admin", "revoked-admin", revoked_at=time.time() - 1)
+    expired_text, _ = served.add_token("admin", "expired-admin", created_at=time.time() - 120,
+                                       expires_at=time.time() - 60)
+    _, admin_id, _ = served.tokens["admin"].split("_", 2)
+    garbage = {
+        "none": None,
+        "bogus": "cai_000000000000_notasecret",
+        "not-ours": "Bearer-something-else",
+        "right id, wrong secret": f"cai_{admin_id}_{'x' * 43}",
+        "revoked": revoked_text,
+        "expired": expired_text,
+    }
+    client = served.client()
+    for what, token in garbage.items():
+        request = fill(served, method, path, None)
+        request["headers"] = {"Authorization": f"Bearer {token}"} if token else {}
+        status = call(client, request)
+        if path in PUBLIC:
+            assert status == 200, f"{method} {path} with {what} token: {status}, want 200 (public)"
+        else:
+            assert status == 401, f"{method} {path} with {what} token: {status}, want 401"
+
+
+@pytest.mark.parametrize("route", APP_ROUTES, ids=route_id)
+def test_role_matrix(served: Api, route: tuple[str, str]) -> None:
+    method, path = route
+    assert route in EXPECTED, f"{method} {path} has no access policy in EXPECTED"
+    allowed = EXPECTED[route]
+    client = served.client()
+    for role in ROLES:
+        request = fill(served, method, path, role)
+        request["headers"] = served.headers(role)
+        status = call(client, request)
+        if allowed is None or role in allowed:
+            assert status not in (401, 403), f"{role} {method} {path}: {status}, but the role is allowed"
+            assert status < 500, f"{role} {method} {path}: {status}"
+        else:
+            assert status == 403, f"{role} {method} {path}: {status}, want 403"
+
+
+def test_a_token_revoked_through_the_api_stops_at_once(served: Api) -> None:
+    text, token_id = served.add_token("operator", "short-lived")
+    c = served.client(None, headers={"Authorization": f"Bearer {text}"})
+    assert c.get("/api/v1/whoami").status_code == 200  # now cached by the verifier
+    assert served.client("admin").delete(f"/api/v1/tokens/{token_id}").status_code == 200
+    assert c.get("/api/v1/whoami").status_code == 401
+
+
+def test_the_session_cookie_is_a_token_too(served: Api) -> None:
+    c = served.client(None, cookies={"clusterai_session": served.tokens["viewer"]})
+    assert c.get("/api/v1/whoami").json()["role"] == "viewer"
+    bad = served.client(None, cookies={"clusterai_session": "cai_x_y"})
+    assert bad.get("/api/v1/whoami").status_code == 401
+
+
+def test_401_says_how_to_authenticate(served: Api) -> None:
+    r = served.client().get("/api/v1/jobs")
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert "token" in r.json()["error"]
+
+
+def test_docs_need_a_token_and_the_schema_declares_bearer_auth(served: Api) -> None:
+    anonymous = served.client()
+    for path in sorted(DOCS) + ["/redoc", "/docs/oauth2-redirect"]:
+        assert anonymous.get(path).status_code in (401, 404), path
+    viewer = served.client("viewer")
+    page = viewer.get("/docs")
+    assert page.status_code == 200 and "/api/v1/jobs" in page.text and "<script" not in page.text
+    schema = viewer.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+    assert schema["security"] == [{"bearer": []}]
+    assert schema["paths"]["/healthz"]["get"]["security"] == []
+
+
+def test_unknown_paths_are_404(served: Api) -> None:
+    r = served.client().get("/api/v1/nothing-here")
+    assert r.status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs", "/api/v1/tokens", "/api/v1/dlq/requeue"])
+def test_a_malformed_body_without_a_token_is_401(served: Api, path: str) -> None:
+    """The token is checked before the body is parsed (FastAPI parses a route's body model before
+    its dependencies run, so these routes read their bodies themselves)."""
+    r = served.client().post(path, content=b'{"name":', headers={"Content-Type": "application/json"})
+    assert r.status_code == 401, r.text
