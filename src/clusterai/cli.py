@@ -54,9 +54,11 @@ def _global(
                                    "https://head:8000", envvar="CLUSTERAI_URL"),
     token: str | None = typer.Option(None, "--token", help="API token (default: the admin token file)",
                                      envvar="CLUSTERAI_TOKEN"),
+    ca_cert: str | None = typer.Option(None, "--ca-cert", help="PEM file to trust for the API's HTTPS "
+                                       "(a self-signed certificate)", envvar="CLUSTERAI_CA_CERT"),
 ) -> None:
     settings.config_path, settings.store, settings.tasks = config, store, list(tasks)
-    settings.url, settings.token = url, token
+    settings.url, settings.token, settings.ca_cert = url, token, ca_cert
 
 
 # -- running a cluster --------------------------------------------------------------------------

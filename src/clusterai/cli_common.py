@@ -58,6 +58,7 @@ class _Settings:
     tasks: list[str] = []
     url: str | None = None
     token: str | None = None
+    ca_cert: str | None = None
 
     def config(self, **overrides: Any) -> ClusterConfig:
         conf = load_config(self.config_path)
@@ -77,7 +78,7 @@ def client() -> Client | RemoteClient:
         if not token:
             raise BadInput("--url needs a token: --token, CLUSTERAI_TOKEN, or the admin token file that "
                            "`clusterai up` wrote")
-        return RemoteClient(settings.url, token)
+        return RemoteClient(settings.url, token, ca_cert=settings.ca_cert)
     conf = settings.config()
     import_task_modules(conf.tasks)
     return Client(open_store(conf.store), conf, runtime=None)

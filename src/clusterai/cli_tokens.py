@@ -24,7 +24,7 @@ def _remote() -> RemoteClient | None:
     token = settings.token or read_token_file(settings.config().api.token_file)
     if not token:
         raise BadInput("--url needs an admin token: --token or CLUSTERAI_TOKEN")
-    return RemoteClient(settings.url, token)
+    return RemoteClient(settings.url, token, ca_cert=settings.ca_cert)
 
 
 def _store() -> JobStore:

@@ -372,6 +372,7 @@ def connect(
     *,
     url: str | None = None,
     token: str | None = None,
+    ca_cert: str | None = None,
     store: str | None = None,
     tasks: Sequence[str] = (),
     workers: int | None = None,
@@ -379,10 +380,11 @@ def connect(
 ) -> Client | RemoteClient:
     """Embedded cluster by default; with `store=`, attach to the store of a running cluster; with
     `url=` (or $CLUSTERAI_URL), reach a cluster over its REST API with `token=` (or
-    $CLUSTERAI_TOKEN)."""
+    $CLUSTERAI_TOKEN; `ca_cert=` or $CLUSTERAI_CA_CERT for a self-signed HTTPS certificate)."""
     url = url or os.environ.get("CLUSTERAI_URL")
     if url:
-        return RemoteClient(url, token or os.environ.get("CLUSTERAI_TOKEN") or "")
+        return RemoteClient(url, token or os.environ.get("CLUSTERAI_TOKEN") or "",
+                            ca_cert=ca_cert or os.environ.get("CLUSTERAI_CA_CERT"))
     conf = config if isinstance(config, ClusterConfig) else load_config(config)
     if tasks:
         conf = conf.with_overrides(tasks=[*conf.tasks, *tasks])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import re
+import ssl
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,12 +79,20 @@ def _raise_for(response: httpx.Response) -> None:
 
 
 class RemoteClient:
-    def __init__(self, url: str, token: str, *, verify: bool | str = True, timeout: float = 60.0):
+    def __init__(self, url: str, token: str, *, ca_cert: str | None = None, timeout: float = 60.0):
+        """`ca_cert`: a PEM file of the CA (or the self-signed certificate) the cluster's HTTPS uses;
+        default: the system's trusted CAs."""
         if not url.startswith(("http://", "https://")):
             raise BadInput(f"--url must start with http:// or https://, got {url!r}")
         if not token:
             raise BadInput("a token is required to reach a cluster over its API (--token or CLUSTERAI_TOKEN)")
         self.url = url.rstrip("/")
+        verify: ssl.SSLContext | bool = True
+        if ca_cert:
+            try:
+                verify = ssl.create_default_context(cafile=ca_cert)
+            except (OSError, ssl.SSLError) as exc:
+                raise BadInput(f"CA certificate {ca_cert!r} cannot be used: {exc}") from None
         self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token.strip()}"},
                                   verify=verify, timeout=timeout)
 

@@ -76,3 +76,16 @@ def test_plain_http_to_the_tls_port_fails(tls_api: tuple[Api, Path]) -> None:
     plain = api.url.replace("https://", "http://")
     with httpx.Client(base_url=plain, timeout=5) as c, pytest.raises(httpx.RemoteProtocolError):
         c.get("/healthz", headers=api.headers("viewer"))  # the server hangs up: no answer in clear
+
+
+def test_the_remote_client_trusts_the_given_ca_certificate(tls_api: tuple[Api, Path], tmp_path: Path) -> None:
+    from clusterai.errors import BadInput, StoreUnavailable
+    from clusterai.remote import RemoteClient
+
+    api, cert = tls_api
+    with RemoteClient(api.url, api.tokens["submitter"], ca_cert=str(cert)) as c:
+        assert c.submit("bench.noop").owner == "submitter"
+    with RemoteClient(api.url, api.tokens["submitter"]) as untrusted, pytest.raises(StoreUnavailable):
+        untrusted.submit("bench.noop")  # the system CAs do not know this certificate
+    with pytest.raises(BadInput, match="cannot be used"):
+        RemoteClient(api.url, "t", ca_cert=str(tmp_path / "missing.pem"))

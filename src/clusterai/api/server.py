@@ -81,17 +81,20 @@ class ApiServer:
     async def start(self) -> str:
         import asyncio
 
-        self._task = asyncio.create_task(self.server.serve())
+        self._task = asyncio.create_task(self._serve())
         while not self.server.started:
             if self._task.done():
-                try:
-                    self._task.result()
-                except SystemExit:  # uvicorn exits when it cannot bind
-                    pass
+                self._task.result()
                 raise ConfigError(f"api: cannot listen on {self.host}:{self.port} (address in use or not "
                                   "available); choose another with --api-port or api.port")
             await asyncio.sleep(0.02)
         return self.url
+
+    async def _serve(self) -> None:
+        try:
+            await self.server.serve()
+        except SystemExit:  # uvicorn exits the process when it cannot bind; here that is our error to report
+            log.error("the API could not start on %s:%s", self.host, self.port)
 
     @property
     def url(self) -> str:
