@@ -41,6 +41,13 @@ class JobRequest(_Body):
     def options(self) -> dict[str, Any]:
         return self.model_dump(exclude={"task", "payload"}, exclude_none=True)
 
+    def kind(self) -> tuple[Any, ...]:
+        """What decides a job's options besides its payload and idempotency key: jobs of one kind
+        share them (cheap to compute: a batch of a thousand alike jobs resolves options once)."""
+        return (self.task, self.queue, self.priority, self.run_at, self.delay, self.timeout, self.retries,
+                self.backoff, self.max_backoff, tuple(sorted(self.resources.items())),
+                tuple(sorted(self.labels.items())), tuple(sorted(self.prefers.items())))
+
 
 class BatchRequest(_Body):
     """Many jobs, stored all or none."""

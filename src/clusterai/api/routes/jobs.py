@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -67,13 +66,13 @@ async def submit(request: Request, principal: Principal = Depends(require(Permis
     makers: dict[tuple[str, str], Callable[..., JobSpec]] = {}  # options resolved once per kind of job
     for index, item in enumerate(items):
         try:
-            options = item.options()
-            key = options.pop("idempotency_key", None)
-            kind = (item.task, json.dumps(options, sort_keys=True))
+            kind = item.kind()
             make = makers.get(kind)
             if make is None:
+                options = item.options()
+                options.pop("idempotency_key", None)
                 make = makers[kind] = spec_factory(ctx.config, item.task, owner=principal.name, **options)
-            specs.append(make(item.payload, key))
+            specs.append(make(item.payload, item.idempotency_key))
         except BadInput as exc:
             if isinstance(parsed, BatchRequest):
                 exc.args = (f"jobs[{index}]: {exc}",)  # say which job of the batch is wrong
