@@ -64,7 +64,7 @@ class BodyEdges:
             if not length_text.strip().isdigit():
                 await send_error(send, 400, f"Content-Length {length_text!r} is not a number")
                 return
-            length = int(length_text)
+            length = int(length_text) if len(length_text.strip()) <= 18 else self.max_bytes + 1
             if length > self.max_bytes:
                 await send_error(send, 413, f"request body of {length} bytes is over the limit of "
                                             f"{self.max_bytes} bytes")
