@@ -4,7 +4,7 @@ authenticate a request and check its role."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, HTTPException, Request
@@ -17,8 +17,6 @@ from clusterai.client import Client
 from clusterai.config import ClusterConfig
 from clusterai.jobs.store import JobStore
 
-SESSION_COOKIE = "clusterai_session"
-
 
 @dataclass
 class ApiContext:
@@ -30,7 +28,6 @@ class ApiContext:
     registry: CollectorRegistry
     writer: SubmissionWriter
     wake: Callable[[], None] = lambda: None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def context(request: Request) -> ApiContext:
@@ -39,11 +36,8 @@ def context(request: Request) -> ApiContext:
 
 
 def _presented_token(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, value = header.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
-    return request.cookies.get(SESSION_COOKIE)
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
 async def authenticate(request: Request) -> Principal:

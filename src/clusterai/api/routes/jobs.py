@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -38,8 +38,6 @@ def parse_time(name: str, text: str | None) -> float | None:
         raise RequestInvalid([{"field": f"query.{name}",
                                "message": f"{text!r} is neither epoch seconds nor an ISO 8601 time"}]) from None
     if moment.tzinfo is None:
-        from datetime import timezone
-
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
 
@@ -63,7 +61,7 @@ async def submit(request: Request, principal: Principal = Depends(require(Permis
     parsed = parse_submission(parse_json(await request.body()))
     items = parsed.jobs if isinstance(parsed, BatchRequest) else [parsed]
     specs = []
-    makers: dict[tuple[str, str], Callable[..., JobSpec]] = {}  # options resolved once per kind of job
+    makers: dict[tuple[Any, ...], Callable[..., JobSpec]] = {}  # options resolved once per kind of job
     for index, item in enumerate(items):
         try:
             kind = item.kind()
