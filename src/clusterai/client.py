@@ -233,7 +233,7 @@ class Client:
         """The cluster in one answer (what GET /api/v1/cluster/status returns)."""
         from clusterai.status import cluster_status
 
-        return cluster_status(self.store, window)
+        return cluster_status(self.store, window, alerts=self.config.alerts)
 
     def tasks(self) -> builtins.list[dict[str, Any]]:
         from clusterai.tasks import known_tasks

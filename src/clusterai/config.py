@@ -140,6 +140,16 @@ class ApiSection(_Section):
         return self
 
 
+class AlertsSection(_Section):
+    """When the dashboard and /api/v1/cluster/status raise an alert (the seed documents' defaults)."""
+
+    cpu_percent: float = Field(80.0, gt=0, le=100, description="a worker's CPU above this")
+    memory_percent: float = Field(85.0, gt=0, le=100, description="a worker's memory above this")
+    queue_size: int = Field(100, ge=1, description="queued + pending jobs above this")
+    latency_ms: float = Field(500.0, gt=0, description="p95 submit-to-finish latency above this")
+    worker_down: bool = Field(True, description="a worker that left or stopped answering")
+
+
 class DefaultsSection(_Section):
     retries: int = Field(3, ge=0, le=1000)
     backoff: float = Field(1.0, ge=0)
@@ -155,6 +165,7 @@ class ClusterConfig(_Section):
     coordinator: CoordinatorSection = CoordinatorSection()
     placement: PlacementSection = PlacementSection()
     api: ApiSection = ApiSection()
+    alerts: AlertsSection = AlertsSection()
     defaults: DefaultsSection = DefaultsSection()
     queues: dict[str, QueueSection] = Field(default_factory=dict)
 

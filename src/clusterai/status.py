@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from clusterai.jobs.model import Priority
+from clusterai.config import AlertsSection
+from clusterai.jobs.model import Priority, WorkerRecord
 from clusterai.jobs.store import JobStore
 
 
@@ -18,7 +19,8 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[index]
 
 
-def cluster_status(store: JobStore, window: float, now: float | None = None) -> dict[str, Any]:
+def cluster_status(store: JobStore, window: float, now: float | None = None,
+                   alerts: AlertsSection | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     since = now - window
     workers = store.list_workers()
@@ -39,7 +41,7 @@ def cluster_status(store: JobStore, window: float, now: float | None = None) -> 
             name = Priority(priority).name.lower()
             q["by_priority"][name] = q["by_priority"].get(name, 0) + n
     finished = stats["finished_attempts"]
-    return {
+    status = {
         "at": now,
         "window_seconds": window,
         "workers": {"total": len(live), "active": by_status.get("ready", 0),
@@ -62,3 +64,44 @@ def cluster_status(store: JobStore, window: float, now: float | None = None) -> 
         "retries": stats["retries"],
         "dead_letters": counts.get("dead", 0),
     }
+    status["alerts"] = find_alerts(status, workers, alerts or AlertsSection(), now)
+    return status
+
+
+def find_alerts(status: dict[str, Any], workers: list[WorkerRecord], limits: AlertsSection,
+                now: float) -> list[dict[str, Any]]:
+    """What needs a look: the thresholds of `alerts:` in cluster.yaml applied to this status."""
+    found: list[dict[str, Any]] = []
+
+    def alert(kind: str, severity: str, message: str, worker: str | None = None) -> None:
+        found.append({"kind": kind, "severity": severity, "message": message, "worker": worker})
+
+    for w in workers:
+        if limits.worker_down and w.status == "unresponsive":
+            alert("worker_down", "critical", f"worker {w.name} does not answer", w.name)
+        elif limits.worker_down and w.status == "gone" and now - w.last_seen < 3600:
+            alert("worker_down", "warning", f"worker {w.name} left the cluster {now - w.last_seen:.0f} s ago", w.name)
+        if w.status == "gone":
+            continue
+        cpu, memory = w.metrics.get("cpu", 0.0), w.metrics.get("memory_percent", 0.0)
+        if cpu > limits.cpu_percent:
+            alert("cpu", "warning", f"worker {w.name} CPU at {cpu:.0f} % (> {limits.cpu_percent:g} %)", w.name)
+        if memory > limits.memory_percent:
+            alert("memory", "warning",
+                  f"worker {w.name} memory at {memory:.0f} % (> {limits.memory_percent:g} %)", w.name)
+    if status["queue_depth"] > limits.queue_size:
+        alert("queue", "warning", f"{status['queue_depth']} jobs waiting (> {limits.queue_size})")
+    p95 = status["latency"]["p95"]
+    if p95 is not None and p95 * 1000 > limits.latency_ms:
+        alert("latency", "warning", f"p95 latency {p95 * 1000:.0f} ms (> {limits.latency_ms:g} ms)")
+    return found
+
+
+def history(store: JobStore, minutes: int, now: float | None = None) -> list[dict[str, Any]]:
+    """Per minute over the last `minutes`: jobs that succeeded and their mean submit-to-finish
+    latency (the dashboard's charts)."""
+    now = time.time() if now is None else now
+    first = int(now // 60 - minutes + 1) * 60
+    rows = {int(start): (n, mean) for start, n, mean in store.per_minute(first)}
+    return [{"minute": t, "succeeded": rows.get(t, (0, None))[0], "mean_latency": rows.get(t, (0, None))[1]}
+            for t in range(first, int(now // 60) * 60 + 60, 60)]

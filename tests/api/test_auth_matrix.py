@@ -21,7 +21,7 @@ from clusterai.config import ClusterConfig
 from clusterai.jobs.model import Outcome, State
 from clusterai.jobs.store import open_store
 
-PUBLIC = frozenset({"/healthz", "/readyz"})
+PUBLIC = frozenset({"/healthz", "/readyz", "/login", "/logout", "/static/{name}", "/"})
 ALL = frozenset(ROLES)
 READERS = frozenset({"viewer", "operator", "admin"})  # read everything
 OPERATORS = frozenset({"operator", "admin"})
@@ -56,6 +56,13 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/api/v1/audit"): ADMIN,
     ("GET", "/openapi.json"): ALL,
     ("GET", "/docs"): ALL,
+    ("GET", "/api/v1/cluster/history"): READERS,
+    # the dashboard: its page (a redirect to the login without a session), the login and its assets
+    ("GET", "/"): None,
+    ("GET", "/login"): None,
+    ("POST", "/login"): None,
+    ("POST", "/logout"): None,
+    ("GET", "/static/{name}"): None,
 }
 
 # the schema and the reference page: any valid token (kept out of the schema itself)
@@ -137,6 +144,8 @@ def fill(api: Api, method: str, path: str, role: str | None) -> dict[str, Any]:
     if "{token_id}" in path:
         _, token_id = api.add_token("viewer")
         path = path.replace("{token_id}", token_id)
+    if path == "/static/{name}":
+        path = "/static/app.js"
     if "{name}" in path:
         path = path.replace("{name}", WORKER)
         if method == "POST":
@@ -145,6 +154,8 @@ def fill(api: Api, method: str, path: str, role: str | None) -> dict[str, Any]:
         body = {"task": "bench.noop"}
     elif (method, path) == ("POST", "/api/v1/tokens"):
         body = {"name": "made-by-matrix", "role": "viewer", "expires_in": 60}
+    elif (method, path) == ("POST", "/login"):
+        body = {"token": api.tokens["viewer"]}
     elif (method, path) == ("POST", "/api/v1/dlq/requeue"):
         dead = api.add_job(owner="submitter")
         api.finish(dead.id, Outcome.FAILED, State.DEAD, error="boom")
@@ -178,8 +189,9 @@ def test_no_bad_or_missing_token_gets_in(served: Api, route: tuple[str, str]) ->
         request = fill(served, method, path, None)
         request["headers"] = {"Authorization": f"Bearer {token}"} if token else {}
         status = call(client, request)
-        if path in PUBLIC:
-            assert status == 200, f"{method} {path} with {what} token: {status}, want 200 (public)"
+        if path in PUBLIC:  # "/" sends a visitor without a session to the login page
+            want = 303 if path == "/" else 200
+            assert status == want, f"{method} {path} with {what} token: {status}, want {want} (public)"
         else:
             assert status == 401, f"{method} {path} with {what} token: {status}, want 401"
 
@@ -209,13 +221,17 @@ def test_a_token_revoked_through_the_api_stops_at_once(served: Api) -> None:
     assert c.get("/api/v1/whoami").status_code == 401
 
 
-def test_only_the_authorization_header_carries_a_token(served: Api) -> None:
-    """No cookie or query parameter is a way in (a cookie that any page could make a browser send
-    comes with the dashboard's login, and its protection against forged requests)."""
-    token = served.tokens["viewer"]
-    for client in (served.client(None, cookies={"clusterai_session": token}),
-                   served.client(None, headers={"Authorization": f"Token {token}"})):
-        assert client.get("/api/v1/whoami").status_code == 401
+def test_the_session_cookie_reads_but_changes_only_with_the_csrf_header(served: Api) -> None:
+    """A page elsewhere can make a browser send the cookie, not a custom header: a change made with
+    the cookie alone (a forged request) is refused."""
+    token = served.tokens["operator"]
+    browser = served.client(None, cookies={"clusterai_session": token})
+    assert browser.get("/api/v1/whoami").json()["role"] == "operator"
+    forged = browser.post("/api/v1/jobs", json={"task": "bench.noop"})
+    assert forged.status_code == 403 and "x-clusterai-request" in forged.json()["error"]
+    made = browser.post("/api/v1/jobs", json={"task": "bench.noop"}, headers={"X-Clusterai-Request": "1"})
+    assert made.status_code == 201
+    assert served.client(None, cookies={"clusterai_session": "cai_x_y"}).get("/api/v1/whoami").status_code == 401
     assert served.client().get("/api/v1/whoami", params={"token": token}).status_code == 401
 
 

@@ -21,7 +21,7 @@ from clusterai import __version__
 from clusterai.api.auth import RateLimiter, TokenVerifier
 from clusterai.api.deps import ApiContext
 from clusterai.api.edges import AuditAndCount, BodyEdges
-from clusterai.api.routes import access, cluster, dlq, docs, events, jobs, system, workers
+from clusterai.api.routes import access, cluster, dashboard, dlq, docs, events, jobs, system, workers
 from clusterai.api.schemas import MalformedJSON, RequestInvalid, validation_message
 from clusterai.api.writer import SubmissionWriter
 from clusterai.client import Client
@@ -145,7 +145,7 @@ def create_app(
                               "and /readyz needs `Authorization: Bearer <token>`.")
     app.state.ctx = ctx
     _add_error_handlers(app)
-    for module in (jobs, dlq, workers, cluster, events, access, system, docs):
+    for module in (jobs, dlq, workers, cluster, events, access, system, docs, dashboard):
         app.include_router(module.router)
     _declare_bearer_auth(app)
     app.add_middleware(AuditAndCount, store=store, registry=registry)

@@ -35,9 +35,21 @@ def context(request: Request) -> ApiContext:
     return ctx
 
 
+SESSION_COOKIE = "clusterai_session"
+CSRF_HEADER = "x-clusterai-request"  # a header a cross-site form cannot send (and we allow no CORS)
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def _presented_token(request: Request) -> str | None:
+    """The bearer token, or the dashboard's session cookie. A change made with the cookie must also
+    carry CSRF_HEADER: a page elsewhere can make a browser send the cookie, not that header."""
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie and request.method not in _SAFE and request.headers.get(CSRF_HEADER) != "1":
+        raise HTTPException(403, f"a change made with the session cookie must carry the {CSRF_HEADER} header")
+    return cookie or None
 
 
 async def authenticate(request: Request) -> Principal:

@@ -497,6 +497,14 @@ class SQLiteStore(WorkerTables, EventTables, AccessTables):
             (since, limit),
         )
 
+    def per_minute(self, since: float) -> list[tuple[int, int, float]]:
+        """(minute start, jobs that succeeded in it, their mean submit-to-finish seconds)."""
+        return self._read(
+            "SELECT CAST(finished_at / 60 AS INTEGER) * 60, COUNT(*), AVG(finished_at - created_at)"
+            " FROM jobs INDEXED BY jobs_finished WHERE finished_at >= ? AND state = 'succeeded' GROUP BY 1",
+            (since,),
+        )
+
     def per_worker(self) -> dict[str, int]:
         """Accepted results per worker (by name where the registry knows it): who did the work."""
         return dict(self._read(

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import context, require
-from clusterai.status import cluster_status
+from clusterai.status import cluster_status, history
 
 router = APIRouter(prefix="/api/v1/cluster", tags=["cluster"])
 
@@ -18,4 +18,11 @@ router = APIRouter(prefix="/api/v1/cluster", tags=["cluster"])
 async def status(request: Request,
                  window: float = Query(60.0, ge=1, le=86400, description="seconds of history for the rates"),
                  principal: Principal = Depends(require(Permission.READ))) -> dict[str, Any]:
-    return await run_in_threadpool(cluster_status, context(request).store, window)
+    ctx = context(request)
+    return await run_in_threadpool(cluster_status, ctx.store, window, None, ctx.config.alerts)
+
+
+@router.get("/history", summary="Per minute: jobs that succeeded and their mean latency (the dashboard's charts)")
+async def history_route(request: Request, minutes: int = Query(60, ge=1, le=1440),
+                        principal: Principal = Depends(require(Permission.READ))) -> dict[str, Any]:
+    return {"minutes": await run_in_threadpool(history, context(request).store, minutes)}

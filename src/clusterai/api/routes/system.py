@@ -17,7 +17,8 @@ from clusterai.tasks import get_task, known_tasks
 router = APIRouter(tags=["system"])
 
 # The routes anyone may call without a token; everything else needs one (the test suite checks).
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# "/" answers without a session only with a redirect to the login page.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/login", "/logout", "/static/{name}", "/"})
 
 
 @router.get("/healthz", summary="The API process is alive (no token needed)")

@@ -1,0 +1,263 @@
+"use strict";
+// The dashboard: reads the REST API with the session cookie, listens to /api/v1/events, and writes
+// every value with textContent (never as HTML): payloads, labels and error text stay inert.
+
+const state = {role: null, canOperate: false, refreshTimer: null, pending: new Set()};
+
+function el(tag, text, attrs) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+  return node;
+}
+
+async function api(path, options = {}) {
+  const headers = {"X-Clusterai-Request": "1", ...(options.body ? {"Content-Type": "application/json"} : {})};
+  const answer = await fetch(path, {credentials: "same-origin", ...options, headers});
+  if (answer.status === 401) { window.location.assign("/login"); throw new Error("signed out"); }
+  const body = await answer.json().catch(() => ({}));
+  if (!answer.ok) throw new Error(body.error || `HTTP ${answer.status}`);
+  return body;
+}
+
+function say(text) { document.getElementById("message").textContent = text; }
+
+function fmt(value, digits = 1) { return value === null || value === undefined ? "-" : Number(value).toFixed(digits); }
+
+function pairs(mapping) {
+  return Object.entries(mapping || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "-";
+}
+
+function fillRows(tableId, rows) {
+  const body = document.querySelector(`#${tableId} tbody`);
+  body.replaceChildren(...rows);
+}
+
+function row(cells) {
+  const tr = el("tr");
+  for (const cell of cells) {
+    const td = el("td");
+    if (cell instanceof Node) td.append(cell); else td.textContent = cell === null || cell === undefined ? "-" : String(cell);
+    tr.append(td);
+  }
+  return tr;
+}
+
+function button(label, action, attrs) {
+  const b = el("button", label, {type: "button", ...(attrs || {})});
+  b.addEventListener("click", async () => {
+    b.disabled = true;
+    try { await action(); } catch (error) { say(`${label} failed: ${error.message}`); } finally { b.disabled = false; }
+  });
+  return b;
+}
+
+// -- overview ------------------------------------------------------------------------------------
+
+function card(label, value) {
+  const box = el("div", null, {class: "card"});
+  box.append(el("span", label, {class: "label"}), el("strong", value));
+  return box;
+}
+
+async function refreshStatus() {
+  const s = await api("/api/v1/cluster/status?window=60");
+  const lat = s.latency;
+  document.getElementById("cards").replaceChildren(
+    card("workers", s.workers.total), card("active", s.workers.active), card("failed", s.workers.failed),
+    card("queue", s.queue_depth), card("throughput / min", fmt(s.throughput.per_minute, 0)),
+    card("p50 latency", lat.p50 === null ? "-" : `${fmt(lat.p50 * 1000)} ms`),
+    card("p95 latency", lat.p95 === null ? "-" : `${fmt(lat.p95 * 1000)} ms`),
+    card("error rate", `${fmt(s.error_rate * 100)} %`), card("dead letters", s.dead_letters));
+  const alerts = document.getElementById("alerts");
+  alerts.replaceChildren(...(s.alerts.length ? s.alerts.map((a) => el("li", a.message, {class: a.severity}))
+                                              : [el("li", "none", {class: "ok"})]));
+  fillRows("queues-table", s.queues.map((q) => row([q.queue, q.queued, q.pending, q.running, pairs(q.by_priority)])));
+}
+
+function drawChart(svgId, values) {
+  const svg = document.getElementById(svgId);
+  const max = Math.max(1e-9, ...values.map((v) => v || 0));
+  const step = 600 / Math.max(1, values.length - 1);
+  const points = values.map((v, i) => `${(i * step).toFixed(1)},${(115 - ((v || 0) / max) * 105).toFixed(1)}`);
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", points.join(" "));
+  line.setAttribute("class", "line");
+  const label = document.createElementNS("http://www.w3.org/2000/svg", "text");
+  label.setAttribute("x", "4"); label.setAttribute("y", "12");
+  label.textContent = `max ${fmt(max, max < 10 ? 2 : 0)}`;
+  svg.replaceChildren(line, label);
+}
+
+async function refreshHistory() {
+  const h = await api("/api/v1/cluster/history?minutes=60");
+  drawChart("chart-throughput", h.minutes.map((m) => m.succeeded));
+  drawChart("chart-latency", h.minutes.map((m) => m.mean_latency));
+}
+
+// -- workers -------------------------------------------------------------------------------------
+
+async function command(worker, action) {
+  const answer = await api(`/api/v1/workers/${encodeURIComponent(worker)}/${action}?wait=10`, {method: "POST"});
+  say(answer.done ? `worker ${answer.worker}: ${answer.outcome}` : answer.message);
+  await refreshWorkers();
+}
+
+async function refreshWorkers() {
+  const {workers} = await api("/api/v1/workers");
+  const total = workers.reduce((n, w) => n + w.completed, 0);
+  fillRows("share", workers.map((w) => row([w.name, w.completed, total ? `${fmt((100 * w.completed) / total)} %` : "-"])));
+  fillRows("workers-table", workers.map((w) => {
+    const actions = el("span");
+    if (state.canOperate) {
+      actions.append(w.status === "draining" || w.status === "drained"
+        ? button("Undrain", () => command(w.name, "undrain"), {class: "op"})
+        : button("Drain", () => command(w.name, "drain"), {class: "op"}),
+      button("Restart", () => command(w.name, "restart"), {class: "op"}));
+    }
+    const r = row([w.name, w.status, pairs(w.labels), pairs(w.resources), fmt(w.metrics.cpu, 0),
+                   fmt(w.metrics.memory_percent, 0),
+                   w.metrics.gpu_memory ? `${fmt(w.metrics.gpu_memory / 2 ** 20, 0)} MiB` : "-", w.inflight,
+                   w.breaker, actions]);
+    r.dataset.worker = w.name;
+    return r;
+  }));
+}
+
+// -- jobs ----------------------------------------------------------------------------------------
+
+function jobQuery() {
+  const params = new URLSearchParams({limit: "100"});
+  for (const [key, id] of [["state", "filter-state"], ["task", "filter-task"], ["queue", "filter-queue"]]) {
+    const value = document.getElementById(id).value.trim();
+    if (value) params.set(key, value);
+  }
+  return params.toString();
+}
+
+function jobActions(job) {
+  const span = el("span");
+  span.append(button("Details", () => showJob(job.id)));
+  if (state.canOperate && ["pending", "queued", "running"].includes(job.state)) {
+    span.append(button("Cancel", async () => { await api(`/api/v1/jobs/${job.id}`, {method: "DELETE"}); await refreshJobs(); }, {class: "op"}));
+  }
+  if (state.canOperate && ["dead", "cancelled", "succeeded"].includes(job.state)) {
+    span.append(button("Retry", async () => { await api(`/api/v1/jobs/${job.id}/retry`, {method: "POST"}); await refreshJobs(); }, {class: "op"}));
+  }
+  return span;
+}
+
+function jobRow(job) {
+  const r = row([job.id, job.task, job.state, job.priority, job.queue, job.attempt, job.worker, jobActions(job)]);
+  r.dataset.job = job.id;
+  r.dataset.state = job.state;
+  return r;
+}
+
+async function refreshJobs() {
+  const {jobs} = await api(`/api/v1/jobs?${jobQuery()}`);
+  fillRows("jobs-table", jobs.map(jobRow));
+}
+
+async function showJob(id) {
+  const job = await api(`/api/v1/jobs/${id}`);
+  const box = document.getElementById("job-detail");
+  const list = el("dl");
+  for (const key of ["id", "task", "state", "queue", "priority", "worker", "attempt", "waiting", "error"]) {
+    list.append(el("dt", key), el("dd", job[key] === null ? "-" : job[key]));
+  }
+  list.append(el("dt", "payload"), el("dd", null).appendChild(el("pre", JSON.stringify(job.payload, null, 2))).parentNode);
+  list.append(el("dt", "result"), el("dd", null).appendChild(el("pre", JSON.stringify(job.result, null, 2))).parentNode);
+  const attempts = el("table");
+  attempts.append(row(["#", "worker", "outcome", "seconds", "error"]));
+  for (const a of job.attempts) {
+    attempts.append(row([a.number, a.worker, a.outcome || "running",
+                         a.finished_at ? fmt(a.finished_at - a.started_at, 3) : "-", a.error || a.late]));
+  }
+  box.replaceChildren(el("h3", `Job ${job.id}`), list, el("h4", "Attempts"), attempts,
+                      button("Close", () => { box.hidden = true; }));
+  box.hidden = false;
+  box.querySelector("button").focus();
+}
+
+// -- dead letters --------------------------------------------------------------------------------
+
+async function refreshDlq() {
+  const {jobs} = await api("/api/v1/dlq?limit=100");
+  fillRows("dlq-table", jobs.map((job) => {
+    const actions = el("span");
+    if (state.canOperate) {
+      actions.append(button("Requeue", async () => {
+        await api("/api/v1/dlq/requeue", {method: "POST", body: JSON.stringify({ids: [job.id]})});
+        say(`job ${job.id} requeued`);
+        await refreshDlq();
+      }, {class: "op"}));
+    }
+    const r = row([job.id, job.task, job.attempt, (job.error || "").split("\n")[0], actions]);
+    r.dataset.job = job.id;
+    return r;
+  }));
+}
+
+// -- live updates --------------------------------------------------------------------------------
+
+function soon(what) {
+  state.pending.add(what);
+  if (state.refreshTimer) return;
+  state.refreshTimer = setTimeout(async () => {
+    const work = [...state.pending];
+    state.pending.clear();
+    state.refreshTimer = null;
+    await Promise.all(work.map((fn) => fn().catch((error) => say(error.message))));
+  }, 250);
+}
+
+function listen() {
+  const live = document.getElementById("live");
+  const source = new EventSource("/api/v1/events");
+  source.addEventListener("open", () => { live.textContent = "live"; live.classList.add("on"); });
+  source.addEventListener("error", () => { live.textContent = "reconnecting"; live.classList.remove("on"); });
+  source.addEventListener("job", (event) => {
+    const data = JSON.parse(event.data);
+    const cell = document.querySelector(`#jobs-table tr[data-job="${Number(data.job)}"] td:nth-child(3)`);
+    if (cell) cell.textContent = data.state;  // at once; the full refresh follows
+    soon(refreshJobs); soon(refreshStatus);
+    if (data.state === "dead" || data.state === "queued") soon(refreshDlq);
+  });
+  source.addEventListener("worker", () => { soon(refreshWorkers); soon(refreshStatus); });
+  source.addEventListener("reset", () => { soon(refreshJobs); soon(refreshWorkers); soon(refreshStatus); soon(refreshDlq); });
+}
+
+// -- sections ------------------------------------------------------------------------------------
+
+function show() {
+  const current = (window.location.hash || "#overview").slice(1);
+  for (const section of document.querySelectorAll("main > section")) section.hidden = section.id !== current;
+  for (const link of document.querySelectorAll("nav a")) {
+    if (link.getAttribute("href") === `#${current}`) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+}
+
+async function start() {
+  const me = await api("/api/v1/whoami");
+  state.role = me.role;
+  state.canOperate = me.permissions.includes("operate");
+  document.getElementById("whoami").textContent = `${me.name} (${me.role})`;
+  document.getElementById("logout").addEventListener("click", async () => {
+    await fetch("/logout", {method: "POST", headers: {"X-Clusterai-Request": "1"}});
+    window.location.assign("/login");
+  });
+  document.getElementById("job-filter").addEventListener("submit", (event) => { event.preventDefault(); refreshJobs(); });
+  window.addEventListener("hashchange", show);
+  show();
+  const reads = me.permissions.includes("read");
+  await Promise.all([refreshJobs(), ...(reads ? [refreshStatus(), refreshWorkers(), refreshDlq(), refreshHistory()] : [])]);
+  listen();
+  if (reads) {
+    setInterval(() => { soon(refreshStatus); soon(refreshWorkers); }, 5000);
+    setInterval(() => refreshHistory().catch(() => {}), 60000);
+  }
+}
+
+start().catch((error) => say(error.message));
