@@ -25,7 +25,8 @@ function say(text) { document.getElementById("message").textContent = text; }
 function fmt(value, digits = 1) { return value === null || value === undefined ? "-" : Number(value).toFixed(digits); }
 
 function pairs(mapping) {
-  return Object.entries(mapping || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "-";
+  return Object.entries(mapping || {})
+    .map(([k, v]) => (k === "MEMORY" ? `${k}=${fmt(v / 2 ** 30)} GiB` : `${k}=${v}`)).join(", ") || "-";
 }
 
 function fillRows(tableId, rows) {
@@ -194,6 +195,7 @@ async function refreshDlq() {
       }, {class: "op"}));
     }
     const r = row([job.id, job.task, job.attempt, (job.error || "").split("\n")[0], actions]);
+    r.children[3].className = "long";
     r.dataset.job = job.id;
     return r;
   }));
