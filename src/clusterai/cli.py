@@ -103,9 +103,11 @@ async def _serve(runtime: Any) -> None:
             api_store = open_store(conf.store, busy_timeout=5.0)
             written = ensure_admin_token(api_store, conf.api.token_file)
             api = ApiServer(conf, api_store, wake=runtime.coordinator.wake,
-                            coordinator_registry=runtime.coordinator.metrics.registry)
+                            coordinator_registry=runtime.coordinator.metrics.registry,
+                            dask_dashboard=runtime.dashboard_link)
             url = await api.start()
             out.print(f"REST API: {url}  (OpenAPI at {url}/docs, metrics at {url}/metrics)")
+            out.print(f"Dashboard: {url}/  (sign in with a token)")
             if written:
                 out.print(f"first admin token written to {written} (readable by you only)")
             if not is_loopback(api.host) and not api.tls:

@@ -154,12 +154,13 @@ def _start_api(runtime: BackgroundRuntime, config: ClusterConfig, console: Conso
     written = ensure_admin_token(store, config.api.token_file)
     for port in (config.api.port, 0):
         api = ApiServer(config, store, wake=coordinator.wake, coordinator_registry=coordinator.metrics.registry,
-                        port=port)
+                        port=port, dask_dashboard=runtime.runtime.dashboard_link)
         try:
             url = runtime.call(api.start())
             break
         except ConfigError as exc:
             console.print(f"[yellow]{exc}; trying a free port[/]")
+    console.print(f"  [bold]dashboard: {url}/[/]  (sign in with the admin token below)")
     console.print(f"  REST API: {url}/docs  (metrics at {url}/metrics)")
     token_note = f"written to {written}" if written else f"in {config.api.token_file} (made earlier)"
     console.print(f"  admin token {token_note}; use it with: {_cli_path()} --url {url} status")

@@ -130,6 +130,7 @@ def create_app(
     *,
     wake: Callable[[], None] | None = None,
     coordinator_registry: CollectorRegistry | None = None,
+    dask_dashboard: str | None = None,
 ) -> FastAPI:
     registry = CollectorRegistry()
     registry.register(StoreCollector(store))
@@ -139,7 +140,7 @@ def create_app(
     client = Client(store, config, runtime=None)
     ctx = ApiContext(store=store, config=config, verifier=TokenVerifier(store),
                      limiter=RateLimiter(api.rate_limit, api.rate_burst), client=client, registry=registry,
-                     writer=SubmissionWriter(client), wake=wake or (lambda: None))
+                     writer=SubmissionWriter(client), wake=wake or (lambda: None), dask_dashboard=dask_dashboard)
     app = FastAPI(title="clusterai", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   description="Durable AI jobs across every machine a team has. Every route but /healthz "
                               "and /readyz needs `Authorization: Bearer <token>`.")

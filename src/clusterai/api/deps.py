@@ -28,6 +28,7 @@ class ApiContext:
     registry: CollectorRegistry
     writer: SubmissionWriter
     wake: Callable[[], None] = lambda: None
+    dask_dashboard: str | None = None  # the Dask dashboard's address, when it is served
 
 
 def context(request: Request) -> ApiContext:

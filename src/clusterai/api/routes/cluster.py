@@ -19,7 +19,9 @@ async def status(request: Request,
                  window: float = Query(60.0, ge=1, le=86400, description="seconds of history for the rates"),
                  principal: Principal = Depends(require(Permission.READ))) -> dict[str, Any]:
     ctx = context(request)
-    return await run_in_threadpool(cluster_status, ctx.store, window, None, ctx.config.alerts)
+    status = await run_in_threadpool(cluster_status, ctx.store, window, None, ctx.config.alerts)
+    status["dask_dashboard"] = ctx.dask_dashboard
+    return status
 
 
 @router.get("/history", summary="Per minute: jobs that succeeded and their mean latency (the dashboard's charts)")

@@ -74,6 +74,10 @@ async function refreshStatus() {
   alerts.replaceChildren(...(s.alerts.length ? s.alerts.map((a) => el("li", a.message, {class: a.severity}))
                                               : [el("li", "none", {class: "ok"})]));
   fillRows("queues-table", s.queues.map((q) => row([q.queue, q.queued, q.pending, q.running, pairs(q.by_priority)])));
+  const link = document.getElementById("dask-link");
+  if (s.dask_dashboard && !link.firstChild) {
+    link.append("Tasks as Dask sees them: ", el("a", "Dask dashboard", {href: s.dask_dashboard, rel: "noopener"}));
+  }
 }
 
 function drawChart(svgId, values) {
@@ -164,9 +168,10 @@ async function showJob(id) {
   const job = await api(`/api/v1/jobs/${id}`);
   const box = document.getElementById("job-detail");
   const list = el("dl");
-  for (const key of ["id", "task", "state", "queue", "priority", "worker", "attempt", "waiting", "error"]) {
+  for (const key of ["id", "task", "state", "queue", "priority", "worker", "attempt", "owner", "waiting", "error"]) {
     list.append(el("dt", key), el("dd", job[key] === null ? "-" : job[key]));
   }
+  list.append(el("dt", "placement"), el("dd", `requires ${pairs(job.resources)}; labels ${pairs(job.labels)}; prefers ${pairs(job.prefers)}`));
   list.append(el("dt", "payload"), el("dd", null).appendChild(el("pre", JSON.stringify(job.payload, null, 2))).parentNode);
   list.append(el("dt", "result"), el("dd", null).appendChild(el("pre", JSON.stringify(job.result, null, 2))).parentNode);
   const attempts = el("table");
@@ -251,6 +256,11 @@ async function start() {
     window.location.assign("/login");
   });
   document.getElementById("job-filter").addEventListener("submit", (event) => { event.preventDefault(); refreshJobs(); });
+  document.getElementById("job-find").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const id = Number(document.getElementById("find-id").value);
+    if (id > 0) showJob(id).catch((error) => say(error.message));
+  });
   window.addEventListener("hashchange", show);
   show();
   const reads = me.permissions.includes("read");
