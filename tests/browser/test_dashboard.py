@@ -152,6 +152,7 @@ def test_a_dead_letter_is_requeued_from_the_page(browser, cluster: Cluster) -> N
         audit = c.get("/api/v1/audit").json()["entries"]
     assert len(again["attempts"]) == 2
     assert any(e["action"] == "POST /api/v1/dlq/requeue" and e["actor"] == "admin" for e in audit)
+    assert any(e["action"] == "POST /login" and e["actor"] == "admin" for e in audit)
     page.close()
 
 

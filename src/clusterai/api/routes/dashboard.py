@@ -56,6 +56,7 @@ async def login(request: Request) -> Response:
     principal = await run_in_threadpool(context(request).verifier.verify, token)
     if principal is None:
         raise HTTPException(401, "the token is unknown, revoked or expired")
+    request.state.principal = principal  # a sign-in is audited like any change
     answer = JSONResponse({"name": principal.name, "role": principal.role})
     answer.set_cookie(SESSION_COOKIE, token.strip(), httponly=True, samesite="strict",
                       secure=request.url.scheme == "https", path="/")
