@@ -103,7 +103,8 @@ def test_sign_in_rejects_a_wrong_token_and_shows_the_workers(browser, cluster: C
     page.goto(cluster.url + "/login")
     page.fill("#token", "cai_000000000000_wrong")
     page.click("button[type=submit]")
-    page.wait_for_function("document.getElementById('login-error').textContent.length > 0")
+    # selectors, not wait_for_function: the page's Content-Security-Policy forbids eval, which it polls with
+    page.wait_for_selector("#login-error:not(:empty)")
     assert "unknown" in page.inner_text("#login-error")
     page.close()
     page = sign_in(browser, cluster, cluster.admin)
@@ -145,7 +146,7 @@ def test_a_dead_letter_is_requeued_from_the_page(browser, cluster: Cluster) -> N
     assert "no way" in row.inner_text()
     shot(page, "dead-letters")
     row.get_by_role("button", name="Requeue").click()
-    page.wait_for_function(f"document.getElementById('message').textContent === 'job {dead['id']} requeued'")
+    page.wait_for_selector(f"#message:text-is('job {dead['id']} requeued')")
     with cluster.http() as c:
         # it runs again (and, refusing again, goes back to the dead letters: a second attempt)
         again = c.get(f"/api/v1/jobs/{dead['id']}", params={"wait": 30}).json()
