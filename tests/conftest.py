@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,3 +116,28 @@ def quiet_server_errors() -> Iterator[None]:
     finally:
         for logger, disabled in zip(loggers, before):
             logger.disabled = disabled
+
+
+# -- `clusterai up` as a user runs it (e2e and browser tests) ------------------------------------
+
+def start_up(workdir: Path) -> tuple[subprocess.Popen, str]:
+    """`clusterai up` in its own session; returns the process and the API URL it printed."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "support"), "COLUMNS": "200"}
+    up = subprocess.Popen([sys.executable, "-m", "clusterai.cli", "up"], cwd=workdir, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    assert up.stdout is not None
+    seen = []
+    for line in up.stdout:
+        seen.append(line)
+        if line.startswith("REST API: "):
+            return up, line.split()[2]
+    raise AssertionError("clusterai up printed no API address:\n" + "".join(seen))
+
+
+def stop_up(up: subprocess.Popen) -> None:
+    up.send_signal(signal.SIGINT)
+    try:
+        up.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(up.pid, signal.SIGKILL)
+        up.wait(10)

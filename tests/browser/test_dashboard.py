@@ -6,20 +6,17 @@ tests/browser/artifacts/ (or $CLUSTERAI_TEST_ARTIFACTS)."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from conftest import start_up, stop_up
 
 pytestmark = [pytest.mark.cluster, pytest.mark.browser]
 
 CHROMIUM = "/usr/bin/chromium"
-SUPPORT = Path(__file__).resolve().parents[1] / "support"
 ARTIFACTS = Path(os.environ.get("CLUSTERAI_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run"]
@@ -52,27 +49,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "cluster": {"workers": 2, "dashboard": False, "memory_limit": "2GiB", "death_timeout": 5},
         "api": {"port": 0},
     }))
-    env = {**os.environ, "PYTHONPATH": str(SUPPORT), "COLUMNS": "200"}
-    up = subprocess.Popen([sys.executable, "-m", "clusterai.cli", "up"], cwd=workdir, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    assert up.stdout is not None
-    url = None
-    for line in up.stdout:
-        if line.startswith("REST API: "):
-            url = line.split()[2]
-            break
-    assert url, "clusterai up printed no API address"
+    up, url = start_up(workdir)
     admin = (workdir / ".clusterai" / "admin.token").read_text().strip()
     try:
         yield Cluster(url, admin, workdir)
     finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait(10)
-
+        stop_up(up)
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
@@ -84,7 +66,7 @@ def browser() -> Iterator[object]:
 
 def sign_in(browser: object, cluster: Cluster, token: str, width: int = 1280) -> object:
     page = browser.new_page(viewport={"width": width, "height": 900})  # type: ignore[attr-defined]
-    page.set_default_timeout(20_000)
+    page.set_default_timeout(30_000)  # a loaded 2-core CI machine starts workers slowly
     page.goto(cluster.url + "/")
     page.wait_for_url("**/login")
     page.fill("#token", token)
@@ -100,6 +82,7 @@ def shot(page: object, name: str) -> None:
 
 def test_sign_in_rejects_a_wrong_token_and_shows_the_workers(browser, cluster: Cluster) -> None:
     page = browser.new_page()
+    page.set_default_timeout(30_000)
     page.goto(cluster.url + "/login")
     page.fill("#token", "cai_000000000000_wrong")
     page.click("button[type=submit]")

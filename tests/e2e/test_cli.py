@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import wait_for
+from conftest import start_up, stop_up, wait_for
 
 from clusterai.jobs.store import open_store
 
@@ -111,33 +110,10 @@ def test_demo_runs_real_jobs_and_exits(tmp_path):
         store.close()
 
 
-def _start_up(workdir: Path) -> tuple[subprocess.Popen, str]:
-    """`clusterai up` in its own session; returns the process and the API URL it printed."""
-    env = {**os.environ, "PYTHONPATH": str(SUPPORT), "COLUMNS": "200"}
-    up = subprocess.Popen([sys.executable, "-m", "clusterai.cli", "up"], cwd=workdir, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    assert up.stdout is not None
-    seen = []
-    for line in up.stdout:
-        seen.append(line)
-        if line.startswith("REST API: "):
-            return up, line.split()[2]
-    raise AssertionError("clusterai up printed no API address:\n" + "".join(seen))
-
-
-def _stop(up: subprocess.Popen) -> None:
-    up.send_signal(signal.SIGINT)
-    try:
-        up.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(up.pid, signal.SIGKILL)
-        up.wait(10)
-
-
 @pytest.mark.cluster
 @pytest.mark.timeout(180)
 def test_up_then_every_command_over_the_api(workdir):
-    up, url = _start_up(workdir)
+    up, url = start_up(workdir)
     try:
         token_file = workdir / ".clusterai" / "admin.token"
         assert token_file.stat().st_mode & 0o777 == 0o600
@@ -189,4 +165,4 @@ def test_up_then_every_command_over_the_api(workdir):
         audit = json.loads(run_cli(*remote, "audit", "--json", cwd=workdir).stdout)
         assert {"POST /api/v1/tokens", "POST /api/v1/dlq/requeue"} <= {e["action"] for e in audit}
     finally:
-        _stop(up)
+        stop_up(up)
