@@ -92,3 +92,19 @@ def test_a_port_in_use_or_a_missing_certificate_is_a_clear_error(tmp_path: Path)
                                             ("0.0.0.0", False), ("10.1.2.3", False), ("head.local", False)])
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_status_carries_alerts_and_the_dask_dashboard_link(tmp_path: Path) -> None:
+    from api_support import running_api
+
+    settings = {"alerts": {"queue_size": 1}}
+    with running_api(tmp_path / "a", settings, dask_dashboard="http://127.0.0.1:8787/status") as api:
+        c = api.client("viewer")
+        api.add_job()
+        api.add_job()
+        status = c.get("/api/v1/cluster/status").json()
+        assert status["dask_dashboard"] == "http://127.0.0.1:8787/status"
+        assert [a["kind"] for a in status["alerts"]] == ["queue"]
+        assert len(c.get("/api/v1/cluster/history", params={"minutes": 5}).json()["minutes"]) == 5
+    with running_api(tmp_path / "b") as api:
+        assert api.client("viewer").get("/api/v1/cluster/status").json()["dask_dashboard"] is None
