@@ -85,8 +85,7 @@ def up(
 
 
 async def _serve(runtime: Any) -> None:
-    from clusterai.api.server import ApiServer, ensure_admin_token, is_loopback
-    from clusterai.jobs.store import open_store
+    from clusterai.api.server import is_loopback, start_beside
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -94,18 +93,11 @@ async def _serve(runtime: Any) -> None:
         loop.add_signal_handler(sig, stop.set)
     conf = runtime.config
     api = None
-    api_store = None
     await runtime.start()
     try:
         if conf.api.enabled:
-            # its own connection (API reads never wait on the coordinator), and a shorter busy wait:
-            # a locked store answers 503 in seconds rather than holding requests for half a minute
-            api_store = open_store(conf.store, busy_timeout=5.0)
-            written = ensure_admin_token(api_store, conf.api.token_file)
-            api = ApiServer(conf, api_store, wake=runtime.coordinator.wake,
-                            coordinator_registry=runtime.coordinator.metrics.registry,
-                            dask_dashboard=runtime.dashboard_link)
-            url = await api.start()
+            api, written = await start_beside(conf, runtime.coordinator, dask_dashboard=runtime.dashboard_link)
+            url = api.url
             out.print(f"REST API: {url}  (OpenAPI at {url}/docs, metrics at {url}/metrics)")
             out.print(f"Dashboard: {url}/  (sign in with a token)")
             if written:
@@ -124,8 +116,6 @@ async def _serve(runtime: Any) -> None:
         if api is not None:
             await api.stop()
         await runtime.stop()
-        if api_store is not None:
-            api_store.close()
 
 
 @app.command()

@@ -71,14 +71,22 @@ class _Settings:
 settings = _Settings()
 
 
+def remote_client() -> RemoteClient | None:
+    """The API client when --url (or CLUSTERAI_URL) is given, else None."""
+    if not settings.url:
+        return None
+    token = settings.token or read_token_file(settings.config().api.token_file)
+    if not token:
+        raise BadInput("--url needs a token: --token, CLUSTERAI_TOKEN, or the admin token file that "
+                       "`clusterai up` wrote")
+    return RemoteClient(settings.url, token, ca_cert=settings.ca_cert)
+
+
 def client() -> Client | RemoteClient:
     """Over the REST API when --url (or CLUSTERAI_URL) is given, else straight on the store."""
-    if settings.url:
-        token = settings.token or read_token_file(settings.config().api.token_file)
-        if not token:
-            raise BadInput("--url needs a token: --token, CLUSTERAI_TOKEN, or the admin token file that "
-                           "`clusterai up` wrote")
-        return RemoteClient(settings.url, token, ca_cert=settings.ca_cert)
+    remote = remote_client()
+    if remote is not None:
+        return remote
     conf = settings.config()
     import_task_modules(conf.tasks)
     return Client(open_store(conf.store), conf, runtime=None)

@@ -10,21 +10,10 @@ import typer
 from rich.table import Table
 
 from clusterai.api.auth import ROLES, new_token
-from clusterai.cli_common import errors_to_exit_codes, out, settings
-from clusterai.errors import BadInput
+from clusterai.cli_common import errors_to_exit_codes, out, remote_client, settings
 from clusterai.jobs.store import JobStore, open_store
-from clusterai.remote import RemoteClient, read_token_file
 
 token_app = typer.Typer(help="API tokens: create (shown once), list, revoke.", no_args_is_help=True)
-
-
-def _remote() -> RemoteClient | None:
-    if not settings.url:
-        return None
-    token = settings.token or read_token_file(settings.config().api.token_file)
-    if not token:
-        raise BadInput("--url needs an admin token: --token or CLUSTERAI_TOKEN")
-    return RemoteClient(settings.url, token, ca_cert=settings.ca_cert)
 
 
 def _store() -> JobStore:
@@ -43,7 +32,7 @@ def token_create(
     expires_in: float | None = typer.Option(None, "--expires-in", min=1, help="seconds until it expires"),
 ) -> None:
     """Create a token and print it: this is the only time it is shown."""
-    remote = _remote()
+    remote = remote_client()
     if remote is not None:
         made = remote.create_token(name, role, expires_in)
         text, token_id = made["token"], made["id"]
@@ -59,7 +48,7 @@ def token_create(
 @errors_to_exit_codes
 def token_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """Every token: id, name, role, created, expires, revoked (never the secret)."""
-    remote = _remote()
+    remote = remote_client()
     tokens = remote.list_tokens() if remote else [t.to_dict() for t in _store().list_tokens()]
     if as_json:
         out.print_json(json.dumps(tokens))
@@ -77,7 +66,7 @@ def token_list(as_json: bool = typer.Option(False, "--json")) -> None:
 @errors_to_exit_codes
 def token_revoke(token_id: str = typer.Argument(..., help="the token's id (see token list)")) -> None:
     """Revoke a token: the API refuses it from now on."""
-    remote = _remote()
+    remote = remote_client()
     if remote is not None:
         remote.revoke_token(token_id)
     else:
@@ -89,7 +78,7 @@ def token_revoke(token_id: str = typer.Argument(..., help="the token's id (see t
 def audit(limit: int = typer.Option(50, "--limit", min=1, max=1000), actor: str | None = typer.Option(None, "--actor"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """The audit log: every mutating API call, newest first."""
-    remote = _remote()
+    remote = remote_client()
     entries = remote.audit(limit, actor) if remote else _store().list_audit(actor=actor, limit=limit)
     if as_json:
         out.print_json(json.dumps(entries))

@@ -176,11 +176,7 @@ class Client:
     def submit_many(self, task: str, payloads: Sequence[dict[str, Any]], **options: Any) -> list[Job]:
         """Submit many jobs of one task in one transaction: all are stored, or none."""
         make = spec_factory(self.config, task, **options)
-        return self.submit_specs([make(p) for p in payloads])
-
-    def submit_specs(self, specs: Sequence[JobSpec], audit: AuditEntry | None = None) -> list[Job]:
-        """Store validated specs in one transaction (with `audit` in it, if given)."""
-        return self.submit_groups([(specs, audit)])[0]
+        return self.submit_groups([([make(p) for p in payloads], None)])[0]
 
     def submit_groups(self, groups: Sequence[tuple[Sequence[JobSpec], AuditEntry | None]]) -> list[list[Job]]:
         """Several submissions in one transaction: all stored, or none."""
@@ -236,19 +232,24 @@ class Client:
         return cluster_status(self.store, window, alerts=self.config.alerts)
 
     def tasks(self) -> builtins.list[dict[str, Any]]:
-        from clusterai.tasks import known_tasks
+        from clusterai.tasks import describe_tasks
 
-        return [{"name": n, "payload_schema": get_task(n).schema()} for n in known_tasks()]
+        return describe_tasks()
 
     def requeue_dead(self, ids: Sequence[int] = (), *, everything: bool = False) -> builtins.list[int]:
         """Put dead letters back in the queue: the ids given (each must be dead), or all of them."""
         if everything:
             ids = [j.id for j in self.list(state=State.DEAD, limit=10_000_000)]
         elif not ids:
-            raise BadInput("name the job ids to requeue, or pass --all")
-        for job_id, state in zip(ids, (self.store.get(i, attempts=False).state for i in ids)):
-            if state is not State.DEAD:
-                raise BadInput(f"job {job_id} is {state.value}, not dead; nothing was requeued")
+            raise BadInput("name the job ids to requeue, or ask for all of them")
+        else:
+            ids = builtins.list(dict.fromkeys(ids))
+            states = self.store.states_of(ids)
+            for job_id in ids:
+                if job_id not in states:
+                    raise BadInput(f"no job with id {job_id}")
+                if states[job_id] is not State.DEAD:
+                    raise BadInput(f"job {job_id} is {states[job_id].value}, not dead; nothing was requeued")
         for job_id in ids:
             self.store.requeue(job_id, time.time())
         self._wake()

@@ -144,22 +144,12 @@ def _cli_path() -> str:
 
 def _start_api(runtime: BackgroundRuntime, config: ClusterConfig, console: Console) -> Any:
     """The REST API beside the demo's cluster; on a free port if the configured one is taken."""
-    from clusterai.api.server import ApiServer, ensure_admin_token
-    from clusterai.errors import ConfigError
-    from clusterai.jobs.store import open_store
+    from clusterai.api.server import start_beside
 
-    coordinator = runtime.runtime.coordinator
-    assert coordinator is not None
-    store = open_store(config.store, busy_timeout=5.0)
-    written = ensure_admin_token(store, config.api.token_file)
-    for port in (config.api.port, 0):
-        api = ApiServer(config, store, wake=coordinator.wake, coordinator_registry=coordinator.metrics.registry,
-                        port=port, dask_dashboard=runtime.runtime.dashboard_link)
-        try:
-            url = runtime.call(api.start())
-            break
-        except ConfigError as exc:
-            console.print(f"[yellow]{exc}; trying a free port[/]")
+    api, written = runtime.call(start_beside(config, runtime.runtime.coordinator,
+                                             dask_dashboard=runtime.runtime.dashboard_link,
+                                             ports=(config.api.port, 0)))
+    url = api.url
     console.print(f"  [bold]dashboard: {url}/[/]  (sign in with the admin token below)")
     console.print(f"  REST API: {url}/docs  (metrics at {url}/metrics)")
     token_note = f"written to {written}" if written else f"in {config.api.token_file} (made earlier)"

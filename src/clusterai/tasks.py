@@ -170,3 +170,13 @@ def parse_payload_text(text: str) -> Any:
         raise PayloadError(
             f"payload is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+
+
+def describe_tasks() -> list[dict[str, Any]]:
+    """Every registered task with its settings and payload schema (the API's and CLI's task list)."""
+    out = []
+    for name in known_tasks():
+        t = get_task(name)
+        out.append({"name": name, "queue": t.queue, "retries": t.retries, "timeout": t.timeout,
+                    "resources": t.resources, "payload_schema": t.schema()})
+    return out

@@ -18,7 +18,7 @@ from clusterai.api.app import create_app
 from clusterai.api.auth import new_token
 from clusterai.config import ClusterConfig
 from clusterai.errors import ConfigError
-from clusterai.jobs.store import JobStore
+from clusterai.jobs.store import JobStore, open_store
 
 log = logging.getLogger("clusterai.api")
 
@@ -78,6 +78,7 @@ class ApiServer:
             ssl_certfile=api.tls_cert, ssl_keyfile=api.tls_key, timeout_graceful_shutdown=2,
         ))
         self._task: Any = None
+        self.owned_store: JobStore | None = None  # closed by stop()
 
     async def start(self) -> str:
         import asyncio
@@ -105,8 +106,38 @@ class ApiServer:
         return f"{'https' if self.tls else 'http'}://{shown}:{port}"
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
-        self.server.should_exit = True
-        with contextlib.suppress(Exception):
-            await self._task
+        if self._task is not None:
+            self.server.should_exit = True
+            with contextlib.suppress(Exception):
+                await self._task
+        if self.owned_store is not None:
+            self.owned_store.close()
+
+
+async def start_beside(config: ClusterConfig, coordinator: Any, *, dask_dashboard: str | None = None,
+                       ports: tuple[int, ...] = ()) -> tuple[ApiServer, Path | None]:
+    """The API for a running coordinator, listening on the first of `ports` it can bind (default:
+    api.port); returns it and the admin token file it wrote, if it wrote one. The API gets its own
+    store connection (its reads never wait on the coordinator's) with a short busy wait: a locked
+    store answers 503 in seconds rather than holding requests for half a minute."""
+    store = open_store(config.store, busy_timeout=5.0)
+
+    async def listen(port: int) -> ApiServer:
+        api = ApiServer(config, store, wake=coordinator.wake, coordinator_registry=coordinator.metrics.registry,
+                        port=port, dask_dashboard=dask_dashboard)
+        await api.start()
+        api.owned_store = store
+        return api
+
+    try:
+        written = ensure_admin_token(store, config.api.token_file)
+        *first, last = ports or (config.api.port,)
+        for port in first:
+            try:
+                return await listen(port), written
+            except ConfigError as exc:
+                log.warning("%s; trying the next port", exc)
+        return await listen(last), written
+    except BaseException:
+        store.close()
+        raise

@@ -22,8 +22,9 @@ class WorkerTables:
 
     def upsert_workers(self, records: Sequence[WorkerRecord], now: float) -> None:
         with self._write() as cur:
-            before = dict(cur.execute("SELECT address, status FROM workers").fetchall())
-            names = dict(cur.execute("SELECT address, name FROM workers").fetchall())
+            known = cur.execute("SELECT address, status, name FROM workers").fetchall()
+            before = {address: status for address, status, _ in known}
+            names = {address: name for address, _, name in known}
             changes = [(r.name, r.status, "joined" if r.address not in before else f"was {before[r.address]}")
                        for r in records if before.get(r.address) != r.status]
             live_now = {r.address for r in records}

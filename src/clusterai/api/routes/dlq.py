@@ -10,7 +10,6 @@ from starlette.concurrency import run_in_threadpool
 from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import context, require
 from clusterai.api.schemas import MAX_ID, RequeueRequest, body_schema, parse_body
-from clusterai.errors import BadInput
 from clusterai.jobs.model import State
 
 router = APIRouter(prefix="/api/v1/dlq", tags=["dead letters"])
@@ -34,20 +33,7 @@ async def list_dead(
 async def requeue(request: Request, principal: Principal = Depends(require(Permission.OPERATE))) -> dict[str, Any]:
     ctx = context(request)
     body = parse_body(await request.body(), RequeueRequest)
-    if body.all:
-        ids = [j.id for j in await run_in_threadpool(ctx.store.list_jobs, state=State.DEAD, limit=1_000_000)]
-    elif body.ids:
-        ids = list(dict.fromkeys(body.ids))
-        states = await run_in_threadpool(ctx.store.states_of, ids)
-        for job_id in ids:
-            if job_id not in states:
-                raise BadInput(f"no job with id {job_id}")
-            if states[job_id] is not State.DEAD:
-                raise BadInput(f"job {job_id} is {states[job_id].value}, not dead; nothing was requeued")
-    else:
-        raise BadInput("name the job ids to requeue, or send {\"all\": true}")
+    ids = await run_in_threadpool(ctx.client.requeue_dead, body.ids, everything=body.all)
     request.state.audit_target = f"{len(ids)} dead letters"
-    for job_id in ids:
-        await run_in_threadpool(ctx.client.retry, job_id)
     ctx.wake()
     return {"requeued": ids}

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import context, require
 from clusterai.errors import StoreUnavailable
-from clusterai.tasks import get_task, known_tasks
+from clusterai.tasks import describe_tasks
 
 router = APIRouter(tags=["system"])
 
@@ -44,9 +44,4 @@ async def metrics(request: Request, principal: Principal = Depends(require(Permi
 
 @router.get("/api/v1/tasks", summary="Registered tasks with their payload schemas")
 async def tasks(principal: Principal = Depends(require(Permission.READ, Permission.SUBMIT))) -> dict[str, Any]:
-    out = []
-    for name in known_tasks():
-        t = get_task(name)
-        out.append({"name": name, "queue": t.queue, "retries": t.retries, "timeout": t.timeout,
-                    "resources": t.resources, "payload_schema": t.schema()})
-    return {"tasks": out}
+    return {"tasks": describe_tasks()}
