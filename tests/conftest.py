@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pgserver
 import pytest
 from api_support import Api, ApiFactory, running_api
 
@@ -141,3 +142,29 @@ def stop_up(up: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(up.pid, signal.SIGKILL)
         up.wait(10)
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pgserver.PgServer]:
+    """One throwaway PostgreSQL server for the session (each test gets its own database)."""
+    if not pgserver.available():
+        if os.environ.get("CLUSTERAI_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL (initdb, pg_ctl, postgres) is required here but not installed")
+        pytest.skip("PostgreSQL is not installed (initdb/pg_ctl/postgres)")
+    server = pgserver.PgServer(tmp_path_factory.mktemp("pg")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+_databases = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def pg_url(pg_server: pgserver.PgServer) -> str:
+    """A fresh, empty database on the session's server."""
+    return pg_server.create_database(f"test_{os.getpid()}_{next(_databases)}")

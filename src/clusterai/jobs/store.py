@@ -1,12 +1,12 @@
 """The job store protocol: the source of truth that every backend implements.
 
-Dialect-specific SQL lives in the backends (`sqlite.py`, later `postgres.py`); the coordinator,
+The shared SQL lives in `sql_store.py`, the plumbing in the backends (`sqlite.py`, `postgres.py`); the coordinator,
 client and CLI speak only this protocol.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -89,23 +89,28 @@ class JobStore(Protocol):
     def per_minute(self, since: float) -> list[tuple[int, int, float]]: ...
     def stats(self, since: float) -> dict[str, float]: ...
     def per_worker(self) -> dict[str, int]: ...
+    def claim(self, worker: str, limit: int, now: float, lease_until: float) -> list[Job]: ...
+    def watch(self, callback: Callable[[], None]) -> None: ...
     def close(self) -> None: ...
 
 
 def open_store(url: str | Path, **options: object) -> JobStore:
-    """Open a store by URL: `sqlite:///path/to.db`, a plain path, or `sqlite://:memory:`."""
+    """Open a store by URL: `postgresql://user:password@host:port/db`, `sqlite:///path/to.db`, a
+    plain path, or `sqlite://:memory:`."""
     text = str(url)
     if text.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(
-            f"store {text!r}: the PostgreSQL backend is not part of this build yet; "
-            "use sqlite:///path/to/clusterai.db"
-        )
+        from clusterai.jobs.postgres import PostgresStore
+
+        return PostgresStore(text, **options)  # type: ignore[arg-type]
     if text.startswith("sqlite://"):
         rest = text[len("sqlite://") :]
         # sqlite:///rel.db is relative, sqlite:////abs.db absolute (SQLAlchemy's spelling)
         path = rest[1:] if rest.startswith("/") else rest
     elif "://" in text:
-        raise ConfigError(f"store {text!r}: unknown scheme; allowed: sqlite:///PATH or a file path")
+        raise ConfigError(
+            f"store {text!r}: unknown scheme; allowed: postgresql://USER:PASSWORD@HOST:PORT/DB, "
+            "sqlite:///PATH or a file path"
+        )
     else:
         path = text
     from clusterai.jobs.sqlite import SQLiteStore

@@ -1,10 +1,9 @@
-"""The event log in the SQLite store: one row per job or worker change, written in the same
+"""The event log in the job store: one row per job or worker change, written in the same
 transaction as the change itself, so the order of ids is the order of commits. The API streams it
 (Server-Sent Events) and a client resumes from the last id it saw."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -12,28 +11,40 @@ from typing import Any
 EventRow = tuple[int, str, str | None, str | None]  # job id, new state, worker, detail
 
 
-def job_events(cur: sqlite3.Cursor, now: float, rows: Sequence[EventRow]) -> None:
+JOB_EVENT = "INSERT INTO events (at, kind, job_id, state, worker, detail) VALUES (?, 'job', ?, ?, ?, ?)"
+WORKER_EVENT = "INSERT INTO events (at, kind, state, worker, detail) VALUES (?, 'worker', ?, ?, ?)"
+
+
+def _insert_events(cur: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    # A PostgreSQL cursor holds events back and writes them last, under a lock, so that event ids
+    # follow commit order there too (its sequence hands out ids in the order rows are inserted).
+    defer = getattr(cur, "defer_events", None)
+    if defer is not None:
+        defer(sql, rows)
+    else:
+        cur.executemany(sql, rows)
+
+
+def job_events(cur: Any, now: float, rows: Sequence[EventRow]) -> None:
     if rows:
-        cur.executemany(
-            "INSERT INTO events (at, kind, job_id, state, worker, detail) VALUES (?, 'job', ?, ?, ?, ?)",
-            [(now, *row) for row in rows],
-        )
+        _insert_events(cur, JOB_EVENT, [(now, *row) for row in rows])
 
 
-def worker_events(cur: sqlite3.Cursor, now: float, rows: Sequence[tuple[str, str, str | None]]) -> None:
+def worker_events(cur: Any, now: float, rows: Sequence[tuple[str, str, str | None]]) -> None:
     """(worker name, status, detail) for each worker that joined or changed status."""
     if rows:
-        cur.executemany(
-            "INSERT INTO events (at, kind, state, worker, detail) VALUES (?, 'worker', ?, ?, ?)",
-            [(now, status, name, detail) for name, status, detail in rows],
-        )
+        _insert_events(cur, WORKER_EVENT, [(now, status, name, detail) for name, status, detail in rows])
 
 
 class EventTables:
-    """Mixed into SQLiteStore, whose `_write` and `_read` it uses."""
+    """Mixed into SqlStore, whose `_write` and `_read` it uses."""
 
-    _write: Callable[[], AbstractContextManager[sqlite3.Cursor]]
+    _write: Callable[[], AbstractContextManager[Any]]
     _read: Callable[..., list[tuple[Any, ...]]]
+
+    def _events_high(self) -> int:
+        """The highest event id ever handed out (kept by the backend's id sequence)."""
+        raise NotImplementedError
 
     def events_after(self, after_id: int, limit: int = 500) -> list[dict[str, Any]]:
         """Events with an id above `after_id`, oldest first, with the job's task, queue and owner."""
@@ -51,8 +62,7 @@ class EventTables:
     def event_bounds(self) -> tuple[int, int]:
         """(lowest id still kept, highest id ever written). With every event pruned the lowest is
         the highest + 1, so a client that saw the last one has missed nothing."""
-        rows = self._read("SELECT seq FROM sqlite_sequence WHERE name='events'")
-        high = rows[0][0] if rows else 0
+        high = self._events_high()
         low = self._read("SELECT MIN(id) FROM events")[0][0]
         return (low if low is not None else high + 1, high)
 

@@ -1,8 +1,7 @@
-"""API tokens and the audit log in the SQLite store. Tokens are kept as hashes only."""
+"""API tokens and the audit log in the job store (SQLite or PostgreSQL). Tokens are kept as hashes only."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -14,9 +13,9 @@ _TOKEN_COLUMNS = "id, name, role, secret_hash, created_at, created_by, expires_a
 
 
 class AccessTables:
-    """Mixed into SQLiteStore, whose `_write` and `_read` it uses."""
+    """Mixed into SqlStore, whose `_write` and `_read` it uses."""
 
-    _write: Callable[[], AbstractContextManager[sqlite3.Cursor]]
+    _write: Callable[[], AbstractContextManager[Any]]
     _read: Callable[..., list[tuple[Any, ...]]]
 
     def add_token(self, record: TokenRecord) -> None:
@@ -49,7 +48,7 @@ class AccessTables:
                 self._audit(cur, entry, now)
 
     @staticmethod
-    def _audit(cur: sqlite3.Cursor, entry: AuditEntry, now: float) -> None:
+    def _audit(cur: Any, entry: AuditEntry, now: float) -> None:
         cur.execute(
             "INSERT INTO audit (at, actor, role, action, target, status, detail) VALUES (?,?,?,?,?,?,?)",
             (now, entry.actor, entry.role, entry.action, entry.target, entry.status, entry.detail),

@@ -4,20 +4,19 @@ and operator commands (drain, remove...) waiting for the coordinator."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from clusterai.errors import JobNotFound
 from clusterai.jobs.model import WorkerRecord
-from clusterai.jobs.sqlite_events import worker_events
+from clusterai.jobs.sql_events import worker_events
 
 
 class WorkerTables:
-    """Mixed into SQLiteStore, whose `_write` and `_read` it uses."""
+    """Mixed into SqlStore, whose `_write` and `_read` it uses."""
 
-    _write: Callable[[], AbstractContextManager[sqlite3.Cursor]]
+    _write: Callable[[], AbstractContextManager[Any]]
     _read: Callable[..., list[tuple[Any, ...]]]
 
     def upsert_workers(self, records: Sequence[WorkerRecord], now: float) -> None:
@@ -59,9 +58,9 @@ class WorkerTables:
     def add_worker_command(self, worker: str, action: str, now: float) -> int:
         """Queue an operator command (drain, undrain, remove, restart) for the coordinator."""
         with self._write() as cur:
-            cur.execute("INSERT INTO worker_commands (worker, action, created_at) VALUES (?,?,?)",
-                        (worker, action, now))
-            return cur.lastrowid or 0
+            row = cur.execute("INSERT INTO worker_commands (worker, action, created_at) VALUES (?,?,?)"
+                              " RETURNING id", (worker, action, now)).fetchone()
+            return int(row[0])
 
     def open_worker_commands(self) -> list[tuple[int, str, str]]:
         return [tuple(r) for r in self._read(
