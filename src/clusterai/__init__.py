@@ -1,36 +1,45 @@
-"""clusterai: pool every machine a team has into one cluster and run AI work across it."""
+"""clusterai: pool every machine a team has into one cluster and run AI work across it.
 
-from clusterai.client import Client, connect
-from clusterai.engine.execute import current_job
-from clusterai.errors import (
-    ClusterAIError,
-    ConfigError,
-    IdempotencyConflict,
-    JobFailed,
-    NonRetryableError,
-    PayloadError,
-    ResultTimeout,
-    UnknownTaskError,
-)
-from clusterai.jobs.model import Job, Priority, State
-from clusterai.tasks import task
+Names are imported on first use, so a light worker (Dask and psutil, no pydantic or web stack)
+can load the parts it needs without the rest.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Client",
-    "ClusterAIError",
-    "ConfigError",
-    "IdempotencyConflict",
-    "Job",
-    "JobFailed",
-    "NonRetryableError",
-    "PayloadError",
-    "Priority",
-    "ResultTimeout",
-    "State",
-    "UnknownTaskError",
-    "connect",
-    "current_job",
-    "task",
-]
+_EXPORTS = {
+    "Client": "clusterai.client",
+    "connect": "clusterai.client",
+    "current_job": "clusterai.engine.execute",
+    "ClusterAIError": "clusterai.errors",
+    "ConfigError": "clusterai.errors",
+    "IdempotencyConflict": "clusterai.errors",
+    "JobFailed": "clusterai.errors",
+    "NonRetryableError": "clusterai.errors",
+    "PayloadError": "clusterai.errors",
+    "ResultTimeout": "clusterai.errors",
+    "UnknownTaskError": "clusterai.errors",
+    "Job": "clusterai.jobs.model",
+    "Priority": "clusterai.jobs.model",
+    "State": "clusterai.jobs.model",
+    "task": "clusterai.tasks",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'clusterai' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

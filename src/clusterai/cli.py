@@ -13,6 +13,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from clusterai.cli_certs import certs_app
 from clusterai.cli_common import (
     EXIT_FAILED,
     client,
@@ -22,6 +23,7 @@ from clusterai.cli_common import (
     parse_pairs,
     settings,
 )
+from clusterai.cli_node import scheduler, worker
 from clusterai.cli_tokens import audit, token_app
 from clusterai.cli_workers import workers_app
 from clusterai.client import build_spec
@@ -41,7 +43,10 @@ app.add_typer(workers_app, name="workers")
 app.add_typer(config_app, name="config")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(token_app, name="token")
+app.add_typer(certs_app, name="certs")
 app.command("audit")(audit)
+app.command("worker")(worker)
+app.command("scheduler")(scheduler)
 
 @app.callback()
 def _global(
@@ -81,11 +86,13 @@ def up(
                               "api.port": api_port, "api.enabled": False if no_api else None,
                               "api.tls_cert": str(tls_cert) if tls_cert else None,
                               "api.tls_key": str(tls_key) if tls_key else None})
-    asyncio.run(_serve(ClusterRuntime(conf)))
+    asyncio.run(serve(ClusterRuntime(conf)))
 
 
-async def _serve(runtime: Any) -> None:
+async def serve(runtime: Any, *, leadership: Any = None, poll: float = 1.0) -> bool:
+    """Run until Ctrl-C/SIGTERM, or until another scheduler took the lead (then True)."""
     from clusterai.api.server import is_loopback, start_beside
+    from clusterai.jobs.postgres import redact
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,7 +100,20 @@ async def _serve(runtime: Any) -> None:
         loop.add_signal_handler(sig, stop.set)
     conf = runtime.config
     api = None
+    lost = False
+
+    async def keep_the_lead() -> None:
+        nonlocal lost
+        while True:
+            await asyncio.sleep(poll)
+            if await asyncio.to_thread(leadership.still_held) is False:
+                err.print("[red]another scheduler took the lead on this store; stopping this one[/]")
+                lost = True
+                stop.set()
+                return
+
     await runtime.start()
+    watchdog = asyncio.create_task(keep_the_lead()) if leadership is not None else None
     try:
         if conf.api.enabled:
             api, written = await start_beside(conf, runtime.coordinator, dask_dashboard=runtime.dashboard_link)
@@ -105,7 +125,8 @@ async def _serve(runtime: Any) -> None:
             if not is_loopback(api.host) and not api.tls:
                 err.print("[yellow]warning:[/] the API listens beyond this machine without TLS; tokens travel "
                           "in clear text. Use --tls-cert/--tls-key.")
-        out.print(f"[bold green]clusterai is up[/]: store {conf.store}, scheduler {runtime.scheduler_address}")
+        out.print(f"[bold green]clusterai is up[/]: store {redact(conf.store)}, scheduler {runtime.scheduler_address}",
+                  highlight=False)
         if runtime.dashboard_link:
             out.print(f"Dask dashboard: {runtime.dashboard_link}")
         out.print("Ctrl-C to stop.")
@@ -113,9 +134,12 @@ async def _serve(runtime: Any) -> None:
         await stop.wait()
     finally:
         out.print("stopping...")
+        if watchdog is not None:
+            watchdog.cancel()
         if api is not None:
             await api.stop()
         await runtime.stop()
+    return lost
 
 
 @app.command()
@@ -351,6 +375,13 @@ def tasks_check(task: str, payload: str = typer.Option("{}", "--payload", "-p"))
 
 
 def main() -> None:
+    # `clusterai worker` must run where only Dask and psutil are installed: it skips the full CLI,
+    # which imports the API, pydantic and the rest.
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        worker_only = typer.Typer(add_completion=False)
+        worker_only.command()(worker)
+        worker_only(sys.argv[2:], prog_name="clusterai worker")
+        return
     app()
 
 

@@ -15,6 +15,7 @@ from clusterai.client import Client
 from clusterai.config import ClusterConfig, load_config
 from clusterai.errors import BadInput, ClusterAIError, JobFailed, JobNotFound, StoreUnavailable
 from clusterai.jobs.store import open_store
+from clusterai.pairs import parse_pairs  # noqa: F401 - the commands import it from here
 from clusterai.remote import AuthError, RemoteClient, read_token_file
 from clusterai.tasks import import_task_modules
 
@@ -95,22 +96,3 @@ def client() -> Client | RemoteClient:
 def local_store_only(what: str) -> None:
     if settings.url:
         raise BadInput(f"{what} works on the local store; drop --url")
-
-
-
-
-def parse_pairs(what: str, pairs: list[str], numbers: bool = False) -> dict[str, Any]:
-    """`key=value` options (--label region=eu, --requires GPU=1) as a mapping."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise BadInput(f"{what}: expected key=value, got {pair!r}")
-        if numbers:
-            try:
-                out[key.strip()] = float(value)
-            except ValueError:
-                raise BadInput(f"{what}: {key.strip()} must be a number, got {value!r}") from None
-        else:
-            out[key.strip()] = value.strip()
-    return out

@@ -43,6 +43,7 @@ class Coordinator:
         settings: CoordinatorSection | None = None,
         placement: PlacementSection | None = None,
         rng: random.Random | None = None,
+        require_enrollment: bool = False,
     ):
         self.store = store
         self.client = dask_client
@@ -50,7 +51,7 @@ class Coordinator:
         self.placement = placement or PlacementSection()
         self.planner = self._make_planner(self.settings, self.placement)
         self.registry = WorkerRegistry(store, dask_client, breaker=self.placement.breaker,
-                                       on_change=self._wake_set)
+                                       on_change=self._wake_set, require_enrollment=require_enrollment)
         self.metrics = Metrics()
         self.rng = rng or random.Random()
         self._inflight: dict[int, Job] = {}
@@ -83,6 +84,7 @@ class Coordinator:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         await self._abandon_previous_attempts()
+        self.store.watch(self.wake)  # PostgreSQL: woken by NOTIFY when work arrives from anywhere
         await self.registry.refresh()
         self._loops = [
             asyncio.create_task(self._dispatch_loop(), name="clusterai-dispatch"),
@@ -136,7 +138,11 @@ class Coordinator:
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
             except asyncio.TimeoutError:
                 due = self._next_due is not None and time.time() >= self._next_due
-                if not (self.store.changed() or due or time.time() >= self._next_promote):
+                try:
+                    if not (self.store.changed() or due or time.time() >= self._next_promote):
+                        continue
+                except StoreUnavailable:
+                    await asyncio.sleep(0.5)
                     continue
             self._wake.clear()
             try:

@@ -10,18 +10,27 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import pydantic
-from pydantic import BaseModel, ConfigDict, create_model
+try:
+    import pydantic
+    from pydantic import BaseModel, ConfigDict, create_model
+except ImportError:  # a light worker: payloads were validated on submit, by a node that has pydantic
+    pydantic = None  # type: ignore[assignment]
+    BaseModel = object  # type: ignore[assignment,misc]
 
 from clusterai.errors import ConfigError, NonRetryableError, PayloadError, UnknownTaskError
 from clusterai.jobs.model import Priority
 
-# Imported on every worker and client: the tasks that ship with clusterai.
+log = logging.getLogger("clusterai.tasks")
+
+# Imported on every worker and client: the tasks that ship with clusterai. Each needs libraries a
+# light worker may lack (an extra, e.g. numpy for the demo); such a worker skips it, says which
+# tasks it has, and gets only jobs of those.
 BUILTIN_TASK_MODULES = ("clusterai.workloads.demo",)
 
 
@@ -29,7 +38,7 @@ BUILTIN_TASK_MODULES = ("clusterai.workloads.demo",)
 class TaskDef:
     name: str
     fn: Callable[..., Any]
-    model: type[BaseModel]
+    model: type[BaseModel] | None  # None on a light worker (no pydantic): names are checked, not types
     unpack: bool  # call fn(**fields) rather than fn(model_instance)
     queue: str | None
     priority: Priority | None
@@ -46,6 +55,11 @@ class TaskDef:
             raise PayloadError(
                 f"task {self.name!r}: payload must be a JSON object, got {type(payload).__name__}"
             )
+        if self.model is None:
+            problem = _check_names(self.fn, payload)
+            if problem:
+                raise PayloadError(f"task {self.name!r}: {problem}")
+            return dict(payload)
         try:
             model = self.model.model_validate(payload)
         except pydantic.ValidationError as exc:
@@ -53,6 +67,11 @@ class TaskDef:
         return model.model_dump(mode="json")
 
     def call(self, payload: dict[str, Any]) -> Any:
+        if self.model is None:
+            problem = _check_names(self.fn, payload)
+            if problem:
+                raise NonRetryableError(f"invalid payload: {problem}")
+            return self.fn(**payload)
         try:
             model = self.model.model_validate(payload)
         except pydantic.ValidationError as exc:
@@ -62,7 +81,21 @@ class TaskDef:
         return self.fn(model)
 
     def schema(self) -> dict[str, Any]:
+        if self.model is None:
+            return {"type": "object", "properties": {n: {} for n in inspect.signature(self.fn).parameters}}
         return self.model.model_json_schema()
+
+
+def _check_names(fn: Callable[..., Any], payload: dict[str, Any]) -> str | None:
+    """Without pydantic: the payload's keys against the function's parameters."""
+    params = inspect.signature(fn).parameters
+    unknown = sorted(set(payload) - set(params))
+    missing = sorted(n for n, p in params.items() if p.default is p.empty and n not in payload)
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)}"
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    return None
 
 
 def _describe(exc: pydantic.ValidationError) -> str:
@@ -77,8 +110,10 @@ _REGISTRY: dict[str, TaskDef] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def _model_for(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel], bool]:
+def _model_for(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel] | None, bool]:
     params = list(inspect.signature(fn).parameters.values())
+    if pydantic is None:
+        return None, True
     hints = _resolved_hints(fn)
     if len(params) == 1:
         hint = hints.get(params[0].name)
@@ -155,7 +190,12 @@ def known_tasks() -> list[str]:
 
 def import_task_modules(modules: Iterable[str]) -> None:
     """Import the built-in task modules and the given ones; a bad name is a config error."""
-    for module in (*BUILTIN_TASK_MODULES, *modules):
+    for module in BUILTIN_TASK_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            log.info("built-in tasks of %s not available here (%s)", module, exc)
+    for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as exc:

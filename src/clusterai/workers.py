@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from clusterai.config import BreakerSection
+from clusterai.engine.enroll import ENROLLED_KEY
 from clusterai.jobs.model import WorkerRecord
 from clusterai.jobs.store import JobStore
 from clusterai.placement import CircuitBreaker, WorkerSlot
@@ -25,8 +26,10 @@ ACTIONS = ("drain", "undrain", "remove", "restart")
 
 class WorkerRegistry:
     def __init__(self, store: JobStore, dask_client: Any, *, breaker: BreakerSection | None = None,
-                 on_change: Callable[[], None] = lambda: None):
+                 on_change: Callable[[], None] = lambda: None, require_enrollment: bool = False):
         self.store = store
+        # on a head node, only workers that presented a worker token (engine/enroll.py) get work
+        self.require_enrollment = require_enrollment
         self.client = dask_client
         self.breaker = breaker or BreakerSection()
         self.on_change = on_change
@@ -48,6 +51,8 @@ class WorkerRegistry:
     async def refresh(self) -> None:
         info = await self.client.scheduler.identity()
         seen: dict[str, Any] = info.get("workers", {})
+        if self.require_enrollment:
+            seen = {a: w for a, w in seen.items() if w.get(ENROLLED_KEY)}
         now = time.time()
         changed = False
         for address, w in seen.items():

@@ -38,13 +38,16 @@ def free_port() -> int:
 
 class PgServer:
     def __init__(self, base: Path | None = None, *, durable: bool = False):
-        self.base = Path(base or tempfile.mkdtemp(prefix="clusterai-pg-"))
+        self._as_postgres = os.geteuid() == 0
+        # under root the server runs as `postgres`, which cannot enter pytest's root-only folders
+        if base is None or self._as_postgres:
+            base = Path(tempfile.mkdtemp(prefix="clusterai-pg-"))
+        self.base = Path(base)
         self.data = self.base / "data"
         self.port = free_port()
         self.password = secrets.token_urlsafe(18)
         self.user = "clusterai"
         self.durable = durable  # False: fsync off, for speed; the benchmark keeps PostgreSQL's defaults
-        self._as_postgres = os.geteuid() == 0
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"

@@ -8,12 +8,14 @@ import logging
 import os
 import signal
 import threading
+from dataclasses import dataclass
 from typing import Any
 
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, Scheduler
 
 from clusterai.config import ClusterConfig
 from clusterai.coordinator import Coordinator
+from clusterai.engine.enroll import WORKER_ROLES, Enrollment
 from clusterai.engine.plugin import ClusterAIWorkerPlugin
 from clusterai.errors import ClusterAIError, ConfigError
 from clusterai.jobs.store import JobStore, open_store
@@ -22,13 +24,27 @@ from clusterai.tasks import import_task_modules
 log = logging.getLogger("clusterai.runtime")
 
 
-class ClusterRuntime:
-    """The parts of a running cluster, started and stopped together on one event loop."""
+@dataclass(frozen=True)
+class HeadSettings:
+    """`clusterai scheduler`: a Dask scheduler in this process that machines join over the network."""
 
-    def __init__(self, config: ClusterConfig, *, store: JobStore | None = None):
+    host: str = "127.0.0.1"
+    port: int = 8786
+    security: Any = None  # distributed.security.Security when TLS is on
+    dashboard_address: str | None = None
+
+
+class ClusterRuntime:
+    """The parts of a running cluster, started and stopped together on one event loop: an embedded
+    LocalCluster (`up`), an existing scheduler (`cluster.scheduler`), or a head node's own
+    scheduler that enrolled workers join (`clusterai scheduler`)."""
+
+    def __init__(self, config: ClusterConfig, *, store: JobStore | None = None, head: HeadSettings | None = None):
         self.config = config
         self.store = store
+        self.head = head
         self.local_cluster: LocalCluster | None = None
+        self.scheduler: Scheduler | None = None
         self.dask: Client | None = None
         self.coordinator: Coordinator | None = None
 
@@ -37,8 +53,12 @@ class ClusterRuntime:
         if self.store is None:
             self.store = open_store(self.config.store)
         c = self.config.cluster
-        if c.scheduler:
-            target: Any = c.scheduler
+        security = None
+        if self.head is not None:
+            target: Any = await self._start_head(self.head, self.store)
+            security = self.head.security
+        elif c.scheduler:
+            target = c.scheduler
         else:
             self.local_cluster = await LocalCluster(
                 n_workers=c.workers,
@@ -53,14 +73,35 @@ class ClusterRuntime:
             )
             target = self.local_cluster
         try:
-            self.dask = await Client(target, asynchronous=True, timeout=c.death_timeout)
+            self.dask = await Client(target, asynchronous=True, timeout=c.death_timeout, security=security)
         except OSError as exc:
             raise ConfigError(f"cluster.scheduler: cannot reach {c.scheduler!r}: {exc}") from None
         profiles = {str(i): p.model_dump() for i, p in enumerate(c.worker_profiles)}
         await self.dask.register_plugin(ClusterAIWorkerPlugin(self.config.tasks, profiles))
         self.coordinator = Coordinator(self.store, self.dask, settings=self.config.coordinator,
-                                       placement=self.config.placement)
+                                       placement=self.config.placement, require_enrollment=self.head is not None)
         await self.coordinator.start()
+
+    async def _start_head(self, head: HeadSettings, store: JobStore) -> str:
+        from clusterai.api.auth import TokenVerifier
+
+        verifier = TokenVerifier(store)
+
+        def may_enroll(token: str) -> str | None:
+            who = verifier.verify(token)
+            return who.name if who is not None and who.role in WORKER_ROLES else None
+
+        try:
+            self.scheduler = await Scheduler(
+                host=head.host, port=head.port, protocol="tls" if head.security is not None else "tcp",
+                security=head.security, dashboard=head.dashboard_address is not None,
+                # Dask serves HTTP (health, metrics) even without its dashboard, by default on every
+                # interface: keep that on loopback unless a dashboard address was asked for
+                dashboard_address=head.dashboard_address or "127.0.0.1:0", plugins=[Enrollment(may_enroll)],
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {head.host}:{head.port} for workers: {exc}") from None
+        return str(self.scheduler.address)
 
     async def stop(self) -> None:
         # Each step is bounded: a shutdown must end even when a worker is stuck or gone.
@@ -71,17 +112,23 @@ class ClusterRuntime:
             await _bounded("dask client", self.dask.close(), 10)
         if self.local_cluster is not None and not await _bounded("local cluster", self.local_cluster.close(), 20):
             _kill_leftovers(pids)
+        if self.scheduler is not None:
+            await _bounded("scheduler", self.scheduler.close(), 10)
 
     @property
     def dashboard_link(self) -> str | None:
         if self.local_cluster is not None and self.config.cluster.dashboard:
             return self.local_cluster.dashboard_link
+        if self.scheduler is not None and self.head is not None and self.head.dashboard_address:
+            return f"http://{self.head.dashboard_address}/status"
         return None
 
     @property
     def scheduler_address(self) -> str | None:
         if self.local_cluster is not None:
             return self.local_cluster.scheduler_address
+        if self.scheduler is not None:
+            return str(self.scheduler.address)
         return self.config.cluster.scheduler
 
 

@@ -281,12 +281,16 @@ class SqlStore(WorkerTables, EventTables, AccessTables):
         """Take up to `limit` ready jobs for `worker` in priority order, as one atomic step: any
         number of claimers may call this at once and no job is taken twice."""
         with self._write() as cur:
+            # The pick is a MATERIALIZED CTE, run once. As `id IN (subquery)` PostgreSQL may rescan the
+            # subquery for each outer row, and a rescan skips the rows this UPDATE already changed and
+            # locks the next ones: more than `limit` jobs were claimed (and more rows locked).
             rows = cur.execute(
-                "UPDATE jobs SET state='running', attempt=attempt+1, worker=?, lease_until=?, waiting=NULL,"
-                " updated_at=? WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_queued WHERE state='queued'"
-                f" ORDER BY priority DESC, id LIMIT ?{self._skip_locked}) AND state='queued'"
+                "WITH picked AS MATERIALIZED (SELECT id FROM jobs INDEXED BY jobs_queued WHERE state='queued'"
+                f" ORDER BY priority DESC, id LIMIT ?{self._skip_locked})"
+                " UPDATE jobs SET state='running', attempt=attempt+1, worker=?, lease_until=?, waiting=NULL,"
+                " updated_at=? WHERE id IN (SELECT id FROM picked) AND state='queued'"
                 f" RETURNING {_JOB_COLUMNS}",
-                (worker, lease_until, now, limit),
+                (limit, worker, lease_until, now),
             ).fetchall()
             jobs = sorted((_row_to_job(r) for r in rows), key=lambda j: (-j.priority, j.id))
             cur.executemany(

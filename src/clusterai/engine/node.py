@@ -1,0 +1,165 @@
+"""`clusterai worker`: one machine joins a head node. A Dask worker under a nanny (restarted when
+it dies, up to a cap), enrolled with a worker token, watched by a small supervisor that moves to a
+standby head when the active one is gone.
+
+Only Dask, psutil and the standard library are needed here: this is what light workers run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from clusterai.engine.enroll import TOKEN_ENV, TOKEN_KEY, ask_head, presented_token
+from clusterai.engine.plugin import PROFILE_ENV
+from clusterai.errors import ClusterAIError
+
+log = logging.getLogger("clusterai.node")
+
+
+class HeadUnreachable(ClusterAIError):
+    pass
+
+
+class EnrollmentRefused(ClusterAIError):
+    pass
+
+
+class WorkerCrashing(ClusterAIError):
+    pass
+
+
+@dataclass
+class WorkerOptions:
+    heads: list[str]  # the active head first, then standbys
+    token: str
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    resources: dict[str, float] = field(default_factory=dict)
+    nthreads: int = 1
+    memory_limit: str = "auto"
+    death_timeout: float = 60.0  # how long to look for a head, at start and after losing one
+    connect_timeout: float = 10.0
+    max_restarts: int = 5  # worker process restarts allowed within restart_window
+    restart_window: float = 600.0
+    host: str | None = None  # address to listen on; None: the one that routes to the head
+    security: Any = None  # distributed.security.Security when the head uses TLS
+    probe_every: float = 2.0
+    head_lost_after: float = 5.0
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return {"labels": self.labels, "resources": self.resources}
+
+
+async def find_head(opts: WorkerOptions, patience: float) -> str:
+    """The first head that answers and accepts the token, trying each for up to `patience` seconds.
+    A head that refuses the token ends the search at once: retrying will not change its mind."""
+    from clusterai.tls import require_tls_address
+
+    for address in opts.heads:
+        if opts.security is not None:
+            require_tls_address(address, opts.security)
+    deadline = time.monotonic() + patience
+    reasons: dict[str, str] = {}
+    while True:
+        for address in opts.heads:
+            try:
+                verdict = await ask_head(address, opts.token, opts.name, security=opts.security,
+                                         timeout=min(opts.connect_timeout, max(1.0, patience)))
+            except (OSError, asyncio.TimeoutError) as exc:
+                reasons[address] = str(exc) or type(exc).__name__
+                continue
+            if verdict["status"] == "ok":
+                return address
+            raise EnrollmentRefused(f"{address} refused this worker: {verdict.get('reason')}")
+        if time.monotonic() >= deadline:
+            detail = "; ".join(f"{a}: {r}" for a, r in reasons.items())
+            hint = ("" if opts.security is not None else
+                    " (if the head uses TLS, give --tls-dir with its certificates)")
+            raise HeadUnreachable(f"cannot reach a clusterai head within {patience:g} s — {detail}{hint}")
+        await asyncio.sleep(1.0)
+
+
+async def _reachable(address: str, opts: WorkerOptions) -> bool:
+    from distributed.comm import connect
+
+    kwargs = opts.security.get_connection_args("worker") if opts.security is not None else {}
+    try:
+        comm = await connect(address, timeout=2.0, **kwargs)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    await comm.close()
+    return True
+
+
+async def run_worker(opts: WorkerOptions, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set. Raises HeadUnreachable, EnrollmentRefused or WorkerCrashing."""
+    head = await find_head(opts, opts.death_timeout)
+    while not stop.is_set():
+        nanny = await _start_nanny(head, opts)
+        print(f"clusterai worker {opts.name!r} joined {head} (worker {nanny.worker_address})", flush=True)
+        try:
+            lost = await _supervise(nanny, head, opts, stop)
+        finally:
+            await nanny.close(timeout=10)
+        if not lost:
+            return
+        print(f"head {head} is gone; looking for a head (standbys: {', '.join(opts.heads)})", flush=True)
+        head = await find_head(opts, opts.death_timeout)
+
+
+async def _start_nanny(head: str, opts: WorkerOptions) -> Any:
+    from distributed import Nanny
+
+    env = {TOKEN_ENV: opts.token, PROFILE_ENV: json.dumps(opts.profile)}
+    return await Nanny(
+        head, name=opts.name, nthreads=opts.nthreads, memory_limit=opts.memory_limit,
+        death_timeout=opts.death_timeout, security=opts.security, host=opts.host, env=env,
+        startup_information={TOKEN_KEY: presented_token},
+    )
+
+
+async def _supervise(nanny: Any, head: str, opts: WorkerOptions, stop: asyncio.Event) -> bool:
+    """True when the head is lost; False when asked to stop. Counts worker restarts."""
+    restarts: collections.deque[float] = collections.deque()
+    last_pid = nanny.pid
+    lost_since: float | None = None
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), opts.probe_every)
+            return False
+        except asyncio.TimeoutError:
+            pass
+        now = time.monotonic()
+        pid = nanny.pid
+        if pid is not None and last_pid is not None and pid != last_pid:
+            restarts.append(now)
+            log.warning("worker process %s died; the nanny restarted it as %s", last_pid, pid)
+        last_pid = pid or last_pid
+        while restarts and now - restarts[0] > opts.restart_window:
+            restarts.popleft()
+        if len(restarts) > opts.max_restarts:
+            raise WorkerCrashing(f"the worker process died {len(restarts)} times in "
+                                 f"{opts.restart_window:g} s; giving up (see its log above)")
+        if str(nanny.status.name) in ("closing", "closed", "failed"):
+            return True
+        if await _reachable(head, opts):
+            lost_since = None
+        elif lost_since is None:
+            lost_since = now
+        elif now - lost_since >= opts.head_lost_after:
+            return True
+    return False
+
+
+def default_name() -> str:
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}"
