@@ -23,7 +23,7 @@ from clusterai.cli_common import (
     parse_pairs,
     settings,
 )
-from clusterai.cli_node import scheduler, worker
+from clusterai.cli_head import scheduler, worker
 from clusterai.cli_tokens import audit, token_app
 from clusterai.cli_workers import workers_app
 from clusterai.client import build_spec
@@ -45,7 +45,8 @@ app.add_typer(tasks_app, name="tasks")
 app.add_typer(token_app, name="token")
 app.add_typer(certs_app, name="certs")
 app.command("audit")(audit)
-app.command("worker")(worker)
+app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                        "help_option_names": []})(worker)
 app.command("scheduler")(scheduler)
 
 @app.callback()
@@ -375,13 +376,6 @@ def tasks_check(task: str, payload: str = typer.Option("{}", "--payload", "-p"))
 
 
 def main() -> None:
-    # `clusterai worker` must run where only Dask and psutil are installed: it skips the full CLI,
-    # which imports the API, pydantic and the rest.
-    if len(sys.argv) > 1 and sys.argv[1] == "worker":
-        worker_only = typer.Typer(add_completion=False)
-        worker_only.command()(worker)
-        worker_only(sys.argv[2:], prog_name="clusterai worker")
-        return
     app()
 
 

@@ -91,9 +91,10 @@ class WorkerRegistry:
         labels = {str(k): str(v) for k, v in (snap.get("labels") or {}).items()}
         resources = {str(k): float(v) for k, v in (snap.get("resources") or {}).items()}
         accepts = frozenset(snap.get("accepts") or ())
-        if (labels, resources, accepts) != (slot.labels, slot.resources, slot.accepts):
+        tasks = frozenset(snap["tasks"]) if isinstance(snap.get("tasks"), (list, tuple)) else None
+        if (labels, resources, accepts, tasks) != (slot.labels, slot.resources, slot.accepts, slot.tasks):
             self.version += 1
-        slot.labels, slot.resources, slot.accepts = labels, resources, accepts
+        slot.labels, slot.resources, slot.accepts, slot.tasks = labels, resources, accepts, tasks
         slot.models = frozenset(snap.get("models") or ())
         slot.datasets = frozenset(snap.get("datasets") or ())
         slot.slots = int(snap.get("slots") or 0)

@@ -78,3 +78,11 @@ def fragile(flag: str) -> str:
     if os.path.exists(flag) and Path(flag).read_text().strip() == name:
         raise RuntimeError(f"worker {name} is broken")
     return name
+
+
+@task("test.heavy_modules", retries=0)
+def heavy_modules() -> list[str]:
+    """Which libraries of the `server` extra the worker running it has loaded (a light one: none)."""
+    import sys
+
+    return sorted(m for m in ("pydantic", "numpy", "fastapi", "psycopg", "prometheus_client") if m in sys.modules)

@@ -21,7 +21,7 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from clusterai.engine.execute import run_batch
-from clusterai.tasks import import_task_modules
+from clusterai.tasks import import_task_modules, known_tasks
 
 PLUGIN_NAME = "clusterai"
 _EWMA_ALPHA = 0.2
@@ -100,6 +100,7 @@ class ClusterAIWorkerPlugin(WorkerPlugin):
             "models": list(self.profile.get("models") or []),
             "datasets": list(self.profile.get("datasets") or []),
             "accepts": list(self.profile.get("accepts") or []),
+            "tasks": known_tasks(),
             "slots": int(self.profile.get("slots") or 0),
             "inflight": self.inflight,
             "completed": self.completed,

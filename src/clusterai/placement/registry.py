@@ -54,6 +54,7 @@ class WorkerSlot:
     models: frozenset[str] = frozenset()
     datasets: frozenset[str] = frozenset()
     accepts: frozenset[str] = frozenset()  # queues or task names it takes; empty = all
+    tasks: frozenset[str] | None = None  # the tasks it has (a light worker lacks some); None = not said
     in_use: dict[str, float] = field(default_factory=dict)  # resources held by running jobs
     latency: dict[str, float] = field(default_factory=dict)  # EWMA seconds per job, per task
     metrics: dict[str, float] = field(default_factory=dict)
@@ -90,10 +91,14 @@ class WorkerSlot:
         return BreakerState.CLOSED.value
 
     def accepts_job(self, job: Job) -> bool:
+        if self.tasks is not None and job.task not in self.tasks:
+            return False
         return not self.accepts or job.queue in self.accepts or job.task in self.accepts
 
     def why_not(self, job: Job, c: Constraints) -> str | None:
         """Why this worker can never run the job (None: it can, given room)."""
+        if self.tasks is not None and job.task not in self.tasks:
+            return f"{self.name} does not have task {job.task!r} (a module or an extra missing there)"
         if not self.accepts_job(job):
             return f"{self.name} does not take queue {job.queue!r} or task {job.task!r}"
         for key, value in c.labels.items():
