@@ -27,7 +27,7 @@ from clusterai.cli_head import scheduler, worker
 from clusterai.cli_tokens import audit, token_app
 from clusterai.cli_workers import workers_app
 from clusterai.client import build_spec
-from clusterai.errors import BadInput
+from clusterai.errors import BadInput, ClusterAIError
 from clusterai.jobs.model import Job, State
 from clusterai.tasks import import_task_modules, parse_payload_text
 
@@ -87,7 +87,18 @@ def up(
                               "api.port": api_port, "api.enabled": False if no_api else None,
                               "api.tls_cert": str(tls_cert) if tls_cert else None,
                               "api.tls_key": str(tls_key) if tls_key else None})
-    asyncio.run(serve(ClusterRuntime(conf)))
+    from clusterai.jobs.postgres import redact
+    from clusterai.leader import leadership_for
+
+    # two coordinators on one store would both place its jobs: refuse the second
+    leadership = leadership_for(conf.store)
+    if not leadership.try_acquire():
+        raise ClusterAIError(f"another clusterai coordinator is active on the store {redact(conf.store)}; stop it "
+                             "first (or run `clusterai scheduler`, which stands by until it stops)")
+    try:
+        asyncio.run(serve(ClusterRuntime(conf), leadership=leadership))
+    finally:
+        leadership.release()
 
 
 async def serve(runtime: Any, *, leadership: Any = None, poll: float = 1.0) -> bool:

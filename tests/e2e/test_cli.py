@@ -119,6 +119,10 @@ def test_up_then_every_command_over_the_api(workdir):
         assert token_file.stat().st_mode & 0o777 == 0o600
         remote = ("--url", url)  # the admin token comes from the file `up` wrote
 
+        second = run_cli("up", "--api-port", "0", cwd=workdir, timeout=60)  # a second coordinator on the store
+        assert second.returncode == 1
+        assert "another clusterai coordinator is active on the store" in second.stderr
+
         result = run_cli(*remote, "submit", "primes.count", "--payload", '{"limit": 1000}', "--wait",
                          "--wait-timeout", "90", cwd=workdir)
         assert result.returncode == 0, result.stderr
