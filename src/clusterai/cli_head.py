@@ -16,6 +16,8 @@ EXIT_LEAD_LOST = 5
 
 
 def scheduler(
+    store: str | None = typer.Option(None, "--store", help="job store URL shared by the heads, e.g. "
+                                     "postgresql://user:password@db:5432/clusterai", envvar="CLUSTERAI_STORE"),
     host: str = typer.Option("127.0.0.1", "--host", help="address workers reach this head on (0.0.0.0: all)"),
     port: int = typer.Option(8786, "--port", min=0, max=65535, help="Dask scheduler port (0: any free one)"),
     api_host: str | None = typer.Option(None, "--api-host", help="REST API bind address (default 127.0.0.1)"),
@@ -36,6 +38,8 @@ def scheduler(
         from clusterai.engine.runtime import HeadSettings
         from clusterai.jobs.store import open_store
 
+        if store:
+            settings.store = store
         conf = settings.config(**{"api.host": api_host, "api.port": api_port,
                                   "api.enabled": False if no_api else None})
         security = None

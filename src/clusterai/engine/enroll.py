@@ -47,8 +47,13 @@ class Enrollment(SchedulerPlugin):
         scheduler.handlers["clusterai_enroll"] = self.check
 
     async def check(self, comm: Any = None, token: str | None = None, name: str | None = None) -> dict[str, str]:
-        """A joining machine asks whether its token will do, before it starts a worker."""
-        who = await asyncio.to_thread(self._verify, token)
+        """A joining machine asks whether its token will do, before it starts a worker. "retry" when
+        the head cannot tell now (its store is down): the worker asks again rather than give up."""
+        try:
+            who = await asyncio.to_thread(self._lookup, token)
+        except Exception as exc:  # noqa: BLE001 - store down: no verdict, not a refusal
+            log.warning("cannot check the enrollment token of %r now: %s", name, exc)
+            return {"status": "retry", "reason": f"the head cannot check tokens now ({type(exc).__name__})"}
         if who is None:
             log.warning("enrollment refused for %r: invalid, revoked or expired token, or not a worker token",
                         name)
@@ -68,11 +73,14 @@ class Enrollment(SchedulerPlugin):
             return
         ws.extra[ENROLLED_KEY] = who
 
-    def _verify(self, token: Any) -> str | None:
+    def _lookup(self, token: Any) -> str | None:
         if not isinstance(token, str) or not token:
             return None
+        return self.verify(token)
+
+    def _verify(self, token: Any) -> str | None:
         try:
-            return self.verify(token)
+            return self._lookup(token)
         except Exception as exc:  # noqa: BLE001 - store down: refuse now, the worker retries
             log.warning("cannot check an enrollment token: %s", exc)
             return None
@@ -80,8 +88,8 @@ class Enrollment(SchedulerPlugin):
 
 async def ask_head(address: str, token: str, name: str, *, security: Any = None, timeout: float = 10.0
                    ) -> dict[str, str]:
-    """The head's verdict on this token: {"status": "ok"|"refused", ...}. Raises OSError when the
-    head cannot be reached within `timeout`."""
+    """The head's verdict on this token: {"status": "ok"|"refused"|"retry", ...} ("retry": it cannot
+    tell now). Raises OSError when the head cannot be reached within `timeout`."""
     from distributed.comm import connect
 
     kwargs = security.get_connection_args("worker") if security is not None else {}
@@ -92,7 +100,7 @@ async def ask_head(address: str, token: str, name: str, *, security: Any = None,
         reply = await asyncio.wait_for(comm.read(deserializers=["msgpack"]), timeout)
     finally:
         await comm.close()
-    if not isinstance(reply, dict) or reply.get("status") not in ("ok", "refused"):
+    if not isinstance(reply, dict) or reply.get("status") not in ("ok", "refused", "retry"):
         # an older head, or a plain Dask scheduler: it does not know the operation
         return {"status": "refused", "reason": f"{address} is not a clusterai scheduler (answered {reply!r:.80})"}
     return reply

@@ -78,6 +78,9 @@ async def find_head(opts: WorkerOptions, patience: float) -> str:
                 continue
             if verdict["status"] == "ok":
                 return address
+            if verdict["status"] == "retry":  # the head cannot check tokens now (its store is down)
+                reasons[address] = str(verdict.get("reason"))
+                continue
             raise EnrollmentRefused(f"{address} refused this worker: {verdict.get('reason')}")
         if time.monotonic() >= deadline:
             detail = "; ".join(f"{a}: {r}" for a, r in reasons.items())

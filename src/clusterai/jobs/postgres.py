@@ -134,14 +134,42 @@ class PostgresStore(SqlStore):
         self._callbacks: list[Callable[[], None]] = []
         self._closing = threading.Event()
         self._listener: threading.Thread | None = None
+        self._suspect = threading.Event()  # a pooled connection broke: the server went away, maybe for good
+        self._direct: set[Any] = set()  # connections made outside the pool while it reconnects
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def _connection(self) -> Any:
+        if not self._suspect.is_set():
+            try:
+                return self._pool.getconn()
+            except (PoolTimeout, psycopg.Error) as exc:
+                raise StoreUnavailable(f"PostgreSQL store {self.url} is unavailable: {_reason(exc)}") from None
+        # After a connection broke, the pool reconnects in the background, with backoff, and getconn()
+        # would wait up to the busy timeout for it: 30 s of a frozen event loop for the coordinator
+        # (and the Dask scheduler and the API beside it) while the server is down. Ask the server
+        # itself instead: refused at once while it is down, a connection of our own once it is back.
         try:
-            return self._pool.getconn()
-        except (PoolTimeout, psycopg.Error) as exc:
+            conn = self._pool.getconn(timeout=0.05)
+            self._suspect.clear()
+            return conn
+        except (PoolTimeout, psycopg.Error):
+            pass
+        try:
+            conn = psycopg.connect(self._conninfo, **self._connect_kwargs)
+        except psycopg.Error as exc:
             raise StoreUnavailable(f"PostgreSQL store {self.url} is unavailable: {_reason(exc)}") from None
+        self._direct.add(conn)
+        return conn
+
+    def _release(self, conn: Any) -> None:
+        if conn.broken:
+            self._suspect.set()
+        if conn in self._direct:
+            self._direct.discard(conn)
+            conn.close()
+        else:
+            self._pool.putconn(conn)
 
     @contextmanager
     def _write(self) -> Iterator[_Cursor]:
@@ -158,7 +186,7 @@ class PostgresStore(SqlStore):
                     raise StoreUnavailable(f"PostgreSQL store {self.url}: {_reason(exc)}") from None
                 raise
         finally:
-            self._pool.putconn(conn)
+            self._release(conn)
 
     def _begin(self) -> Any:
         """A connection inside BEGIN; connections that died while pooled are dropped, not reported."""
@@ -169,7 +197,7 @@ class PostgresStore(SqlStore):
                 return conn
             except _unavailable() as exc:
                 broken = conn.broken
-                self._pool.putconn(conn)
+                self._release(conn)
                 if not broken:
                     raise StoreUnavailable(f"PostgreSQL store {self.url}: {_reason(exc)}") from None
         raise StoreUnavailable(f"PostgreSQL store {self.url}: no working connection")
@@ -185,7 +213,7 @@ class PostgresStore(SqlStore):
                     continue
                 raise StoreUnavailable(f"PostgreSQL store {self.url} is unavailable: {_reason(exc)}") from None
             finally:
-                self._pool.putconn(conn)
+                self._release(conn)
         raise StoreUnavailable(f"PostgreSQL store {self.url}: no working connection")
 
     def _migrate(self, conn: Any) -> None:
