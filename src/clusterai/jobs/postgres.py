@@ -220,25 +220,7 @@ class PostgresStore(SqlStore):
         with conn.transaction():
             # several processes may open a new database at once; one migrates, the others wait
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            version = int(row[0]) if row else 0
-            if version > len(POSTGRES_MIGRATIONS):
-                raise StoreUnavailable(
-                    f"store {self.url} has schema {version}, newer than this clusterai "
-                    f"({len(POSTGRES_MIGRATIONS)}); upgrade clusterai"
-                )
-            for number, script in enumerate(POSTGRES_MIGRATIONS[version:], start=version + 1):
-                for statement in script:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO meta(key, value) VALUES('schema_version', %s)"
-                    " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                    (str(number),),
-                )
-
-    def schema_version(self) -> int:
-        return int(self._read("SELECT value FROM meta WHERE key='schema_version'")[0][0])
+            self._apply_migrations(_Cursor(conn.cursor()), POSTGRES_MIGRATIONS)
 
     def _insert_ids(self, cur: _Cursor, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[int]:
         raw = cur._cur

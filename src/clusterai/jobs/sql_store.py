@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from clusterai.errors import IdempotencyConflict, InvalidTransition, JobNotFound
+from clusterai.errors import IdempotencyConflict, InvalidTransition, JobNotFound, StoreUnavailable
 from clusterai.jobs.model import (
     Attempt,
     AuditEntry,
@@ -64,6 +64,29 @@ class SqlStore(WorkerTables, EventTables, AccessTables):
     _skip_locked = ""
     # the start of a row's minute, as an integer number of seconds
     _minute_of_finish = "CAST(finished_at / 60 AS INTEGER) * 60"
+
+    def _apply_migrations(self, cur: Any, migrations: Sequence[Sequence[str]]) -> None:
+        """Bring the schema up to date inside the caller's transaction; one version number per
+        migration, the same on every backend."""
+        cur.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        row = cur.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(migrations):
+            raise StoreUnavailable(
+                f"store {self.url} has schema {version}, newer than this clusterai ({len(migrations)}); "
+                "upgrade clusterai"
+            )
+        for number, script in enumerate(migrations[version:], start=version + 1):
+            for statement in script:
+                cur.execute(statement)
+            cur.execute(
+                "INSERT INTO meta(key, value) VALUES('schema_version', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (str(number),),
+            )
+
+    def schema_version(self) -> int:
+        return int(self._read("SELECT value FROM meta WHERE key='schema_version'")[0][0])
 
     # -- submission and reads -----------------------------------------------------------------
 

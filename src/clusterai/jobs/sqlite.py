@@ -84,25 +84,7 @@ class SQLiteStore(SqlStore):
 
     def _migrate(self) -> None:
         with self._write() as cur:
-            cur.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-            row = cur.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            version = int(row[0]) if row else 0
-            if version > len(SQLITE_MIGRATIONS):
-                raise StoreUnavailable(
-                    f"store {self.path!r} has schema {version}, newer than this clusterai "
-                    f"({len(SQLITE_MIGRATIONS)}); upgrade clusterai"
-                )
-            for number, script in enumerate(SQLITE_MIGRATIONS[version:], start=version + 1):
-                for statement in script:
-                    cur.execute(statement)
-                cur.execute(
-                    "INSERT INTO meta(key, value) VALUES('schema_version', ?)"
-                    " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                    (str(number),),
-                )
-
-    def schema_version(self) -> int:
-        return int(self._read("SELECT value FROM meta WHERE key='schema_version'")[0][0])
+            self._apply_migrations(cur, SQLITE_MIGRATIONS)
 
     def changed(self) -> bool:
         """True when another connection committed since the last call (cheap: no table read)."""
