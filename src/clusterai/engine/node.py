@@ -18,7 +18,7 @@ from typing import Any
 
 from clusterai.engine.enroll import TOKEN_ENV, TOKEN_KEY, ask_head, presented_token
 from clusterai.engine.plugin import PROFILE_ENV
-from clusterai.errors import ClusterAIError
+from clusterai.errors import ClusterAIError, ConfigError
 
 log = logging.getLogger("clusterai.node")
 
@@ -50,8 +50,8 @@ class WorkerOptions:
     restart_window: float = 600.0
     host: str | None = None  # address to listen on; None: the one that routes to the head
     security: Any = None  # distributed.security.Security when the head uses TLS
-    probe_every: float = 2.0
-    head_lost_after: float = 5.0
+    probe_every: float = 1.0
+    head_lost_after: float = 2.0  # unreachable this long: try the standbys
 
     @property
     def profile(self) -> dict[str, Any]:
@@ -66,28 +66,46 @@ async def find_head(opts: WorkerOptions, patience: float) -> str:
     for address in opts.heads:
         if opts.security is not None:
             require_tls_address(address, opts.security)
+        elif address.startswith(("tls://", "wss://")):  # else Dask raises a TypeError at the first connection
+            raise ConfigError(f"head address {address!r} uses TLS: give --tls-dir with the cluster's ca.pem and "
+                              "this node's certificate (clusterai certs create, on the head)")
     deadline = time.monotonic() + patience
     reasons: dict[str, str] = {}
     while True:
-        for address in opts.heads:
-            try:
-                verdict = await ask_head(address, opts.token, opts.name, security=opts.security,
-                                         timeout=min(opts.connect_timeout, max(1.0, patience)))
-            except (OSError, asyncio.TimeoutError) as exc:
-                reasons[address] = str(exc) or type(exc).__name__
-                continue
-            if verdict["status"] == "ok":
-                return address
-            if verdict["status"] == "retry":  # the head cannot check tokens now (its store is down)
-                reasons[address] = str(verdict.get("reason"))
-                continue
-            raise EnrollmentRefused(f"{address} refused this worker: {verdict.get('reason')}")
+        # ask every head at once: a dead one (Dask retries a refused connection until its timeout)
+        # must not delay finding the live one
+        timeout = min(opts.connect_timeout, max(1.0, deadline - time.monotonic()))
+        asks = {asyncio.ensure_future(_ask(address, opts, timeout)): address for address in opts.heads}
+        verdicts: dict[str, dict[str, str]] = {}
+        try:
+            pending = set(asks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for ask in done:
+                    verdicts[asks[ask]] = ask.result()
+                    if ask.result()["status"] == "ok":
+                        return asks[ask]
+        finally:
+            for ask in asks:
+                ask.cancel()
+        for address, verdict in verdicts.items():
+            if verdict["status"] == "refused":
+                raise EnrollmentRefused(f"{address} refused this worker: {verdict.get('reason')}")
+            # unreachable, or "retry": the head cannot check tokens now (its store is down)
+            reasons[address] = str(verdict.get("reason"))
         if time.monotonic() >= deadline:
             detail = "; ".join(f"{a}: {r}" for a, r in reasons.items())
             hint = ("" if opts.security is not None else
                     " (if the head uses TLS, give --tls-dir with its certificates)")
             raise HeadUnreachable(f"cannot reach a clusterai head within {patience:g} s — {detail}{hint}")
         await asyncio.sleep(1.0)
+
+
+async def _ask(address: str, opts: WorkerOptions, timeout: float) -> dict[str, str]:
+    try:
+        return await ask_head(address, opts.token, opts.name, security=opts.security, timeout=timeout)
+    except (OSError, asyncio.TimeoutError) as exc:
+        return {"status": "unreachable", "reason": str(exc) or type(exc).__name__}
 
 
 async def _reachable(address: str, opts: WorkerOptions) -> bool:
@@ -108,13 +126,16 @@ async def run_worker(opts: WorkerOptions, stop: asyncio.Event) -> None:
     while not stop.is_set():
         nanny = await _start_nanny(head, opts)
         print(f"clusterai worker {opts.name!r} joined {head} (worker {nanny.worker_address})", flush=True)
+        lost = False
         try:
             lost = await _supervise(nanny, head, opts, stop)
         finally:
-            await nanny.close(timeout=10)
+            if lost:
+                print(f"head {head} is gone; looking for a head among {', '.join(opts.heads)}", flush=True)
+            # with the head gone there is nobody to hand work back to: do not wait for a polite close
+            await nanny.close(timeout=2 if lost else 10)
         if not lost:
             return
-        print(f"head {head} is gone; looking for a head (standbys: {', '.join(opts.heads)})", flush=True)
         head = await find_head(opts, opts.death_timeout)
 
 
