@@ -223,15 +223,18 @@ class PostgresStore(SqlStore):
             self._apply_migrations(_Cursor(conn.cursor()), POSTGRES_MIGRATIONS)
 
     def _insert_ids(self, cur: _Cursor, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+        return [int(row[0]) for row in self._each(cur, sql + " RETURNING id", rows) if row is not None]
+
+    def _each(self, cur: _Cursor, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        if not rows:
+            return []
         raw = cur._cur
-        raw.executemany(translate(sql) + " RETURNING id", rows, returning=True)
-        ids: list[int] = []
+        raw.executemany(translate(sql), rows, returning=True)  # pipelined: one round trip, not one per row
+        out = []
         while True:
-            row = raw.fetchone()
-            if row is not None:
-                ids.append(int(row[0]))
+            out.append(raw.fetchone())
             if not raw.nextset():
-                return ids
+                return out
 
     def _events_high(self) -> int:
         # the sequence may be ahead of what has committed; MAX(id) is what a reader can see

@@ -281,22 +281,19 @@ class SqlStore(WorkerTables, EventTables, AccessTables):
     def start_attempts(
         self, assignments: Sequence[tuple[int, str]], now: float, lease_until: float
     ) -> list[Job]:
-        started = []
         with self._write() as cur:
-            for job_id, worker in assignments:
-                row = cur.execute(
-                    "UPDATE jobs SET state='running', attempt=attempt+1, worker=?, lease_until=?, waiting=NULL,"
-                    f" updated_at=? WHERE id=? AND state='queued' RETURNING {_JOB_COLUMNS}",
-                    (worker, lease_until, now, job_id),
-                ).fetchone()
-                if row is None:
-                    continue  # cancelled (or taken) since it was fetched
-                job = _row_to_job(row)
-                cur.execute(
-                    "INSERT INTO attempts (job_id, number, worker, started_at) VALUES (?,?,?,?)",
-                    (job_id, job.attempt, worker, now),
-                )
-                started.append(job)
+            rows = self._each(
+                cur,
+                "UPDATE jobs SET state='running', attempt=attempt+1, worker=?, lease_until=?, waiting=NULL,"
+                f" updated_at=? WHERE id=? AND state='queued' RETURNING {_JOB_COLUMNS}",
+                [(worker, lease_until, now, job_id) for job_id, worker in assignments],
+            )
+            # a missing row: cancelled (or taken) since it was fetched
+            started = [_row_to_job(row) for row in rows if row is not None]
+            cur.executemany(
+                "INSERT INTO attempts (job_id, number, worker, started_at) VALUES (?,?,?,?)",
+                [(j.id, j.attempt, j.worker, now) for j in started],
+            )
             job_events(cur, now, [(j.id, "running", j.worker, f"attempt {j.attempt}") for j in started])
         return started
 
@@ -324,35 +321,35 @@ class SqlStore(WorkerTables, EventTables, AccessTables):
         return jobs
 
     def finish_attempts(self, finishes: Sequence[Finish], now: float) -> list[bool]:
-        accepted = []
-        events: list[tuple[int, str, str | None, str | None]] = []
         with self._write() as cur:
-            for f in finishes:
-                cur.execute(
-                    "UPDATE jobs SET state=?, result=?, error=?, run_at=COALESCE(?, run_at),"
-                    " failures=?, lost_count=?, lease_until=NULL, updated_at=?, finished_at=?"
-                    " WHERE id=? AND attempt=? AND state='running'",
-                    (f.state.value, f.result_json, f.error, f.run_at, f.failures, f.lost_count,
-                     now, now if f.state.terminal else None, f.job_id, f.attempt),
-                )
-                ok = cur.rowcount == 1
-                if ok:
-                    cur.execute(
-                        "UPDATE attempts SET finished_at=?, outcome=?, error=?"
-                        " WHERE job_id=? AND number=? RETURNING worker",
-                        (now, f.outcome.value, f.error, f.job_id, f.attempt),
-                    )
-                    row = cur.fetchone()
-                    events.append((f.job_id, f.state.value, row[0] if row else None,
-                                   f"attempt {f.attempt} {f.outcome.value}"))
-                else:
-                    cur.execute(
-                        "UPDATE attempts SET late=? WHERE job_id=? AND number=?",
-                        (_late_text(f, now), f.job_id, f.attempt),
-                    )
-                accepted.append(ok)
-            job_events(cur, now, events)
+            # only the attempt that holds the lease (still running, same number) may finish the job
+            updated = self._each(
+                cur,
+                "UPDATE jobs SET state=?, result=?, error=?, run_at=COALESCE(?, run_at),"
+                " failures=?, lost_count=?, lease_until=NULL, updated_at=?, finished_at=?"
+                " WHERE id=? AND attempt=? AND state='running' RETURNING id",
+                [(f.state.value, f.result_json, f.error, f.run_at, f.failures, f.lost_count,
+                  now, now if f.state.terminal else None, f.job_id, f.attempt) for f in finishes],
+            )
+            accepted = [row is not None for row in updated]
+            done = [f for f, ok in zip(finishes, accepted) if ok]
+            workers = self._each(
+                cur,
+                "UPDATE attempts SET finished_at=?, outcome=?, error=? WHERE job_id=? AND number=? RETURNING worker",
+                [(now, f.outcome.value, f.error, f.job_id, f.attempt) for f in done],
+            )
+            cur.executemany(
+                "UPDATE attempts SET late=? WHERE job_id=? AND number=?",
+                [(_late_text(f, now), f.job_id, f.attempt) for f, ok in zip(finishes, accepted) if not ok],
+            )
+            job_events(cur, now, [(f.job_id, f.state.value, row[0] if row else None,
+                                   f"attempt {f.attempt} {f.outcome.value}") for f, row in zip(done, workers)])
         return accepted
+
+    def _each(self, cur: Any, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run a statement ending in RETURNING once per parameter row, in order; the row each
+        returned, or None. (PostgreSQL sends them all in one pipeline.)"""
+        return [cur.execute(sql, row).fetchone() for row in rows]
 
     def set_waiting(self, reasons: Mapping[int, str]) -> None:
         """Say why queued jobs could not be placed yet (shown by `jobs show`)."""
