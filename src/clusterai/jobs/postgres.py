@@ -88,17 +88,21 @@ class _Cursor:
     def defer_events(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         self._events.append((sql, rows))
 
-    def write_events(self) -> None:
-        if not self._events:
-            return
-        self._cur.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
-        wake = False
-        for sql, rows in self._events:
-            self._cur.executemany(translate(sql), rows)
-            # job rows are (at, job, state, worker, detail): new or returning work wakes coordinators
-            wake = wake or any(len(r) == 5 and r[2] in ("queued", "pending") for r in rows)
-        if wake:
-            self._cur.execute(f"NOTIFY {CHANNEL}")
+    def commit(self) -> None:
+        """Write the held-back events and commit, in one pipeline: one round trip for the lock, the
+        events, the notification and the commit (the lock is held for no longer than that)."""
+        conn = self._cur.connection
+        with conn.pipeline():
+            if self._events:
+                self._cur.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+                wake = False
+                for sql, rows in self._events:
+                    self._cur.executemany(translate(sql), rows)
+                    # job rows are (at, job, state, worker, detail): new or returning work wakes coordinators
+                    wake = wake or any(len(r) == 5 and r[2] in ("queued", "pending") for r in rows)
+                if wake:
+                    self._cur.execute(f"NOTIFY {CHANNEL}")
+            conn.execute("COMMIT")
 
 
 class PostgresStore(SqlStore):
@@ -178,8 +182,7 @@ class PostgresStore(SqlStore):
             cur = _Cursor(conn.cursor())
             try:
                 yield cur
-                cur.write_events()
-                conn.execute("COMMIT")
+                cur.commit()
             except BaseException as exc:
                 _rollback(conn)
                 if isinstance(exc, _unavailable()):
