@@ -5,7 +5,9 @@ TLS head and runs jobs."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -167,3 +169,33 @@ def test_tls_head_refuses_plain_tcp_and_runs_jobs_over_tls(pg_server, tmp_path):
             assert client.result(job, timeout=60) == "tls-worker"
         finally:
             client.close()
+
+
+@pytest.mark.timeout(120)
+def test_worker_carries_its_labels_and_resources_and_gives_up_after_too_many_restarts(head, tmp_path):
+    """What `--label/--resources` say reaches the registry; the nanny restarts a killed worker
+    process, and past `--max-restarts` the command stops with exit 1 instead of looping forever."""
+    token = worker_token(head.store, "restarts", tmp_path)
+    worker = Worker(head.address, token, "flaky", tmp_path,
+                    extra=["--label", "region=eu", "--resources", "GPU=1", "--max-restarts", "1"])
+    with stopping(worker):
+        client = job_client(head.store)
+        try:
+            def ready() -> object:
+                return next((w for w in client.store.list_workers() if w.name == "flaky" and w.status == "ready"
+                             and w.pid), None)
+
+            record = wait_for(ready, 60, "the worker to be ready")
+            assert record.labels == {"region": "eu"}
+            assert record.resources["GPU"] == 1.0
+
+            pid = record.pid
+            os.kill(pid, signal.SIGKILL)  # the worker process alone: its nanny notices and restarts it
+            record = wait_for(lambda: (r := ready()) is not None and r.pid != pid and r, 60,
+                              "the nanny to restart the worker process")
+            os.kill(record.pid, signal.SIGKILL)  # a second death: past --max-restarts 1
+            code, out, _ = _exits(worker, 30)
+        finally:
+            client.close()
+    assert code == 1, out
+    assert "died 2 times" in out and "giving up" in out
