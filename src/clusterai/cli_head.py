@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from clusterai.cli_common import errors_to_exit_codes, settings
+from clusterai.cli_common import err, errors_to_exit_codes, settings
 from clusterai.cli_node import worker_main
 
 EXIT_LEAD_LOST = 5
@@ -47,6 +47,13 @@ def scheduler(
             from clusterai.tls import node_security
 
             security = node_security(tls_dir, tls_node)
+        else:
+            from clusterai.api.server import is_loopback
+
+            if not is_loopback(host):
+                err.print("[yellow]warning:[/] workers reach this head over the network without TLS: "
+                          "enrollment tokens and job data travel in clear text. Use --tls-dir "
+                          "(clusterai certs create).")
         head = HeadSettings(host=host, port=port, security=security,
                             dashboard_address=dashboard_address)
         open_store(conf.store).close()  # a wrong URL or password fails here, before standing by
@@ -72,7 +79,6 @@ async def _lead_then_serve(conf: Any, head: Any, poll: float) -> None:
         leadership.release()
     if lost:
         raise typer.Exit(EXIT_LEAD_LOST)
-
 
 
 def worker(ctx: typer.Context) -> None:

@@ -117,7 +117,6 @@ class PostgresStore(SqlStore):
             )
         self._conninfo = url
         self.url = redact(url)
-        self._busy_timeout = busy_timeout
         self._connect_kwargs: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": max(1, int(connect_timeout)),
