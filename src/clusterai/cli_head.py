@@ -11,6 +11,7 @@ import typer
 
 from clusterai.cli_common import err, errors_to_exit_codes, settings
 from clusterai.cli_node import worker_main
+from clusterai.errors import BadInput
 
 EXIT_LEAD_LOST = 5
 
@@ -30,6 +31,8 @@ def scheduler(
                                                  "e.g. 127.0.0.1:8787 (needs bokeh)"),
     standby_poll: float = typer.Option(1.0, "--standby-poll", min=0.1, max=60,
                                        help="while standing by, how often to try to take the lead (seconds)"),
+    allow_plain_tcp: bool = typer.Option(False, "--allow-plain-tcp", help="listen beyond loopback without TLS "
+                                         "(only on a network where everyone who can reach the port is trusted)"),
 ) -> None:
     """Run a head node: Dask scheduler + coordinator + REST API on a shared store (PostgreSQL for a
     standby). A second one on the same store stands by and takes over when the first dies."""
@@ -50,10 +53,17 @@ def scheduler(
         else:
             from clusterai.api.server import is_loopback
 
+            if not is_loopback(host) and not allow_plain_tcp:
+                # Dask's protocol carries pickled functions: whoever can open a plain-TCP connection
+                # to a scheduler can run code on every worker. Mutual TLS is what keeps them out.
+                raise BadInput(f"--host {host} without TLS would let anyone who can reach port {port} run code "
+                               "on the cluster (Dask's protocol carries pickled functions). Use --tls-dir "
+                               "(make certificates with `clusterai certs create`), or --allow-plain-tcp on a "
+                               "network where everyone is trusted")
             if not is_loopback(host):
-                err.print("[yellow]warning:[/] workers reach this head over the network without TLS: "
-                          "enrollment tokens and job data travel in clear text. Use --tls-dir "
-                          "(clusterai certs create).")
+                err.print("[yellow]warning:[/] workers reach this head over the network without TLS: anyone "
+                          "who can reach the port can run code on the cluster, and tokens and job data travel "
+                          "in clear text.")
         head = HeadSettings(host=host, port=port, security=security,
                             dashboard_address=dashboard_address)
         open_store(conf.store).close()  # a wrong URL or password fails here, before standing by

@@ -199,3 +199,12 @@ def test_worker_carries_its_labels_and_resources_and_gives_up_after_too_many_res
             client.close()
     assert code == 1, out
     assert "died 2 times" in out and "giving up" in out
+
+
+@pytest.mark.timeout(60)
+def test_scheduler_refuses_to_listen_beyond_loopback_without_tls(tmp_path):
+    result = cli("--store", f"sqlite:///{tmp_path / 's.db'}", "scheduler", "--host", "0.0.0.0", "--port", "0",
+                 cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT, result.stdout + result.stderr
+    assert "--host 0.0.0.0 without TLS" in " ".join(result.stderr.split())
+    assert "--allow-plain-tcp" in result.stderr
