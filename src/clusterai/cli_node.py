@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import signal
 import sys
@@ -102,6 +103,10 @@ def worker_main(argv: list[str]) -> int:
         heads = [a.strip() for a in args.address.split(",") if a.strip()]
         if not heads:
             raise BadInput("give the head's address, e.g. tcp://head:8786")
+        if args.tls_dir is None and any(_plain_beyond_loopback(a) for a in heads):
+            print("warning: joining over plain TCP beyond this machine: whoever answers at that address can run "
+                  "code here (Dask's protocol carries pickled functions). Use tls:// and --tls-dir.",
+                  file=sys.stderr, flush=True)
         opts = WorkerOptions(
             heads=heads, token=token, name=args.name or default_name(),
             labels=parse_pairs("--label", args.label),
@@ -127,3 +132,17 @@ async def _until_signal(main: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await main(stop)
+
+
+def _plain_beyond_loopback(address: str) -> bool:
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp"):
+        return False
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a host name: another machine
+
