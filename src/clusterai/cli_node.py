@@ -104,7 +104,7 @@ def worker_main(argv: list[str]) -> int:
         if not heads:
             raise BadInput("give the head's address, e.g. tcp://head:8786")
         if args.tls_dir is None and any(_plain_beyond_loopback(a) for a in heads):
-            print("warning: joining over plain TCP beyond this machine: whoever answers at that address can run "
+            print("warning: joining over plain TCP beyond loopback: whoever answers at that address can run "
                   "code here (Dask's protocol carries pickled functions). Use tls:// and --tls-dir.",
                   file=sys.stderr, flush=True)
         opts = WorkerOptions(

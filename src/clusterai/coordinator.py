@@ -347,6 +347,9 @@ class Coordinator:
                 log.warning("worker %s does not answer; no new work until it does", slot.name)
         expired = self.store.expired_leases(now)
         if expired:
+            where = sorted({str(j.worker) for j in expired})
+            log.warning("%d leases expired (worker%s %s stopped answering); their jobs go back to the queue",
+                        len(expired), "s" if len(where) > 1 else "", ", ".join(where))
             finishes = [self._decide(j, Outcome.EXPIRED, now,
                                      error=f"lease expired on worker {j.worker}: it stopped answering")
                         for j in expired]

@@ -59,15 +59,18 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
 class Node:
     """A `clusterai` process started in its own session, its output in a log file."""
 
-    def __init__(self, args: Sequence[str], cwd: Path, log: Path):
+    def __init__(self, args: Sequence[str], cwd: Path, log: Path, *, prefix: Sequence[str] = ()):
+        """`prefix`: a command that runs the node, e.g. ("ip", "netns", "exec", NAME) for a node on
+        a network namespace of its own; it must exec the command (keeping its pid and session)."""
         self.args = list(args)
+        self.prefix = list(prefix)
         self.cwd = cwd
         self.log = log
         cwd.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "clusterai.cli", *self.args], cwd=cwd, env=node_env(),
-                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "clusterai.cli", *self.args], cwd=cwd,
+                                         env=node_env(), stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.proc.pid
         self.started = time.monotonic()
 
@@ -146,11 +149,12 @@ class Scheduler(Node):
 
 
 class Worker(Node):
-    def __init__(self, address: str, token: str | None, name: str, cwd: Path, *, extra: Sequence[str] = ()):
+    def __init__(self, address: str, token: str | None, name: str, cwd: Path, *, extra: Sequence[str] = (),
+                 prefix: Sequence[str] = ()):
         args = ["worker", address, "--name", name, "--nthreads", "1", "--memory-limit", "1GiB"]
         if token is not None:
             args += ["--token", token]
-        super().__init__([*args, *extra], cwd, cwd / f"worker-{name}.log")
+        super().__init__([*args, *extra], cwd, cwd / f"worker-{name}.log", prefix=prefix)
         self.name = name
 
 
