@@ -59,28 +59,31 @@ def spawn_section(name: str, quick: bool) -> dict[str, Any]:
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     # Dask's worker processes and the Celery worker must import bench.* as well
     env = {**os.environ, "PYTHONPATH": path, "BENCH_QUICK": "1" if quick else "0"}
+    started = time.perf_counter()
+    result = run_in_own_session(["bench.jobs", "--section", name], env, SECTION_TIMEOUT)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def run_in_own_session(module_args: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
+    """`python -m MODULE ... --out FILE` in a session of its own, so that a run past its time limit
+    goes with all its workers; its JSON result, or {"error": ...}."""
     with tempfile.TemporaryDirectory(prefix="bench-section-") as tmp:
-        out = Path(tmp, f"{name}.json")
-        started = time.perf_counter()
-        # a session of its own, so that a section past its time limit goes with all its workers
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.jobs", "--section", name, "--out", str(out)],
-            cwd=ROOT, env=env, start_new_session=True,
-        )
+        out = Path(tmp, "result.json")
+        proc = subprocess.Popen([sys.executable, "-m", *module_args, "--out", str(out)], cwd=ROOT, env=env,
+                                start_new_session=True)
         try:
-            code = proc.wait(SECTION_TIMEOUT)
+            code = proc.wait(timeout)
         except (subprocess.TimeoutExpired, KeyboardInterrupt) as exc:
             _kill_session(proc.pid)
             proc.wait()
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            return {"error": f"did not finish within {SECTION_TIMEOUT} s"}
-        _kill_session(proc.pid)  # a worker a failed section left behind would skew the next one
+            return {"error": f"did not finish within {timeout} s"}
+        _kill_session(proc.pid)  # a worker a failed run left behind would skew the next one
         if code != 0 or not out.exists():
             return {"error": f"exited with status {code}; see the log above"}
-        result = json.loads(out.read_text(encoding="utf-8"))
-    result["wall_s"] = round(time.perf_counter() - started, 1)
-    return result
+        return dict(json.loads(out.read_text(encoding="utf-8")))
 
 
 # -- describing the machine -------------------------------------------------------------------

@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import queue
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,7 +42,7 @@ from typing import Any
 
 from bench.clusterai_jobs import config, round_trip, run_batch, warm_up
 from bench.common import RESULTS, ROOT, latency_stats, log, measure_latency, measure_throughput, sized, write_json
-from bench.jobs import _fmt, _kill_session, _table, _version, machine
+from bench.jobs import _fmt, _table, _version, machine, run_in_own_session
 from bench.scale import _fill
 
 E2E_JOBS = sized(5_000)
@@ -279,24 +277,7 @@ def spawn_e2e(url: str, variant: str) -> dict[str, Any]:
     """e2e() in a process (and session) of its own, as bench.jobs runs its sections."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
-    with tempfile.TemporaryDirectory(prefix="bench-stores-") as tmp:
-        out = Path(tmp, "e2e.json")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.stores", "--e2e-section", variant, url, "--out", str(out)],
-            cwd=ROOT, env=env, start_new_session=True,
-        )
-        try:
-            code = proc.wait(SECTION_TIMEOUT)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt) as exc:
-            _kill_session(proc.pid)
-            proc.wait()
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            return {"error": f"did not finish within {SECTION_TIMEOUT} s"}
-        _kill_session(proc.pid)
-        if code != 0 or not out.exists():
-            return {"error": f"exited with status {code}; see the log above"}
-        return json.loads(out.read_text(encoding="utf-8"))
+    return run_in_own_session(["bench.stores", "--e2e-section", variant, url], env, SECTION_TIMEOUT)
 
 
 # -- claims: concurrent claimers draining one queue -------------------------------------------
