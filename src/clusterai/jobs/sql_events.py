@@ -41,10 +41,7 @@ class EventTables:
 
     _write: Callable[[], AbstractContextManager[Any]]
     _read: Callable[..., list[tuple[Any, ...]]]
-
-    def _events_high(self) -> int:
-        """The highest event id ever handed out (kept by the backend's id sequence)."""
-        raise NotImplementedError
+    _events_high: Callable[[], int]  # the highest event id ever handed out (the backend's id sequence)
 
     def events_after(self, after_id: int, limit: int = 500) -> list[dict[str, Any]]:
         """Events with an id above `after_id`, oldest first, with the job's task, queue and owner."""

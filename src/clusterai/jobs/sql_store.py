@@ -60,6 +60,8 @@ class SqlStore(WorkerTables, EventTables, AccessTables):
     url: str
     _write: Callable[[], AbstractContextManager[Any]]
     _read: Callable[..., list[tuple[Any, ...]]]
+    # insert rows; the new ids in row order (none for a row skipped by ON CONFLICT); per backend
+    _insert_ids: Callable[[Any, str, Sequence[tuple[Any, ...]]], list[int]]
     # how a claim skips rows another transaction holds (PostgreSQL); SQLite has one writer anyway
     _skip_locked = ""
     # the start of a row's minute, as an integer number of seconds
@@ -164,10 +166,6 @@ class SqlStore(WorkerTables, EventTables, AccessTables):
         ]
         job_events(cur, now, [(j.id, j.state.value, None, None) for j in jobs])
         return jobs
-
-    def _insert_ids(self, cur: Any, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[int]:
-        """Insert the rows; the new ids in row order (none for a row skipped by ON CONFLICT)."""
-        raise NotImplementedError
 
     def get(self, job_id: int, *, attempts: bool = True) -> Job:
         rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,))
