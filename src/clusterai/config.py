@@ -158,6 +158,13 @@ class DefaultsSection(_Section):
     timeout: float | None = Field(None, gt=0)
 
 
+class LoglineSection(_Section):
+    """Signed log lines (clusterai.logline): where the HMAC key lives."""
+
+    key_file: str = Field(".clusterai/logline.key", description="HMAC-SHA256 key; made (32 random bytes, "
+                          "mode 0600) by the first signing, never a default key")
+
+
 class ClusterConfig(_Section):
     store: str = DEFAULT_STORE
     tasks: list[str] = Field(default_factory=list, description="task modules by dotted path")
@@ -167,6 +174,7 @@ class ClusterConfig(_Section):
     api: ApiSection = ApiSection()
     alerts: AlertsSection = AlertsSection()
     defaults: DefaultsSection = DefaultsSection()
+    logline: LoglineSection = LoglineSection()
     queues: dict[str, QueueSection] = Field(default_factory=dict)
 
     def with_overrides(self, **changes: Any) -> ClusterConfig:
