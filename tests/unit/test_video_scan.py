@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -202,7 +203,7 @@ def test_people_boxes_are_mapped_back_to_source_pixels() -> None:
             return rects, np.array([[1.5], [1.0], [0.1]])
 
     frame = np.zeros((600, 800, 3), np.uint8)  # twice HOG's working width
-    boxes = video._people(FakeHog(), frame)
+    boxes = video._people(cast(cv2.HOGDescriptor, FakeHog()), frame)
     assert FakeHog.seen_width == video._HOG_WIDTH
     assert boxes == [[20, 40, 128, 256]]  # the strongest of the overlapping pair, scaled by 2; the weak one dropped
 
@@ -244,7 +245,8 @@ def test_truncated_file_is_scanned_as_far_as_it_decodes(clips: dict[str, Path]) 
 
 
 def test_bad_arguments(clips: dict[str, Path]) -> None:
-    for kwargs in ({"sample_fps": 0}, {"thumb_width": 0}, {"scene_threshold": 0}, {"max_frames": 0}):
+    bad: list[dict[str, Any]] = [{"sample_fps": 0}, {"thumb_width": 0}, {"scene_threshold": 0}, {"max_frames": 0}]
+    for kwargs in bad:
         with pytest.raises(ValueError):
             scan_video(str(clips["scenes"]), **kwargs)
 
@@ -263,6 +265,38 @@ def test_sampling_rate_and_max_frames(clips: dict[str, Path]) -> None:
     capped = scan_video(str(clips["scenes"]), max_frames=15, **fast).timeline
     assert capped["source"]["frames"] == 15 and capped["totals"]["stopped_at_max_frames"]
     assert [s["time"] for s in capped["samples"]] == [0.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("reported_fps", [0.0, float("nan"), -1.0])
+def test_unknown_frame_rate_is_assumed_and_said(clips: dict[str, Path], reported_fps: float) -> None:
+    # No container this OpenCV writes reports fps 0 (streams and some raw formats do), so fake the report.
+    class NoFps:
+        def __init__(self, cap: cv2.VideoCapture) -> None:
+            self.cap = cap
+
+        def get(self, prop: int) -> float:
+            return reported_fps if prop == cv2.CAP_PROP_FPS else self.cap.get(prop)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.cap, name)
+
+    cap = cv2.VideoCapture(str(clips["scenes"]))
+    try:
+        tl = video._scan(
+            cast(cv2.VideoCapture, NoFps(cap)),
+            "scenes.avi",
+            sample_fps=5.0,
+            thumb_width=64,
+            detect_people=False,
+            detect_faces=False,
+            scene_threshold=0.4,
+            max_frames=None,
+        ).timeline
+    finally:
+        cap.release()
+    assert tl["source"]["fps_assumed"] and tl["source"]["fps"] == video._DEFAULT_FPS
+    assert tl["source"]["duration"] == 40 / video._DEFAULT_FPS
+    assert [s["frame"] for s in tl["samples"]][:3] == [0, 5, 10]  # 25 fps assumed / 5 per second
 
 
 # -- (e) summary ---------------------------------------------------------------------------------------------
