@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from clusterai.workloads.sources import describe, open_video
 
 Line = tuple[int, int, int, int]
 
@@ -344,29 +344,6 @@ class LineCounter:
 # --- driving a stream ---
 
 
-def _describe(source: str) -> str:
-    """The source for messages, without the password an RTSP/HTTP URL may carry."""
-    return re.sub(r"://[^/@]*@", "://***@", source)
-
-
-def _is_url(source: str) -> bool:
-    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", source) is not None
-
-
-def _open(source: str, timeout_s: float) -> cv2.VideoCapture:
-    if not _is_url(source) and not Path(source).is_file():
-        raise ValueError(f"video source {_describe(source)!r}: no such file")
-    ms = int(timeout_s * 1000)
-    # the timeouts keep a dead camera from hanging a worker; backends that do not know them ignore them
-    cap = cv2.VideoCapture(
-        source, cv2.CAP_ANY, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
-    )
-    if not cap.isOpened():
-        cap.release()
-        raise ValueError(f"cannot open video source {_describe(source)!r} (not a video, or unreachable)")
-    return cap
-
-
 def _seek(cap: cv2.VideoCapture, frame: int) -> bool:
     """Move to `frame`: seek where the source allows it (files), else read and drop frames (replayable streams).
     False when the source ends first."""
@@ -413,7 +390,7 @@ def count_stream(
     if max_frames is not None and max_frames < 0:
         raise ValueError("max_frames must be >= 0")
     src = os.fspath(source)
-    cap = _open(src, open_timeout_s)
+    cap = open_video(src, open_timeout_s)
     try:
         if state is not None:
             counter = LineCounter.from_state(state)
@@ -425,7 +402,7 @@ def count_stream(
             if line is None:
                 size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
                 if min(size) <= 0:
-                    raise ValueError(f"video source {_describe(src)!r} does not report its frame size: give a line")
+                    raise ValueError(f"video source {describe(src)!r} does not report its frame size: give a line")
                 line = default_line(size)
             counter = LineCounter(line, config)
         if counter.fps is None:
@@ -475,7 +452,7 @@ def count_stream(
                 last_checkpoint = counter.frame_index
                 checkpoints += 1
         if processed == 0 and start == 0 and max_frames != 0:
-            raise ValueError(f"video source {_describe(src)!r} yielded no frames (corrupt, empty or unreachable)")
+            raise ValueError(f"video source {describe(src)!r} yielded no frames (corrupt, empty or unreachable)")
         if on_checkpoint is not None and last_checkpoint != counter.frame_index:
             on_checkpoint(counter.state())
             checkpoints += 1
@@ -489,7 +466,7 @@ def count_stream(
     if series[-1][0] < seconds:
         series.append([seconds, counter.total])
     return {
-        "source": _describe(src),
+        "source": describe(src),
         "line": list(counter.line),
         "fps": counter.fps,
         "total": counter.total,

@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 from cv2 import data as cv2_data
 
+from clusterai.workloads.sources import open_video
+
 # Frames wider than this are shrunk before histograms and MOG2: detail beyond it only adds noise and cost.
 _ANALYSIS_WIDTH = 320
 # HOG's window is 64x128, so people much shorter than ~130 px in the resized frame are missed; 400 px wide
@@ -54,8 +56,7 @@ _JPEG_QUALITY = 85
 _DEFAULT_FPS = 25.0
 _MAX_FPS = 1000.0
 # For remote sources: give up rather than hang on an unreachable host or a stalled stream.
-_OPEN_TIMEOUT_MS = 15_000
-_READ_TIMEOUT_MS = 15_000
+_OPEN_TIMEOUT_MS = 15_000  # open and each read
 # A damaged stretch can make a few reads fail before decoding resumes; this many in a row means the end.
 _MAX_FAILED_READS = 25
 # Codecs FFmpeg "decodes" from things that are not video (its tty demuxer renders .txt/.nfo files as ANSI art).
@@ -79,10 +80,6 @@ class ScanResult:
     keyframes: list[KeyFrame]  # in time order; timeline["keyframes"] describes them in the same order
 
 
-def _is_url(source: str) -> bool:
-    return "://" in source
-
-
 def _check_args(sample_fps: float, thumb_width: int, scene_threshold: float, max_frames: int | None) -> None:
     if not (math.isfinite(sample_fps) and sample_fps > 0):
         raise ValueError(f"sample_fps must be a positive number, got {sample_fps!r}")
@@ -92,26 +89,6 @@ def _check_args(sample_fps: float, thumb_width: int, scene_threshold: float, max
         raise ValueError(f"scene_threshold must be in (0, 1], got {scene_threshold!r}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, got {max_frames!r}")
-
-
-def _open(source: str) -> cv2.VideoCapture:
-    if not _is_url(source):
-        # Checked here because OpenCV only logs a warning and returns an unopened capture for these.
-        path = Path(source)
-        if not path.exists():
-            raise ValueError(f"video source {source!r} does not exist")
-        if not path.is_file():
-            raise ValueError(f"video source {source!r} is not a file")
-        if path.stat().st_size == 0:
-            raise ValueError(f"video source {source!r} is empty")
-    # FFmpeg explicitly: CAP_ANY would also try the image-sequence and camera backends on a plain string.
-    backend = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
-    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, _OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, _READ_TIMEOUT_MS]
-    cap = cv2.VideoCapture(source, backend, params)
-    if not cap.isOpened():
-        cap.release()
-        raise ValueError(f"cannot open video source {source!r}: not a video, an unsupported format, or unreachable")
-    return cap
 
 
 def _fourcc(cap: cv2.VideoCapture) -> str:
@@ -244,7 +221,7 @@ def scan_video(
     "totals": {...}}. Times are in seconds from the start.
     """
     _check_args(sample_fps, thumb_width, scene_threshold, max_frames)
-    cap = _open(source)
+    cap = open_video(source, _OPEN_TIMEOUT_MS / 1000)
     try:
         return _scan(
             cap,
