@@ -11,11 +11,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from clusterai.client_pipelines import Pipelines
 from clusterai.config import ClusterConfig, load_config
 from clusterai.engine.runtime import BackgroundRuntime
 from clusterai.errors import BadInput, JobFailed, ResultTimeout
 from clusterai.jobs.model import AuditEntry, Job, JobSpec, Priority, RetryPolicy, State, WorkerRecord
 from clusterai.jobs.store import JobStore, open_store
+from clusterai.pipeline_runner import PipelineRunner
 from clusterai.placement import Constraints, WorkerSlot
 from clusterai.remote import RemoteClient
 from clusterai.tasks import get_task, import_task_modules
@@ -165,6 +167,9 @@ class Client:
         self._waiters = _Waiters()
         if runtime is not None and runtime.runtime.coordinator is not None:
             runtime.runtime.coordinator.add_listener(self._waiters.notify)
+        driver = runtime.runtime.pipelines if runtime is not None else None
+        self.pipelines = Pipelines(PipelineRunner(store, config, wake=self._wake),
+                                   poke=driver.poke if driver is not None else lambda run_id: None)
 
     # -- submitting ---------------------------------------------------------------------------
 

@@ -176,6 +176,21 @@ class ClusterConfig(_Section):
     defaults: DefaultsSection = DefaultsSection()
     logline: LoglineSection = LoglineSection()
     queues: dict[str, QueueSection] = Field(default_factory=dict)
+    pipelines: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="named pipelines: stages of tasks (see clusterai.pipelines)")
+
+    @pydantic.field_validator("pipelines")
+    @classmethod
+    def _pipelines_are_valid(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from clusterai.errors import BadInput
+        from clusterai.pipelines import Pipeline
+
+        for name, data in value.items():
+            try:
+                Pipeline.from_dict(name, data)
+            except BadInput as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     def with_overrides(self, **changes: Any) -> ClusterConfig:
         """A copy with top-level or dotted (cluster.workers) keys replaced, validated again."""

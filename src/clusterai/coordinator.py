@@ -11,12 +11,14 @@ import asyncio
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from distributed.comm.core import CommClosedError
 
 from clusterai.config import CoordinatorSection, PlacementSection
+from clusterai.engine import counts
 from clusterai.engine.execute import run_batch_anywhere
 from clusterai.errors import StoreUnavailable
 from clusterai.jobs.model import Finish, Job, Outcome, State, canonical_json, decide
@@ -31,6 +33,7 @@ log = logging.getLogger("clusterai.coordinator")
 Listener = Callable[[int, State], None]
 _WORKER_GONE = (CommClosedError, OSError, EOFError)
 _MAX_FETCH = 5000
+_RECENT_OUTCOMES = 10_000
 _FAILURES = frozenset({Outcome.FAILED, Outcome.TIMEOUT, Outcome.LOST, Outcome.EXPIRED})
 
 
@@ -53,8 +56,10 @@ class Coordinator:
         self.registry = WorkerRegistry(store, dask_client, breaker=self.placement.breaker,
                                        on_change=self._wake_set, require_enrollment=require_enrollment)
         self.metrics = Metrics()
+        self.counts = counts.CountCollector(store, self._holds_lease)
         self.rng = rng or random.Random()
         self._inflight: dict[int, Job] = {}
+        self._accepted: OrderedDict[int, int] = OrderedDict()  # recent accepted outcomes: job -> attempt
         self._listeners: list[Listener] = []
         self._loops: list[asyncio.Task[None]] = []
         self._batches: set[asyncio.Task[None]] = set()
@@ -85,6 +90,7 @@ class Coordinator:
         self._wake = asyncio.Event()
         await self._abandon_previous_attempts()
         self.store.watch(self.wake)  # PostgreSQL: woken by NOTIFY when work arrives from anywhere
+        self.client.subscribe_topic(counts.TOPIC, self.counts.on_event)
         await self.registry.refresh()
         self._loops = [
             asyncio.create_task(self._dispatch_loop(), name="clusterai-dispatch"),
@@ -108,6 +114,14 @@ class Coordinator:
                 self.store.finish_attempts(finishes, now)
             except StoreUnavailable:
                 log.warning("store unavailable at shutdown; leases will expire instead")
+
+    def _holds_lease(self, job_id: int, attempt: int) -> bool:
+        """Whether reports from this attempt count: it runs now, or its outcome was just accepted
+        (a task's last report travels through the scheduler and may arrive after its result)."""
+        job = self._inflight.get(job_id)
+        if job is not None:
+            return job.attempt == attempt
+        return self._accepted.get(job_id) == attempt
 
     def wake(self) -> None:
         """Thread-safe: there is new work to look at."""
@@ -308,9 +322,12 @@ class Coordinator:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         now = time.time()
+        while len(self._accepted) > _RECENT_OUTCOMES:
+            self._accepted.popitem(last=False)
         for finish, job, ok in zip(finishes, jobs, accepted):
             if not ok:
                 continue
+            self._accepted[finish.job_id] = finish.attempt
             self.metrics.observe_outcome(job, finish, elapsed, now)
             if finish.state is State.PENDING and finish.run_at is not None:
                 self._next_due = min(self._next_due or finish.run_at, finish.run_at)
@@ -372,6 +389,7 @@ class Coordinator:
                 await self.registry.refresh()
                 now = time.time()
                 self.metrics.observe_workers(self.slots.values(), now)
+                self.counts.flush()
                 if now >= next_prune:
                     next_prune = now + 60.0
                     self.store.prune_events(now - self.settings.events_retention, self.settings.events_kept)

@@ -75,6 +75,7 @@ def sign(record: dict[str, Any], key: bytes, prev: str = GENESIS) -> str:
 
 def append(path: str | os.PathLike[str], record: dict[str, Any], key: bytes) -> str:
     """Append one signed record, chained to the file's last line; returns the line written."""
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         if fcntl is not None:

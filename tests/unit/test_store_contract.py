@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from clusterai.errors import IdempotencyConflict, InvalidTransition, JobNotFound
+from clusterai.errors import BadInput, IdempotencyConflict, InvalidTransition, JobNotFound
 from clusterai.jobs.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from clusterai.jobs.model import (
     Attempt,
@@ -932,3 +932,67 @@ def test_event_ids_follow_commit_order_under_concurrent_writers(backend: Backend
     finally:
         for s in stores:
             s.close()
+
+
+# -- pipeline runs and camera counts ----------------------------------------------------------
+
+
+def test_runs_round_trip_and_list_newest_first(store: JobStore):
+    a = store.create_run("p", {"name": "p", "stages": []}, {"videos": [1]}, T0, owner="alice")
+    b = store.create_run("q", {"name": "q", "stages": []}, {}, T0 + 1, fresh=True)
+    run = store.get_run(a)
+    assert (run.name, run.input, run.state, run.owner, run.fresh, run.problems) == (
+        "p", {"videos": [1]}, "running", "alice", False, {})
+    assert store.get_run(b).fresh
+    assert [r.id for r in store.list_runs()] == [b, a]
+    assert [r.id for r in store.list_runs(name="p")] == [a]
+    assert store.active_runs() == [a, b]
+    store.update_run(a, "failed", {"s/1": "bad"}, T0 + 5)
+    assert store.active_runs() == [b]
+    done = store.get_run(a)
+    assert (done.state, done.problems, done.finished_at) == ("failed", {"s/1": "bad"}, T0 + 5)
+    assert [r.id for r in store.list_runs(state="failed")] == [a]
+    with pytest.raises(BadInput, match="no pipeline run with id 999"):
+        store.get_run(999)
+
+
+def test_run_jobs_are_shared_by_key_and_a_dead_one_is_queued_again(store: JobStore, backend: Backend):
+    first = store.create_run("p", {}, {}, T0)
+    entries = [("scan", i, spec(payload={"i": i}, idempotency_key=f"pipeline:{i}")) for i in range(3)]
+    jobs = store.add_run_jobs(first, entries, T0)
+    assert [j.state for j in jobs] == [State.QUEUED] * 3
+    # the same entries again (two advancers at once): nothing new, the same links
+    assert [j.id for j in store.add_run_jobs(first, entries, T0)] == [j.id for j in jobs]
+    assert backend.count("pipeline_jobs") == 3 and backend.count() == 3
+    start(store, jobs[0].id)
+    store.finish_attempts([Finish(jobs[0].id, 1, Outcome.SUCCEEDED, State.SUCCEEDED, result_json='{"ok": 1}')], T0)
+    start(store, jobs[1].id)
+    store.finish_attempts([Finish(jobs[1].id, 1, Outcome.FAILED, State.DEAD, error="bad file")], T0)
+    rows = {(stage, item): (job_id, state, error) for stage, item, job_id, state, error, _ in store.run_jobs(first)}
+    assert rows[("scan", 0)] == (jobs[0].id, State.SUCCEEDED, None)
+    assert rows[("scan", 1)] == (jobs[1].id, State.DEAD, "bad file")
+    assert store.job_results([jobs[0].id, jobs[1].id]) == {jobs[0].id: {"ok": 1}, jobs[1].id: None}
+
+    second = store.create_run("p", {}, {}, T0 + 10)
+    again = store.add_run_jobs(second, entries, T0 + 10)
+    assert [j.id for j in again] == [j.id for j in jobs]  # reused, not copied
+    states = {item: state for _, item, _, state, _, _ in store.run_jobs(second)}
+    assert states == {0: State.SUCCEEDED, 1: State.QUEUED, 2: State.QUEUED}  # the dead one runs again
+    assert backend.count() == 3
+
+
+def test_counts_keep_the_first_report_of_a_frame(store: JobStore):
+    from clusterai.jobs.model import CountPoint
+
+    def point(job: int, frame: int, total: int, at: float, camera: str = "gate") -> CountPoint:
+        return CountPoint(job, camera, frame, frame / 15, at, total, total, 0)
+
+    store.add_counts([point(1, 75, 2, T0), point(1, 150, 3, T0 + 5), point(2, 75, 9, T0 + 1, "door")])
+    store.add_counts([point(1, 150, 99, T0 + 9)])  # a resumed attempt reports its checkpoint again
+    assert [(p.frame, p.total) for p in store.list_counts(job_id=1)] == [(75, 2), (150, 3)]
+    assert [p.job_id for p in store.list_counts(camera="door")] == [2]
+    assert [p.frame for p in store.list_counts(job_id=1, since=T0 + 1)] == [150]
+    assert [p.frame for p in store.list_counts(until=T0 + 1)] == [75]
+    assert len(store.list_counts(limit=2)) == 2
+    latest = {s["job_id"]: (s["total"], s["points"]) for s in store.count_series()}
+    assert latest == {1: (3, 2), 2: (9, 1)}

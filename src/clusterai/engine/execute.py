@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from clusterai.errors import BadInput, ClusterAIError, JobTimeout, NonRetryableError
@@ -34,6 +35,23 @@ _context = threading.local()
 def current_job() -> JobContext | None:
     """The job the calling task is running for (inside a worker), else None."""
     return getattr(_context, "job", None)
+
+
+_event_sink: Callable[[str, Any], None] | None = None
+
+
+def set_event_sink(sink: Callable[[str, Any], None] | None) -> None:
+    """Where `emit` sends events: the worker's Dask event stream (set up by the worker plugin)."""
+    global _event_sink
+    _event_sink = sink
+
+
+def emit(topic: str, message: Any) -> bool:
+    """From a task: send an event to the coordinator (Dask topic `topic`). False outside a worker."""
+    if _event_sink is None:
+        return False
+    _event_sink(topic, message)
+    return True
 
 
 class _Watchdog:

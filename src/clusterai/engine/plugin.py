@@ -20,7 +20,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from clusterai.engine.execute import run_batch
+from clusterai.engine.execute import run_batch, set_event_sink
 from clusterai.tasks import import_task_modules, known_tasks
 
 PLUGIN_NAME = "clusterai"
@@ -48,11 +48,14 @@ class ClusterAIWorkerPlugin(WorkerPlugin):
         self.profile = self._profile_for(str(worker.name))
         self.pool = ThreadPoolExecutor(max(1, worker.state.nthreads), thread_name_prefix="clusterai-task")
         worker.handlers["clusterai_run"] = self.run
+        # tasks run in threads; Dask's batched stream belongs to the worker's event loop
+        set_event_sink(lambda topic, msg: worker.loop.add_callback(worker.log_event, topic, msg))
         worker.handlers["clusterai_ping"] = self.ping
         worker.metrics[PLUGIN_NAME] = lambda _worker: self.snapshot()
 
     def teardown(self, worker: Any) -> None:
         worker.handlers.pop("clusterai_run", None)
+        set_event_sink(None)
         worker.handlers.pop("clusterai_ping", None)
         worker.metrics.pop(PLUGIN_NAME, None)
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -16,9 +16,11 @@ from distributed import Client, LocalCluster, Scheduler
 from clusterai.config import ClusterConfig
 from clusterai.coordinator import Coordinator
 from clusterai.engine.enroll import WORKER_ROLES, Enrollment
+from clusterai.engine.pipeline_driver import PipelineDriver
 from clusterai.engine.plugin import ClusterAIWorkerPlugin
 from clusterai.errors import ClusterAIError, ConfigError
 from clusterai.jobs.store import JobStore, open_store
+from clusterai.pipeline_runner import PipelineRunner
 from clusterai.tasks import import_task_modules
 
 log = logging.getLogger("clusterai.runtime")
@@ -47,6 +49,7 @@ class ClusterRuntime:
         self.scheduler: Scheduler | None = None
         self.dask: Client | None = None
         self.coordinator: Coordinator | None = None
+        self.pipelines: PipelineDriver | None = None
 
     async def start(self) -> None:
         import_task_modules(self.config.tasks)
@@ -81,6 +84,10 @@ class ClusterRuntime:
         self.coordinator = Coordinator(self.store, self.dask, settings=self.config.coordinator,
                                        placement=self.config.placement, require_enrollment=self.head is not None)
         await self.coordinator.start()
+        runner = PipelineRunner(self.store, self.config, wake=self.coordinator.wake)
+        self.pipelines = PipelineDriver(runner)
+        self.coordinator.add_listener(self.pipelines.job_finished)
+        await self.pipelines.start()
 
     async def _start_head(self, head: HeadSettings, store: JobStore) -> str:
         from clusterai.api.auth import TokenVerifier
@@ -106,6 +113,8 @@ class ClusterRuntime:
     async def stop(self) -> None:
         # Each step is bounded: a shutdown must end even when a worker is stuck or gone.
         pids = [s.pid for s in self.coordinator.slots.values() if s.pid] if self.coordinator else []
+        if self.pipelines is not None:
+            await _bounded("pipelines", self.pipelines.stop(), 5)
         if self.coordinator is not None:
             await _bounded("coordinator", self.coordinator.stop(), 15)
         if self.dask is not None:

@@ -123,6 +123,44 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX audit_actor ON audit(actor, id)",
     ],
+    # 4: pipeline runs and the stage jobs they link (a job may serve several runs), camera counts
+    [
+        """CREATE TABLE pipeline_runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            input TEXT NOT NULL,
+            state TEXT NOT NULL,
+            fresh INTEGER NOT NULL DEFAULT 0,
+            problems TEXT,
+            owner TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL
+        )""",
+        "CREATE INDEX pipeline_runs_active ON pipeline_runs(id) WHERE state='running'",
+        "CREATE INDEX pipeline_runs_name ON pipeline_runs(name, id)",
+        """CREATE TABLE pipeline_jobs (
+            run_id INTEGER NOT NULL REFERENCES pipeline_runs(id),
+            stage TEXT NOT NULL,
+            item INTEGER NOT NULL,
+            job_id INTEGER NOT NULL REFERENCES jobs(id),
+            PRIMARY KEY (run_id, stage, item)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX pipeline_jobs_job ON pipeline_jobs(job_id)",
+        """CREATE TABLE counts (
+            job_id INTEGER NOT NULL,
+            camera TEXT NOT NULL,
+            frame INTEGER NOT NULL,
+            video_time REAL NOT NULL,
+            at REAL NOT NULL,
+            total INTEGER NOT NULL,
+            left_to_right INTEGER NOT NULL,
+            right_to_left INTEGER NOT NULL,
+            PRIMARY KEY (job_id, frame)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX counts_camera ON counts(camera, at)",
+    ],
 ]
 
 

@@ -345,3 +345,44 @@ def decide(
                       run_at=now + job.retry.delay(failures, rng), failures=failures, lost_count=0)
     return Finish(job.id, job.attempt, outcome, State.DEAD, error=error,
                   failures=failures, lost_count=0)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A pipeline run as stored: the pipeline it ran (its spec, frozen at start) and its input."""
+
+    id: int
+    name: str
+    spec: dict[str, Any]
+    input: dict[str, Any]
+    state: str  # pipelines.RunState
+    fresh: bool
+    problems: dict[str, str]
+    owner: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "pipeline": self.name, "state": self.state, "fresh": self.fresh,
+                "problems": self.problems, "owner": self.owner, "created_at": self.created_at,
+                "updated_at": self.updated_at, "finished_at": self.finished_at, "input": self.input}
+
+
+@dataclass(frozen=True)
+class CountPoint:
+    """A camera job's running totals at one frame of its stream."""
+
+    job_id: int
+    camera: str
+    frame: int
+    video_time: float
+    at: float
+    total: int
+    left_to_right: int
+    right_to_left: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "camera": self.camera, "frame": self.frame,
+                "video_time": self.video_time, "at": self.at, "total": self.total,
+                "left_to_right": self.left_to_right, "right_to_left": self.right_to_left}

@@ -27,6 +27,7 @@ from clusterai.jobs.model import (
 )
 from clusterai.jobs.sql_access import AccessTables
 from clusterai.jobs.sql_events import EventTables, job_events
+from clusterai.jobs.sql_pipelines import PipelineTables
 from clusterai.jobs.sql_workers import WorkerTables
 
 _JOB_COLUMNS = (
@@ -54,7 +55,7 @@ def _row_to_job(row: Sequence[Any], attempts: tuple[Attempt, ...] = ()) -> Job:
     )
 
 
-class SqlStore(WorkerTables, EventTables, AccessTables):
+class SqlStore(WorkerTables, EventTables, AccessTables, PipelineTables):
     """Everything but the connection plumbing; see the backends."""
 
     url: str
