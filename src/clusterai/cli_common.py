@@ -13,7 +13,7 @@ from rich.console import Console
 
 from clusterai.client import Client
 from clusterai.config import ClusterConfig, load_config
-from clusterai.errors import BadInput, ClusterAIError, JobFailed, JobNotFound, StoreUnavailable
+from clusterai.errors import BadInput, ClusterAIError, JobFailed, JobNotFound, RunNotFound, StoreUnavailable
 from clusterai.jobs.store import open_store
 from clusterai.pairs import parse_pairs  # noqa: F401 - the commands import it from here
 from clusterai.remote import AuthError, RemoteClient, read_token_file
@@ -37,7 +37,7 @@ def errors_to_exit_codes(fn: F) -> F:
         except AuthError as exc:
             err.print(f"[red]refused:[/] {exc}", highlight=False)
             raise typer.Exit(EXIT_AUTH) from None
-        except (BadInput, JobNotFound) as exc:
+        except (BadInput, JobNotFound, RunNotFound) as exc:
             err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except StoreUnavailable as exc:

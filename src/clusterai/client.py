@@ -355,6 +355,14 @@ class Client:
                 return None
             time.sleep(0.1)
 
+    def camera_counts(self, *, job: int | None = None, camera: str | None = None, since: float | None = None,
+                      until: float | None = None, limit: int = 1000) -> dict[str, Any]:
+        """Count series of camera.count jobs: the latest totals per job, and the points asked for."""
+        series = [s for s in self.store.count_series()
+                  if (job is None or s["job_id"] == job) and (camera is None or s["camera"] == camera)]
+        points = self.store.list_counts(job_id=job, camera=camera, since=since, until=until, limit=limit)
+        return {"series": series, "points": [p.to_dict() for p in points], "truncated": len(points) == limit}
+
     def close(self) -> None:
         if self.runtime is not None:
             self.runtime.stop()

@@ -3,6 +3,7 @@ store of a running one (the same methods exist over HTTP in remote.py)."""
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,10 +32,11 @@ class Pipelines:
     def status(self, run_id: int) -> dict[str, Any]:
         return self.runner.status(run_id)
 
-    def runs(self, *, name: str | None = None, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def runs(self, *, name: str | None = None, state: str | None = None, limit: int = 50
+             ) -> builtins.list[dict[str, Any]]:
         return [r.to_dict() for r in self.runner.store.list_runs(name=name, state=state, limit=limit)]
 
-    def outputs(self, run_id: int, stage: str | None = None) -> list[dict[str, Any]]:
+    def outputs(self, run_id: int, stage: str | None = None) -> builtins.list[dict[str, Any]]:
         return self.runner.outputs(run_id, stage)
 
     def wait(self, run_id: int, timeout: float | None = None, poll: float = 0.2) -> dict[str, Any]:

@@ -42,6 +42,12 @@ class JobNotFound(ClusterAIError):
         super().__init__(f"no job with id {job_id}")
 
 
+class RunNotFound(ClusterAIError):
+    def __init__(self, run_id: int):
+        self.run_id = run_id
+        super().__init__(f"no pipeline run with id {run_id}")
+
+
 class InvalidTransition(BadInput):
     """The job is not in a state that allows the requested change."""
 

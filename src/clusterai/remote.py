@@ -22,6 +22,7 @@ from clusterai.errors import (
     JobFailed,
     JobNotFound,
     ResultTimeout,
+    RunNotFound,
     StoreUnavailable,
     UnknownTaskError,
 )
@@ -64,6 +65,8 @@ def _raise_for(response: httpx.Response) -> None:
         raise AuthError(status, message)
     if status == 404 and "no job with id" in message:
         raise JobNotFound(int(message.rsplit(" ", 1)[-1]))
+    if status == 404 and "no pipeline run with id" in message:
+        raise RunNotFound(int(message.rsplit(" ", 1)[-1]))
     if status == 409 and body.get("job") is not None:
         key = re.search(r"idempotency key '(.*)' already", message)
         raise IdempotencyConflict(key.group(1) if key else "?", int(body["job"]))
@@ -93,6 +96,7 @@ class RemoteClient:
                 verify = ssl.create_default_context(cafile=ca_cert)
             except (OSError, ssl.SSLError) as exc:
                 raise BadInput(f"CA certificate {ca_cert!r} cannot be used: {exc}") from None
+        self.pipelines = RemotePipelines(self._call)
         self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token.strip()}"},
                                   verify=verify, timeout=timeout)
 
@@ -229,6 +233,13 @@ class RemoteClient:
             params["actor"] = actor
         return builtins.list(self._call("GET", "/api/v1/audit", params=params)["entries"])
 
+    def camera_counts(self, *, job: int | None = None, camera: str | None = None, since: float | None = None,
+                      until: float | None = None, limit: int = 1000) -> dict[str, Any]:
+        params = {k: v for k, v in dict(job=job, camera=camera, since=since, until=until, limit=limit).items()
+                  if v is not None}
+        result: dict[str, Any] = self._call("GET", "/api/v1/counts", params=params)
+        return result
+
     def close(self) -> None:
         self._http.close()
 
@@ -255,3 +266,47 @@ def read_token_file(path: str | Path) -> str | None:
         return file.read_text(encoding="utf-8").strip() or None
     except (FileNotFoundError, PermissionError):
         return None
+
+
+class RemotePipelines:
+    """`client.pipelines` over HTTP: the methods of client_pipelines.Pipelines."""
+
+    def __init__(self, call: Any):
+        self._call = call
+
+    def list(self) -> builtins.list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v1/pipelines")["pipelines"])
+
+    def run(self, pipeline: Any, run_input: dict[str, Any], *, fresh: bool = False) -> dict[str, Any]:
+        body = {"input": run_input, "fresh": fresh}
+        if isinstance(pipeline, str):
+            return dict(self._call("POST", f"/api/v1/pipelines/{pipeline}/runs", json=body))
+        return dict(self._call("POST", "/api/v1/pipelines/runs", json={**body, "pipeline": pipeline.to_dict()}))
+
+    def status(self, run_id: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/api/v1/pipelines/runs/{int(run_id)}"))
+
+    def runs(self, *, name: str | None = None, state: str | None = None, limit: int = 50
+             ) -> builtins.list[dict[str, Any]]:
+        params = {k: v for k, v in dict(name=name, state=state, limit=limit).items() if v is not None}
+        return list(self._call("GET", "/api/v1/pipelines/runs", params=params)["runs"])
+
+    def outputs(self, run_id: int, stage: str | None = None) -> builtins.list[dict[str, Any]]:
+        params = {"stage": stage} if stage else {}
+        return list(self._call("GET", f"/api/v1/pipelines/runs/{int(run_id)}/outputs", params=params)["outputs"])
+
+    def wait(self, run_id: int, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status(run_id)
+            if status["state"] != "running":
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(f"pipeline run {run_id} still running after {timeout} s")
+            time.sleep(poll)
+
+    def cancel(self, run_id: int) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/api/v1/pipelines/runs/{int(run_id)}"))
+
+    def retry(self, run_id: int) -> dict[str, Any]:
+        return dict(self._call("POST", f"/api/v1/pipelines/runs/{int(run_id)}/retry"))

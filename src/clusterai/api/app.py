@@ -21,7 +21,19 @@ from clusterai import __version__
 from clusterai.api.auth import RateLimiter, TokenVerifier
 from clusterai.api.deps import ApiContext
 from clusterai.api.edges import AuditAndCount, BodyEdges
-from clusterai.api.routes import access, cluster, dashboard, dlq, docs, events, jobs, system, workers
+from clusterai.api.routes import (
+    access,
+    cluster,
+    counts,
+    dashboard,
+    dlq,
+    docs,
+    events,
+    jobs,
+    pipelines,
+    system,
+    workers,
+)
 from clusterai.api.schemas import MalformedJSON, RequestInvalid, validation_message
 from clusterai.api.writer import SubmissionWriter
 from clusterai.client import Client
@@ -31,6 +43,7 @@ from clusterai.errors import (
     IdempotencyConflict,
     InvalidTransition,
     JobNotFound,
+    RunNotFound,
     StoreUnavailable,
     UnknownTaskError,
 )
@@ -90,6 +103,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def not_found(request: Request, exc: JobNotFound) -> JSONResponse:
         return _error(404, str(exc))
 
+    @app.exception_handler(RunNotFound)
+    async def run_not_found(request: Request, exc: RunNotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
     @app.exception_handler(StoreUnavailable)
     async def unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
         log.warning("store unavailable: %s", exc)
@@ -146,7 +163,7 @@ def create_app(
                               "and /readyz needs `Authorization: Bearer <token>`.")
     app.state.ctx = ctx
     _add_error_handlers(app)
-    for module in (jobs, dlq, workers, cluster, events, access, system, docs, dashboard):
+    for module in (jobs, dlq, workers, cluster, events, access, pipelines, counts, system, docs, dashboard):
         app.include_router(module.router)
     _declare_bearer_auth(app)
     app.add_middleware(AuditAndCount, store=store, registry=registry)

@@ -60,6 +60,15 @@ class RequeueRequest(_Body):
     all: bool = Field(False, description="requeue every dead letter")
 
 
+class PipelineRunRequest(_Body):
+    """Start a pipeline run. `pipeline` (a definition: stages of tasks) only on POST /api/v1/pipelines/runs;
+    a named pipeline takes its name from the path."""
+
+    input: dict[str, Any] = Field(default_factory=dict, description="what the stages read as input.KEY")
+    fresh: bool = Field(False, description="run every stage again rather than reuse finished ones")
+    pipeline: dict[str, Any] | None = None
+
+
 class TokenRequest(_Body):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     role: Literal["admin", "operator", "submitter", "viewer"]

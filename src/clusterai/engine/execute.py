@@ -12,8 +12,8 @@ import json
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from clusterai.errors import BadInput, ClusterAIError, JobTimeout, NonRetryableError

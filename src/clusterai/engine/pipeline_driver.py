@@ -20,7 +20,7 @@ log = logging.getLogger("clusterai.pipelines")
 
 
 class PipelineDriver:
-    def __init__(self, runner: PipelineRunner, *, sweep_every: float = 1.0, full_sweep_every: float = 10.0):
+    def __init__(self, runner: PipelineRunner, *, sweep_every: float = 0.25, full_sweep_every: float = 10.0):
         self.runner = runner
         self.sweep_every = sweep_every
         self.full_sweep_every = full_sweep_every

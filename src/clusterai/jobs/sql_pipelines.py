@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from clusterai.errors import BadInput
+from clusterai.errors import RunNotFound
 from clusterai.jobs.model import CountPoint, Job, JobSpec, RunRecord, State
 from clusterai.jobs.sql_events import job_events
 
@@ -44,7 +44,7 @@ class PipelineTables:
     def get_run(self, run_id: int) -> RunRecord:
         rows = self._read(f"SELECT {_RUN_COLUMNS} FROM pipeline_runs WHERE id=?", (run_id,))
         if not rows:
-            raise BadInput(f"no pipeline run with id {run_id}")
+            raise RunNotFound(run_id)
         return _row_to_run(rows[0])
 
     def list_runs(self, *, name: str | None = None, state: str | None = None, limit: int = 50,

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
+if TYPE_CHECKING:
+    import cv2
 
 
 def describe(source: str) -> str:
@@ -21,6 +23,8 @@ def is_url(source: str) -> bool:
 
 def open_video(source: str, timeout_s: float = 15.0) -> cv2.VideoCapture:
     """An opened capture, or ValueError naming the source (never a silent unopened capture)."""
+    import cv2  # here, so that naming and checking sources (the CLI) needs no OpenCV
+
     if not is_url(source):
         # OpenCV only logs a warning and returns an unopened capture for these
         path = Path(source)
