@@ -196,15 +196,15 @@ class PipelineRunner:
         return self.store.get_run(run_id)
 
     def retry(self, run_id: int) -> RunRecord:
-        """Run a finished run's failed or cancelled stage jobs again (alone: what succeeded stays)."""
+        """Run a finished run's failed or cancelled stage jobs again, and whatever depends on them;
+        what succeeded is reused. The run is planned afresh: a stage job whose input is unchanged
+        is found again by its key (a dead or cancelled one is queued again), one whose input
+        changed (a fan-in that now gets more) is a new job."""
         run = self.store.get_run(run_id)
         if run.state == RunState.RUNNING.value:
             raise InvalidTransition(f"pipeline run {run_id} is still running")
-        for _, _, job_id, state, _, _ in self.store.run_jobs(run_id):
-            if state in (State.DEAD, State.CANCELLED):
-                self.store.requeue(job_id, time.time())
+        self.store.unlink_run_jobs(run_id, time.time())
         self.store.update_run(run_id, RunState.RUNNING.value, {}, time.time())
-        self.wake()
         self.advance(run_id)
         return self.store.get_run(run_id)
 

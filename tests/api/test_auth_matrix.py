@@ -57,6 +57,15 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/openapi.json"): ALL,
     ("GET", "/docs"): ALL,
     ("GET", "/api/v1/cluster/history"): READERS,
+    ("GET", "/api/v1/pipelines"): ALL,
+    ("GET", "/api/v1/pipelines/runs"): ALL,  # a submitter sees only its own runs
+    ("POST", "/api/v1/pipelines/runs"): SUBMITTERS,
+    ("POST", "/api/v1/pipelines/{name}/runs"): SUBMITTERS,
+    ("GET", "/api/v1/pipelines/runs/{run_id}"): ALL,  # the run here is the submitter's own
+    ("GET", "/api/v1/pipelines/runs/{run_id}/outputs"): ALL,
+    ("DELETE", "/api/v1/pipelines/runs/{run_id}"): OPERATORS,
+    ("POST", "/api/v1/pipelines/runs/{run_id}/retry"): OPERATORS,
+    ("GET", "/api/v1/counts"): READERS,
     # the dashboard: its page (a redirect to the login without a session), the login and its assets
     ("GET", "/"): None,
     ("GET", "/login"): None,
@@ -141,6 +150,16 @@ def fill(api: Api, method: str, path: str, role: str | None) -> dict[str, Any]:
         else:
             job = api.add_job(owner="submitter")
         path = path.replace("{job_id}", str(job.id))
+    if "{run_id}" in path:
+        run_id = api.store.create_run("p", {"name": "p", "stages": [{"name": "a", "task": "bench.noop"}]}, {},
+                                      time.time(), owner="submitter")
+        if path.endswith("/retry"):
+            api.store.update_run(run_id, "failed", {}, time.time())  # retry needs a finished run
+        path = path.replace("{run_id}", str(run_id))
+    if path == "/api/v1/pipelines/{name}/runs":
+        path, body = "/api/v1/pipelines/video-analysis/runs", {"input": {"videos": []}}
+    elif path == "/api/v1/pipelines/runs" and method == "POST":
+        body = {"pipeline": {"stages": [{"name": "a", "task": "bench.noop"}]}}
     if "{token_id}" in path:
         _, token_id = api.add_token("viewer")
         path = path.replace("{token_id}", token_id)

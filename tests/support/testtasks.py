@@ -86,3 +86,29 @@ def heavy_modules() -> list[str]:
     import sys
 
     return sorted(m for m in ("pydantic", "numpy", "fastapi", "psycopg", "prometheus_client") if m in sys.modules)
+
+
+@task("test.stage", retries=3, backoff=0.05, max_backoff=0.2)
+def stage(path: str, key: str, value: int = 0, prefix: str = "", sleep: float = 0.0, flag: str | None = None,
+          refuse: bool | None = None) -> dict:
+    """A pipeline stage: logs each execution as `prefix+key` (as test.record does), fails while the
+    file `flag` exists, refuses for good when `refuse`; passes key and value on."""
+    record(path, prefix + key, sleep)
+    if refuse:
+        raise NonRetryableError(f"{key} refused")
+    if flag and os.path.exists(flag):
+        raise RuntimeError(f"{key}: {flag} exists")
+    return {"key": key, "value": value}
+
+
+@task("test.total", retries=1, backoff=0.05)
+def total(path: str, values: list) -> dict:
+    """A fan-in: logs its execution, sums the values it got (None for the items that failed)."""
+    record(path, "total")
+    return {"total": sum(v for v in values if v is not None), "missing": sum(v is None for v in values)}
+
+
+@task("test.listing", retries=0)
+def listing(n: int) -> dict:
+    """The list a dynamic fan-out runs over."""
+    return {"items": [{"key": f"d{i}", "value": i} for i in range(n)]}

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from clusterai.errors import BadInput, IdempotencyConflict, InvalidTransition, JobNotFound
+from clusterai.errors import IdempotencyConflict, InvalidTransition, JobNotFound, RunNotFound
 from clusterai.jobs.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from clusterai.jobs.model import (
     Attempt,
@@ -952,7 +952,7 @@ def test_runs_round_trip_and_list_newest_first(store: JobStore):
     done = store.get_run(a)
     assert (done.state, done.problems, done.finished_at) == ("failed", {"s/1": "bad"}, T0 + 5)
     assert [r.id for r in store.list_runs(state="failed")] == [a]
-    with pytest.raises(BadInput, match="no pipeline run with id 999"):
+    with pytest.raises(RunNotFound, match="no pipeline run with id 999"):
         store.get_run(999)
 
 
@@ -979,6 +979,8 @@ def test_run_jobs_are_shared_by_key_and_a_dead_one_is_queued_again(store: JobSto
     states = {item: state for _, item, _, state, _, _ in store.run_jobs(second)}
     assert states == {0: State.SUCCEEDED, 1: State.QUEUED, 2: State.QUEUED}  # the dead one runs again
     assert backend.count() == 3
+    store.unlink_run_jobs(second, T0 + 11)
+    assert store.run_jobs(second) == [] and len(store.run_jobs(first)) == 3 and backend.count() == 3
 
 
 def test_counts_keep_the_first_report_of_a_frame(store: JobStore):

@@ -106,6 +106,13 @@ class PipelineTables:
             cur.execute("UPDATE pipeline_runs SET updated_at=? WHERE id=?", (now, run_id))
         return jobs
 
+    def unlink_run_jobs(self, run_id: int, now: float) -> None:
+        """Forget which jobs a run's stages are (to plan it again: unchanged stages find their
+        jobs again by key; stages whose input changed get new ones)."""
+        with self._write() as cur:
+            cur.execute("DELETE FROM pipeline_jobs WHERE run_id=?", (run_id,))
+            cur.execute("UPDATE pipeline_runs SET updated_at=? WHERE id=?", (now, run_id))
+
     def update_run(self, run_id: int, state: str, problems: dict[str, str], now: float) -> None:
         finished = now if state != "running" else None
         with self._write() as cur:
