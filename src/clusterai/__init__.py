@@ -26,6 +26,9 @@ _EXPORTS = {
     "Job": "clusterai.jobs.model",
     "Priority": "clusterai.jobs.model",
     "State": "clusterai.jobs.model",
+    "Pipeline": "clusterai.pipelines",
+    "Stage": "clusterai.pipelines",
+    "RunNotFound": "clusterai.errors",
     "task": "clusterai.tasks",
 }
 
