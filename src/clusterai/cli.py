@@ -163,16 +163,20 @@ async def serve(runtime: Any, *, leadership: Any = None, poll: float = 1.0) -> b
 @errors_to_exit_codes
 def demo(
     exit_when_done: bool = typer.Option(False, "--exit", help="return when the jobs are done"),
-    jobs: int = typer.Option(300, "--jobs", min=1, max=100_000, help="how many jobs to run"),
+    jobs: int = typer.Option(120, "--jobs", min=1, max=100_000, help="how many CPU jobs to run beside the videos"),
     workers: int | None = typer.Option(None, "--workers", "-w", min=1, max=64),
 ) -> None:
-    """Run the demo: real CPU-bound jobs across a local cluster, with progress and a summary."""
+    """Run the demo: a video-analysis pipeline, a camera count and CPU-bound jobs across a local cluster."""
     from clusterai.demo import run_demo
 
     conf = settings.config(**{"cluster.workers": workers})
-    counts = run_demo(conf, jobs=jobs, keep_running=not exit_when_done, console=out)
-    if counts.get("succeeded", 0) != jobs:
-        err.print(f"[red]not every demo job succeeded:[/] {counts}")
+    outcome = run_demo(conf, jobs=jobs, keep_running=not exit_when_done, console=out)
+    if outcome["jobs"].get("succeeded", 0) != jobs:
+        err.print(f"[red]not every demo job succeeded:[/] {outcome['jobs']}")
+        raise typer.Exit(EXIT_FAILED)
+    video = outcome.get("video")
+    if video is not None and (video["state"] != "succeeded" or not video["accurate"]):
+        err.print(f"[red]the video pipeline did not succeed, or a count missed its ground truth:[/] {video}")
         raise typer.Exit(EXIT_FAILED)
 
 

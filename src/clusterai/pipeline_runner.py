@@ -155,12 +155,11 @@ class PipelineRunner:
         stages = []
         for p in current.stages:
             counts = dict(p.counts)
-            if current.new and run.state == RunState.RUNNING.value:  # a viewer does not create jobs
-                ready = sum(1 for n in current.new if n.stage == p.name)
+            ready = sum(1 for n in current.new if n.stage == p.name)
+            if ready:  # planned but not created yet (a viewer creates nothing): say so, not "queued"
                 counts[State.QUEUED.value] -= ready
                 counts = {k: v for k, v in counts.items() if v}
-                if ready:
-                    counts["ready"] = ready
+                counts["ready"] = ready
             done = counts.get(State.SUCCEEDED.value, 0)
             stages.append({"name": p.name, "task": p.task, "total": p.total, "done": done,
                            "reused": reused[p.name], "counts": counts,

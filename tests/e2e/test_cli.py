@@ -102,12 +102,73 @@ def test_demo_runs_real_jobs_and_exits(tmp_path):
     for heading in ("Jobs per state", "Jobs per worker", "throughput", "retries"):
         assert heading in text
     assert "worker 0" in text and "worker 1" in text
+    # the video part: the pipeline's results beside the ground truth, a camera count, signed lines
+    for heading in ("counted crossings beside the ground truth", "Camera count: street-camera",
+                    "lines verified (HMAC-SHA256, chained)"):
+        assert heading in text
+    assert "[red]off" not in text and "5 of 5" in text
     store = open_store(tmp_path / ".clusterai" / "clusterai.db")
     try:
-        assert store.counts()["succeeded"] == 60
+        (run,) = store.list_runs()
+        assert (run.name, run.state) == ("video-analysis", "succeeded")
+        stages = {stage for stage, *_ in store.run_jobs(run.id)}
+        assert stages == {"scan", "count", "summarize", "logline", "report"}
+        jobs = store.list_jobs(limit=1000)
+        assert sum(j.task in ("primes.count", "image.filter", "hash.chain", "demo.flaky") for j in jobs) == 60
+        assert all(j.state.value == "succeeded" for j in jobs)
         assert store.stats(0)["retries"] >= 1  # the demo's flaky jobs show retries at work
+        assert {s["camera"] for s in store.count_series()} >= {"street-camera"}
     finally:
         store.close()
+    verify = run_cli("logline", "verify", ".clusterai/loglines/video.log", cwd=tmp_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_pipeline_run_over_a_folder_then_status_counts_and_reuse(workdir):
+    from clusterai.workloads.synth import make_clip, make_corrupt
+
+    clips = workdir / "clips"
+    truths = [make_clip(clips / f"c{i}.avi", seconds=4, crossings=i + 1, seed=i) for i in range(3)]
+    make_corrupt(clips / "broken.avi")
+    up, url = start_up(workdir)
+    try:
+        first = run_cli("pipeline", "run", "video-analysis", "clips", "--json", cwd=workdir, timeout=180)
+        assert first.returncode == 1, first.stderr  # one video is broken: the run says so
+        status = json.loads(first.stdout)
+        assert status["state"] == "failed"
+        report = status["outputs"][0]["result"]
+        assert report["videos"] == 4 and report["analysed"] == 3
+        assert report["crossings"] == sum(t.crossings for t in truths)
+        assert report["failed"] == [str((clips / "broken.avi").resolve())]
+        assert "broken.avi" in first.stderr and "cannot open video source" in first.stderr
+
+        counts = run_cli("counts", "--json", cwd=workdir)
+        series = {Path(s["camera"]).name: s["total"] for s in json.loads(counts.stdout)["series"]}
+        assert series == {f"c{i}.avi": t.crossings for i, t in enumerate(truths)}
+
+        shown = run_cli("--url", url, "pipeline", "status", str(status["id"]), cwd=workdir)
+        assert shown.returncode == 0 and "summarize" in shown.stdout and "blocked 1" in shown.stdout
+
+        (clips / "broken.avi").unlink()  # fix the input: the rest is reused, nothing runs again
+        again = run_cli("--url", url, "pipeline", "run", "video-analysis", "clips", "--json", cwd=workdir,
+                        timeout=120)
+        assert again.returncode == 0, again.stderr
+        rerun = json.loads(again.stdout)
+        assert [s["reused"] for s in rerun["stages"]] == [3, 3, 3, 3, 0]
+        assert rerun["outputs"][0]["result"]["failed"] == []
+
+        listed = run_cli("pipeline", "list", cwd=workdir)
+        assert "video-analysis" in listed.stdout and "succeeded" in listed.stdout
+        for args, message in [(["pipeline", "run", "nope"], "no pipeline named 'nope'"),
+                              (["pipeline", "run", "video-analysis", "missing-folder"], "no such file or folder"),
+                              (["pipeline", "status", "999"], "no pipeline run with id 999"),
+                              (["pipeline", "run", "video-analysis", "--input", "[1]"], "must be a JSON object")]:
+            bad = run_cli(*args, cwd=workdir)
+            assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
+    finally:
+        stop_up(up)
 
 
 @pytest.mark.cluster

@@ -107,7 +107,8 @@ def test_dynamic_fan_out_cancel_config_pipelines_and_bad_input(tmp_path: Path, s
         {"name": "list", "task": "test.listing", "inputs": {"n": "input.n"}},
         {"name": "work", "task": "test.stage", "each": "list.items",
          "inputs": {"path": "input.log", "key": "item.key", "value": "item.value", "sleep": "input.sleep"}},
-        {"name": "total", "task": "test.total", "gather": True, "inputs": {"path": "input.log", "values": "work.value"}},
+        {"name": "total", "task": "test.total", "gather": True,
+         "inputs": {"path": "input.log", "values": "work.value"}},
     ]}}
     client = start_cluster(parse_config(config, source="test"))
     log = tmp_path / "executions.log"
