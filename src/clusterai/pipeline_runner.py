@@ -101,7 +101,7 @@ class PipelineRunner:
             current = Plan([], current.stages, RunState.RUNNING, current.problems)
         state = current.state.value
         if state != run.state or current.problems != run.problems:
-            self.store.update_run(run_id, state, current.problems, time.time())
+            self.store.update_run(run_id, state, current.problems, time.time(), expected=run.state)
         return {v.job_id for v in jobs.values() if not v.state.terminal}
 
     def _jobs(self, run_id: int) -> dict[tuple[str, int], JobView]:
@@ -185,7 +185,9 @@ class PipelineRunner:
         run = self.store.get_run(run_id)
         if run.state != RunState.RUNNING.value:
             raise InvalidTransition(f"pipeline run {run_id} is {run.state}; only a running run can be cancelled")
-        self.store.update_run(run_id, RunState.CANCELLED.value, run.problems, time.time())
+        if not self.store.update_run(run_id, RunState.CANCELLED.value, run.problems, time.time(),
+                                     expected=RunState.RUNNING.value):
+            raise InvalidTransition(f"pipeline run {run_id} has just finished; only a running run can be cancelled")
         for _, _, job_id, state, _, _ in self.store.run_jobs(run_id):
             if not state.terminal:
                 try:
@@ -202,8 +204,10 @@ class PipelineRunner:
         run = self.store.get_run(run_id)
         if run.state == RunState.RUNNING.value:
             raise InvalidTransition(f"pipeline run {run_id} is still running")
+        # unlink first: a finished run is left alone by advancers, so none sees the old links as current
         self.store.unlink_run_jobs(run_id, time.time())
-        self.store.update_run(run_id, RunState.RUNNING.value, {}, time.time())
+        if not self.store.update_run(run_id, RunState.RUNNING.value, {}, time.time(), expected=run.state):
+            raise InvalidTransition(f"pipeline run {run_id} changed meanwhile; look at it again")
         self.advance(run_id)
         return self.store.get_run(run_id)
 

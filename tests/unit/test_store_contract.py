@@ -947,7 +947,8 @@ def test_runs_round_trip_and_list_newest_first(store: JobStore):
     assert [r.id for r in store.list_runs()] == [b, a]
     assert [r.id for r in store.list_runs(name="p")] == [a]
     assert store.active_runs() == [a, b]
-    store.update_run(a, "failed", {"s/1": "bad"}, T0 + 5)
+    assert not store.update_run(a, "succeeded", {}, T0 + 4, expected="failed")  # it is running: no change
+    assert store.update_run(a, "failed", {"s/1": "bad"}, T0 + 5, expected="running")
     assert store.active_runs() == [b]
     done = store.get_run(a)
     assert (done.state, done.problems, done.finished_at) == ("failed", {"s/1": "bad"}, T0 + 5)

@@ -113,13 +113,18 @@ class PipelineTables:
             cur.execute("DELETE FROM pipeline_jobs WHERE run_id=?", (run_id,))
             cur.execute("UPDATE pipeline_runs SET updated_at=? WHERE id=?", (now, run_id))
 
-    def update_run(self, run_id: int, state: str, problems: dict[str, str], now: float) -> None:
+    def update_run(self, run_id: int, state: str, problems: dict[str, str], now: float, *,
+                   expected: str | None = None) -> bool:
+        """Set a run's state; with `expected`, only if it is still in that state (two processes
+        advancing one run, or a cancel racing an advance: the later, staler write loses)."""
         finished = now if state != "running" else None
+        guard, params = ("", ()) if expected is None else (" AND state=?", (expected,))
         with self._write() as cur:
             cur.execute(
-                "UPDATE pipeline_runs SET state=?, problems=?, updated_at=?, finished_at=? WHERE id=?",
-                (state, json.dumps(problems) if problems else None, now, finished, run_id),
+                f"UPDATE pipeline_runs SET state=?, problems=?, updated_at=?, finished_at=? WHERE id=?{guard}",
+                (state, json.dumps(problems) if problems else None, now, finished, run_id, *params),
             )
+            return bool(cur.rowcount)
 
     # -- camera counts ------------------------------------------------------------------------
 
