@@ -177,3 +177,35 @@ def test_a_payload_with_script_stays_inert(browser, cluster: Cluster) -> None:
     assert page.locator("#job-detail script, #job-detail img").count() == 0
     shot(page, "job-detail-script-payload")
     page.close()
+
+
+def test_a_pipeline_run_and_a_camera_count_show_up_live(browser, cluster: Cluster) -> None:
+    from clusterai.workloads.synth import make_clip
+
+    clip = make_clip(cluster.workdir / "gate.avi", seconds=4, crossings=2, seed=3)
+    page = sign_in(browser, cluster, cluster.admin)
+    page.click("nav a[href='#pipelines']")
+    page.wait_for_selector("#live.on")
+    spec = {"stages": [
+        {"name": "count", "task": "camera.count", "each": "input.videos",
+         "inputs": {"source": "item"}, "params": {"camera": "gate", "checkpoint_every": 1.0}},
+        {"name": "total", "task": "test.total", "gather": True,
+         "inputs": {"path": "input.log", "values": "count.total"}},
+    ]}
+    with cluster.http() as c:
+        run_input = {"videos": [clip.path], "log": str(cluster.workdir / "x.log")}
+        made = c.post("/api/v1/pipelines/runs", json={"pipeline": {"name": "gates", **spec}, "input": run_input})
+        assert made.status_code == 201, made.text
+        run = made.json()
+    row = f"#runs-table tr[data-run='{run['id']}']"
+    page.wait_for_selector(f"{row} >> text=succeeded", timeout=60_000)
+    assert "count 1/1 · total 1/1" in page.inner_text(row)
+    page.click(f"{row} button")
+    page.wait_for_selector("#run-detail:not([hidden]) >> text=camera.count")
+    shot(page, "pipeline-run")
+    page.click("nav a[href='#counts']")
+    page.wait_for_selector("#counts-table tr[data-camera='gate']")
+    cells = page.locator("#counts-table tr[data-camera='gate'] td").all_inner_texts()
+    assert cells[2] == str(clip.crossings)
+    shot(page, "camera-counts")
+    page.close()

@@ -2,7 +2,7 @@
 // The dashboard: reads the REST API with the session cookie, listens to /api/v1/events, and writes
 // every value with textContent (never as HTML): payloads, labels and error text stay inert.
 
-const state = {role: null, canOperate: false, refreshTimer: null, pending: new Set()};
+const state = {role: null, canOperate: false, reads: false, refreshTimer: null, pending: new Set()};
 
 function el(tag, text, attrs) {
   const node = document.createElement(tag);
@@ -206,6 +206,53 @@ async function refreshDlq() {
   }));
 }
 
+// -- pipelines and camera counts -----------------------------------------------------------------
+
+function progress(stages) {
+  return stages.map((s) => `${s.name} ${s.done}/${s.total === null ? "?" : s.total}`).join(" · ");
+}
+
+async function refreshPipelines() {
+  const {runs} = await api("/api/v1/pipelines/runs?limit=20");
+  const details = await Promise.all(runs.map((run) => api(`/api/v1/pipelines/runs/${run.id}`)));
+  fillRows("runs-table", details.map((run) => {
+    const r = row([run.id, run.pipeline, run.state, progress(run.stages), fmt((run.finished_at || Date.now() / 1000) - run.created_at),
+                   button("Stages", () => showRun(run.id).catch((error) => say(error.message)))]);
+    r.dataset.run = run.id;
+    return r;
+  }));
+}
+
+async function showRun(id) {
+  const run = await api(`/api/v1/pipelines/runs/${id}`);
+  const box = document.getElementById("run-detail");
+  const stages = el("table");
+  stages.append(row(["stage", "task", "done", "of", "reused", "states"]));
+  for (const s of run.stages) {
+    stages.append(row([s.name, s.task, s.done, s.total === null ? "?" : s.total, s.reused,
+                       Object.entries(s.counts).map(([k, v]) => `${k} ${v}`).join(", ")]));
+  }
+  const problems = el("ul");
+  for (const job of run.jobs.filter((j) => j.error)) {
+    problems.append(el("li", `${job.stage}/${job.item} (job ${job.job}) ${job.state}: ${job.error.split("\n")[0]}`));
+  }
+  for (const [where, why] of Object.entries(run.problems)) problems.append(el("li", `${where}: ${why}`));
+  box.replaceChildren(el("h3", `Pipeline run ${run.id}: ${run.pipeline}, ${run.state}`), stages,
+                      el("h4", "Problems"), problems, button("Close", () => { box.hidden = true; }));
+  box.hidden = false;
+  box.querySelector("button").focus();
+}
+
+async function refreshCounts() {
+  const {series} = await api("/api/v1/counts?limit=1");
+  fillRows("counts-table", series.map((s) => {
+    const r = row([s.camera, s.job_id, s.total, s.left_to_right, s.right_to_left, fmt(s.video_time), s.points,
+                   new Date(s.at * 1000).toLocaleTimeString()]);
+    r.dataset.camera = s.camera;
+    return r;
+  }));
+}
+
 // -- live updates --------------------------------------------------------------------------------
 
 function soon(what) {
@@ -230,6 +277,7 @@ function listen() {
     if (cell) cell.textContent = data.state;  // at once; the full refresh follows
     soon(refreshJobs); soon(refreshStatus);
     if (data.state === "dead" || data.state === "queued") soon(refreshDlq);
+    if (state.reads) { soon(refreshPipelines); soon(refreshCounts); }
   });
   source.addEventListener("worker", () => { soon(refreshWorkers); soon(refreshStatus); });
   source.addEventListener("reset", () => { soon(refreshJobs); soon(refreshWorkers); soon(refreshStatus); soon(refreshDlq); });
@@ -264,10 +312,12 @@ async function start() {
   window.addEventListener("hashchange", show);
   show();
   const reads = me.permissions.includes("read");
-  await Promise.all([refreshJobs(), ...(reads ? [refreshStatus(), refreshWorkers(), refreshDlq(), refreshHistory()] : [])]);
+  state.reads = reads;
+  await Promise.all([refreshJobs(), ...(reads ? [refreshStatus(), refreshWorkers(), refreshDlq(), refreshHistory(),
+                                                 refreshPipelines(), refreshCounts()] : [])]);
   listen();
   if (reads) {
-    setInterval(() => { soon(refreshStatus); soon(refreshWorkers); }, 5000);
+    setInterval(() => { soon(refreshStatus); soon(refreshWorkers); soon(refreshPipelines); soon(refreshCounts); }, 5000);
     setInterval(() => refreshHistory().catch(() => {}), 60000);
   }
 }
