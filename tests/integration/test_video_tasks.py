@@ -26,7 +26,10 @@ def test_scan_summarize_logline_and_count_across_workers(tmp_path: Path, monkeyp
     clips = {"three": make_clip(tmp_path / "three.avi", seconds=4, crossings=3, seed=1),
              "two": make_clip(tmp_path / "two.avi", seconds=4, crossings=2, seed=2)}
     corrupt = make_corrupt(tmp_path / "corrupt.avi")
+    monkeypatch.delenv("OPENCV_FOR_THREADS_NUM", raising=False)
     client = start_cluster(make_config(tmp_path))
+    # each worker's OpenCV pool is as wide as its Dask threads (1), not every core of the machine
+    assert client.result(client.submit("test.cv2_threads"), timeout=60) == 1
 
     scans = client.submit_many("video.scan", [{"source": c.path} for c in clips.values()] +
                                [{"source": str(corrupt)}])

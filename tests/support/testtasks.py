@@ -112,3 +112,11 @@ def total(path: str, values: list) -> dict:
 def listing(n: int) -> dict:
     """The list a dynamic fan-out runs over."""
     return {"items": [{"key": f"d{i}", "value": i} for i in range(n)]}
+
+
+@task("test.cv2_threads", retries=0)
+def cv2_threads() -> int:
+    """OpenCV's thread pool in the worker that runs it."""
+    import cv2
+
+    return int(cv2.getNumThreads())

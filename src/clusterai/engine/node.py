@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterai.engine.enroll import TOKEN_ENV, TOKEN_KEY, ask_head, presented_token
-from clusterai.engine.plugin import PROFILE_ENV
+from clusterai.engine.plugin import PROFILE_ENV, library_threads
 from clusterai.errors import ClusterAIError, ConfigError
 
 log = logging.getLogger("clusterai.node")
@@ -142,7 +142,8 @@ async def run_worker(opts: WorkerOptions, stop: asyncio.Event) -> None:
 async def _start_nanny(head: str, opts: WorkerOptions) -> Any:
     from distributed import Nanny
 
-    env = {TOKEN_ENV: opts.token, PROFILE_ENV: json.dumps(opts.profile)}
+    env = {TOKEN_ENV: opts.token, PROFILE_ENV: json.dumps(opts.profile),
+           **library_threads(opts.nthreads or os.cpu_count() or 1)}
     return await Nanny(
         head, name=opts.name, nthreads=opts.nthreads, memory_limit=opts.memory_limit,
         death_timeout=opts.death_timeout, security=opts.security, host=opts.host, env=env,

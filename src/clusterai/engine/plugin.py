@@ -30,6 +30,13 @@ _EWMA_ALPHA = 0.2
 PROFILE_ENV = "CLUSTERAI_WORKER_PROFILE"
 
 
+def library_threads(nthreads: int) -> dict[str, str]:
+    """Environment for a worker process: OpenCV's thread pool as wide as the worker's threads, as
+    Dask does for OpenMP/MKL/OpenBLAS (one each), unless set already. By default OpenCV takes every
+    core in every worker: N workers on one machine would run N x cores threads."""
+    return {"OPENCV_FOR_THREADS_NUM": os.environ.get("OPENCV_FOR_THREADS_NUM", str(max(1, nthreads)))}
+
+
 class ClusterAIWorkerPlugin(WorkerPlugin):
     name = PLUGIN_NAME
 

@@ -17,7 +17,7 @@ from clusterai.config import ClusterConfig
 from clusterai.coordinator import Coordinator
 from clusterai.engine.enroll import WORKER_ROLES, Enrollment
 from clusterai.engine.pipeline_driver import PipelineDriver
-from clusterai.engine.plugin import ClusterAIWorkerPlugin
+from clusterai.engine.plugin import ClusterAIWorkerPlugin, library_threads
 from clusterai.errors import ClusterAIError, ConfigError
 from clusterai.jobs.store import JobStore, open_store
 from clusterai.pipeline_runner import PipelineRunner
@@ -70,8 +70,11 @@ class ClusterRuntime:
                 host=c.host,
                 memory_limit=c.memory_limit,
                 dashboard_address=c.dashboard_address if c.dashboard else None,
+                # without a dashboard Dask still serves HTTP (health, metrics), by default on :8787
+                scheduler_kwargs=None if c.dashboard else {"dashboard_address": "127.0.0.1:0"},
                 worker_dashboard_address=None,
                 death_timeout=c.death_timeout,
+                env=library_threads(c.threads_per_worker),
                 asynchronous=True,
             )
             target = self.local_cluster
