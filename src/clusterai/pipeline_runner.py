@@ -88,16 +88,15 @@ class PipelineRunner:
         pipeline = Pipeline.from_dict(run.name, run.spec)
         problems = dict(run.problems)
         cache: dict[int, Any] = {}
-        for _ in range(len(pipeline.stages) + 1):  # reused stage jobs can unlock the next stage at once
+        # Plan, create, plan again: a reused (already finished) stage job or a refused payload can
+        # make the next stage ready at once. Each round creates or refuses something, so few suffice.
+        for _ in range(4 * len(pipeline.stages) + 4):
             jobs = self._jobs(run_id)
             current = plan(pipeline, run.input, jobs, self._results(cache), problems)
-            refused = self._create(run, pipeline, current)
-            problems = {**current.problems, **refused}
-            if not current.new or len(refused) == len(current.new):
+            if not current.new:
                 break
-        jobs = self._jobs(run_id)
-        current = plan(pipeline, run.input, jobs, self._results(cache), problems)
-        if current.new:  # cannot happen after the loop above unless a stage keeps being refused
+            problems = {**current.problems, **self._create(run, pipeline, current)}
+        else:  # not reached in practice; the driver's sweep comes back to this run
             current = Plan([], current.stages, RunState.RUNNING, current.problems)
         state = current.state.value
         if state != run.state or current.problems != run.problems:

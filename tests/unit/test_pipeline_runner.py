@@ -120,3 +120,10 @@ def test_a_refused_payload_is_a_problem_and_the_run_fails_when_nothing_else_can_
     finish(runner, gather, "partial")
     runner.advance(run.id)
     assert runner.store.get_run(run.id).state == "failed"
+
+
+def test_when_every_item_is_refused_the_fan_in_is_created_in_the_same_advance(runner: PipelineRunner):
+    run = runner.start(PIPELINE, {"numbers": ["x", "y"]})
+    (gather,) = jobs_of(runner, run.id, "all").values()
+    assert runner.store.get(gather).payload == {"value": [None, None]}
+    assert set(runner.status(run.id)["problems"]) == {"add/0", "add/1"}
