@@ -8,7 +8,8 @@ Two workloads:
   costs when the work itself costs nothing (per stage job, and the latency of one item through
   all stages);
 - `video`: the video-analysis stages (scan, count, summarize, signed log line, report) over
-  synthetic clips: a direct loop in one process versus the pipeline on 1 and 2 worker processes.
+  synthetic clips: a direct loop in one process versus the pipeline on 1 and 2 worker processes
+  (1 Dask thread each, so 1 OpenCV thread each; the direct loop is given 1 OpenCV thread too).
 Every configuration runs in a fresh process of its own (a fresh cluster and store).
 """
 
@@ -166,6 +167,8 @@ def run_one(name: str, args: dict[str, Any]) -> dict[str, Any]:
     """Run one configuration in a fresh Python process; its figures."""
     with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # the direct loop gets what a 1-thread worker gets: OpenCV's pool as wide as its threads
+        env["OPENCV_FOR_THREADS_NUM"] = "1"
         subprocess.run([sys.executable, "-m", "bench.pipelines", "--config", name, "--args", json.dumps(args),
                         "--result", out.name], check=True, env=env, cwd=args["workdir"], timeout=900)
         return dict(json.loads(Path(out.name).read_text()))
