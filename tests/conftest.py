@@ -144,6 +144,35 @@ def stop_up(up: subprocess.Popen) -> None:
         up.wait(10)
 
 
+def start_coordinator(config: Path, log: Path) -> subprocess.Popen:
+    """`clusterai --config CONFIG up` in its own session, its output appended to `log`."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "support"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "clusterai.cli", "--config", str(config), "up"],
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started in its own session, and everything it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+
+
+def stop_coordinator(proc: subprocess.Popen | None) -> None:
+    """Ctrl-C, then SIGKILL whatever is left of its session."""
+    if proc is None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        pass
+    kill_group(proc)
+
+
 # -- PostgreSQL ------------------------------------------------------------------------------------
 
 

@@ -5,37 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import accepted_successes, read_executions, wait_for
+from conftest import accepted_successes, kill_group, read_executions, start_coordinator, stop_coordinator, wait_for
 
 import clusterai
 from clusterai import State
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 
-SUPPORT = Path(__file__).resolve().parents[1] / "support"
-
-
-def _start_coordinator(config: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen(
-        [sys.executable, "-m", "clusterai.cli", "--config", str(config), "up"],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(10)
 
 
 @pytest.mark.timeout(180)
@@ -54,7 +34,7 @@ def test_kill9_coordinator_then_restart_loses_nothing(tmp_path):
     client = clusterai.connect(config, store=f"sqlite:///{store}")
     jobs = client.submit_many("test.record", [{"path": str(executions), "key": f"k{i}", "sleep": 0.02}
                                               for i in range(300)])
-    first = _start_coordinator(config, out)
+    first = start_coordinator(config, out)
     second = None
     try:
         wait_for(lambda: client.counts()["succeeded"] >= 60, 90, "the first coordinator to work")
@@ -63,7 +43,7 @@ def test_kill9_coordinator_then_restart_loses_nothing(tmp_path):
         counts = client.counts()
         assert counts["succeeded"] < 300, "the kill should land mid-run"
 
-        second = _start_coordinator(config, out)
+        second = start_coordinator(config, out)
         client.wait(jobs, timeout=120)
         finished = [client.get(j.id) for j in jobs]
         assert {j.state for j in finished} == {State.SUCCEEDED}
@@ -74,14 +54,8 @@ def test_kill9_coordinator_then_restart_loses_nothing(tmp_path):
                                                  for a in j.attempts)]
         assert given_back or counts["running"] == 0
     finally:
-        _kill_group(first)
-        if second is not None:
-            second.send_signal(signal.SIGINT)
-            try:
-                second.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-            _kill_group(second)
+        kill_group(first)
+        stop_coordinator(second)
         client.close()
 
 
@@ -92,7 +66,7 @@ def test_orphaned_workers_exit_after_the_coordinator_dies(tmp_path):
         "store": f"sqlite:///{tmp_path / 'clusterai.db'}",
         "cluster": {"workers": 2, "dashboard": False, "memory_limit": "2GiB", "death_timeout": 5},
     }))
-    proc = _start_coordinator(config, tmp_path / "coordinator.log")
+    proc = start_coordinator(config, tmp_path / "coordinator.log")
     try:
         client = clusterai.connect(config, store=f"sqlite:///{tmp_path / 'clusterai.db'}")
         workers = wait_for(lambda: [w for w in client.workers() if w.pid], 60, "workers")
@@ -112,5 +86,5 @@ def test_orphaned_workers_exit_after_the_coordinator_dies(tmp_path):
         wait_for(all_gone, 40, "orphaned worker processes to exit")
         client.close()
     finally:
-        _kill_group(proc)
+        kill_group(proc)
         time.sleep(0.1)

@@ -6,21 +6,27 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import accepted_successes, live_workers, make_config, read_executions, wait_for
+from conftest import (
+    accepted_successes,
+    kill_group,
+    live_workers,
+    make_config,
+    read_executions,
+    start_coordinator,
+    stop_coordinator,
+    wait_for,
+)
 
 import clusterai
 from clusterai.workloads.synth import make_clip
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 
-SUPPORT = Path(__file__).resolve().parents[1] / "support"
 CHAIN: dict[str, Any] = {"stages": [
     {"name": "first", "task": "test.stage", "each": "input.items",
      "inputs": {"path": "input.log", "key": "item.key", "value": "item.value", "sleep": "input.sleep"},
@@ -75,20 +81,6 @@ def test_worker_killed_mid_pipeline(tmp_path: Path, start_cluster):
     assert finished_before  # the kill landed after some stages had finished, and those ran once
 
 
-def _start_up(config: Path, out: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "clusterai.cli", "--config", str(config), "up"],
-                            stdout=out.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(10)
-
-
 @pytest.mark.timeout(180)
 def test_coordinator_killed_mid_pipeline_then_restarted(tmp_path: Path):
     store = f"sqlite:///{tmp_path / 'clusterai.db'}"
@@ -100,7 +92,7 @@ def test_coordinator_killed_mid_pipeline_then_restarted(tmp_path: Path):
     }))
     log, out = tmp_path / "executions.log", tmp_path / "up.log"
     client = clusterai.connect(config, store=store)
-    first = _start_up(config, out)
+    first = start_coordinator(config, out)
     second = None
     try:
         run = client.pipelines.run(PIPELINE, chain_input(log, 12, 0.3))  # advanced by the running coordinator
@@ -108,21 +100,15 @@ def test_coordinator_killed_mid_pipeline_then_restarted(tmp_path: Path):
         os.kill(first.pid, signal.SIGKILL)  # the coordinator only; its workers are orphaned and exit
         first.wait(10)
         assert client.pipelines.status(run["id"])["state"] == "running"
-        second = _start_up(config, out)
+        second = start_coordinator(config, out)
         done = client.pipelines.wait(run["id"], timeout=120)
         assert done["state"] == "succeeded", done
         assert client.pipelines.outputs(done["id"])[0]["result"] == {"total": sum(range(12)), "missing": 0}
         assert_no_finished_stage_ran_again(client, done, log)
         assert read_executions(log)["total"] == 1
     finally:
-        _kill_group(first)
-        if second is not None:
-            second.send_signal(signal.SIGINT)
-            try:
-                second.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-            _kill_group(second)
+        kill_group(first)
+        stop_coordinator(second)
         client.close()
 
 

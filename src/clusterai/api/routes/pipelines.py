@@ -3,6 +3,7 @@ progress, outputs, cancel, retry)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -94,19 +95,20 @@ async def run_outputs(request: Request, run_id: int = RunId, stage: str | None =
     return {"run": run_id, "outputs": outputs}
 
 
+async def _change(request: Request, run_id: int, action: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+    request.state.audit_target = f"pipeline run {run_id}"
+    result = await run_in_threadpool(action, run_id)
+    context(request).wake()
+    return result
+
+
 @router.delete("/runs/{run_id}", summary="Cancel a run: its unfinished stage jobs are cancelled")
 async def cancel_run(request: Request, run_id: int = RunId,
                      principal: Principal = Depends(require(Permission.CANCEL))) -> dict[str, Any]:
-    request.state.audit_target = f"pipeline run {run_id}"
-    result = await run_in_threadpool(context(request).client.pipelines.cancel, run_id)
-    context(request).wake()
-    return result
+    return await _change(request, run_id, context(request).client.pipelines.cancel)
 
 
 @router.post("/runs/{run_id}/retry", summary="Run a finished run's failed stage jobs again")
 async def retry_run(request: Request, run_id: int = RunId,
                     principal: Principal = Depends(require(Permission.OPERATE))) -> dict[str, Any]:
-    request.state.audit_target = f"pipeline run {run_id}"
-    result = await run_in_threadpool(context(request).client.pipelines.retry, run_id)
-    context(request).wake()
-    return result
+    return await _change(request, run_id, context(request).client.pipelines.retry)
