@@ -173,6 +173,15 @@ def stop_coordinator(proc: subprocess.Popen | None) -> None:
     kill_group(proc)
 
 
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 model folder, built once per session (tests/support/tinylm.py)."""
+    pytest.importorskip("transformers")
+    import tinylm
+
+    return tinylm.build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
 # -- PostgreSQL ------------------------------------------------------------------------------------
 
 

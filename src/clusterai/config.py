@@ -140,6 +140,44 @@ class ApiSection(_Section):
         return self
 
 
+class BackendSection(_Section):
+    """A model server the gateway sends live requests to."""
+
+    name: str = Field(min_length=1, max_length=100)
+    url: str = Field(description="http(s)://host:port of the server (no path)")
+    kind: typing.Literal["ollama", "openai"] = Field(
+        "ollama", description="ollama: speaks Ollama's API (and OpenAI's under /v1, as Ollama and clusterai's "
+        "model servers do); openai: an OpenAI-compatible server only (vLLM, llama.cpp, LM Studio)")
+    token_env: str | None = Field(None, description="environment variable holding the bearer token to send")
+    max_concurrency: int = Field(4, ge=1, le=10_000, description="requests in flight at once on this backend")
+
+    @pydantic.field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class GatewaySection(_Section):
+    """Live LLM and embedding requests (Ollama and OpenAI APIs on the API server), balanced across backends."""
+
+    backends: list[BackendSection] = Field(default_factory=list)
+    queue_size: int = Field(64, ge=0, le=100_000, description="requests waiting for a free backend; then 503")
+    queue_timeout: float = Field(30.0, gt=0, description="seconds a request may wait for a backend")
+    request_timeout: float = Field(300.0, gt=0, description="seconds without a byte from the backend")
+    health_interval: float = Field(5.0, gt=0, description="seconds between model lists (/api/tags) per backend")
+    attempts: int = Field(2, ge=1, le=10, description="backends tried before the first byte reaches the client")
+    breaker: BreakerSection = BreakerSection(failures=3, cooldown=10.0)
+
+    @pydantic.model_validator(mode="after")
+    def _unique_names(self) -> GatewaySection:
+        names = [b.name for b in self.backends]
+        if len(set(names)) != len(names):
+            raise ValueError(f"backend names must be unique: {names}")
+        return self
+
+
 class AlertsSection(_Section):
     """When the dashboard and /api/v1/cluster/status raise an alert (the seed documents' defaults)."""
 
@@ -175,6 +213,7 @@ class ClusterConfig(_Section):
     alerts: AlertsSection = AlertsSection()
     defaults: DefaultsSection = DefaultsSection()
     logline: LoglineSection = LoglineSection()
+    gateway: GatewaySection = GatewaySection()
     queues: dict[str, QueueSection] = Field(default_factory=dict)
     pipelines: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="named pipelines: stages of tasks (see clusterai.pipelines)")

@@ -66,6 +66,11 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("DELETE", "/api/v1/pipelines/runs/{run_id}"): OPERATORS,
     ("POST", "/api/v1/pipelines/runs/{run_id}/retry"): OPERATORS,
     ("GET", "/api/v1/counts"): READERS,
+    # the gateway: inference needs a token that may submit; the model lists any token
+    **{("POST", path): SUBMITTERS for path in ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
+                                               "/api/show", "/v1/chat/completions", "/v1/completions",
+                                               "/v1/embeddings", "/api/v1/generate")},
+    **{("GET", path): ALL for path in ("/api/tags", "/api/ps", "/api/version", "/v1/models", "/api/v1/models")},
     # the dashboard: its page (a redirect to the login without a session), the login and its assets
     ("GET", "/"): None,
     ("GET", "/login"): None,
@@ -160,6 +165,9 @@ def fill(api: Api, method: str, path: str, role: str | None) -> dict[str, Any]:
         path, body = "/api/v1/pipelines/video-analysis/runs", {"input": {"videos": []}}
     elif path == "/api/v1/pipelines/runs" and method == "POST":
         body = {"pipeline": {"stages": [{"name": "a", "task": "bench.noop"}]}}
+    if method == "POST" and (path.startswith(("/api/generate", "/api/chat", "/api/embed", "/api/show", "/v1/"))
+                             or path == "/api/v1/generate"):
+        body = {"model": "none-configured", "prompt": "x"}  # no backend here: a 404 for the allowed roles
     if "{token_id}" in path:
         _, token_id = api.add_token("viewer")
         path = path.replace("{token_id}", token_id)

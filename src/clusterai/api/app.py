@@ -47,6 +47,8 @@ from clusterai.errors import (
     StoreUnavailable,
     UnknownTaskError,
 )
+from clusterai.gateway import routes as gateway_routes
+from clusterai.gateway.service import Gateway
 from clusterai.jobs.store import JobStore
 from clusterai.metrics import StoreCollector
 
@@ -157,7 +159,8 @@ def create_app(
     client = Client(store, config, runtime=None)
     ctx = ApiContext(store=store, config=config, verifier=TokenVerifier(store),
                      limiter=RateLimiter(api.rate_limit, api.rate_burst), client=client, registry=registry,
-                     writer=SubmissionWriter(client), wake=wake or (lambda: None), dask_dashboard=dask_dashboard)
+                     writer=SubmissionWriter(client), wake=wake or (lambda: None), dask_dashboard=dask_dashboard,
+                     gateway=Gateway(config.gateway))
     app = FastAPI(title="clusterai", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   description="Durable AI jobs across every machine a team has. Every route but /healthz "
                               "and /readyz needs `Authorization: Bearer <token>`.")
@@ -165,6 +168,7 @@ def create_app(
     _add_error_handlers(app)
     for module in (jobs, dlq, workers, cluster, events, access, pipelines, counts, system, docs, dashboard):
         app.include_router(module.router)
+    app.include_router(gateway_routes.router)
     _declare_bearer_auth(app)
     app.add_middleware(AuditAndCount, store=store, registry=registry)
     app.add_middleware(BodyEdges, max_bytes=api.max_body_bytes)

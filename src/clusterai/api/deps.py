@@ -29,6 +29,7 @@ class ApiContext:
     writer: SubmissionWriter
     wake: Callable[[], None] = lambda: None
     dask_dashboard: str | None = None  # the Dask dashboard's address, when it is served
+    gateway: Any = None  # gateway.service.Gateway: live LLM requests
 
 
 def context(request: Request) -> ApiContext:

@@ -1,0 +1,124 @@
+"""The gateway's endpoints on the API server: Ollama's (/api/generate, /api/chat, /api/embed,
+/api/embeddings, /api/show, /api/tags, /api/ps, /api/version), OpenAI's (/v1/chat/completions,
+/v1/completions, /v1/embeddings, /v1/models), and /api/v1/models, /api/v1/generate. Inference
+needs a token that may submit; the model lists any token."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from clusterai import __version__
+from clusterai.api.auth import Permission, Principal
+from clusterai.api.deps import context, require
+from clusterai.gateway.router import NoBackend, Overloaded
+from clusterai.gateway.service import Gateway, UpstreamFailed
+from clusterai.jobs.model import Priority
+
+router = APIRouter(tags=["gateway"])
+LISTS = require(Permission.READ, Permission.READ_OWN)
+INFERS = require(Permission.SUBMIT)
+
+
+def gateway(request: Request) -> Gateway:
+    found: Gateway = context(request).gateway
+    return found
+
+
+def _error(protocol: str, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if protocol == "openai":
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    else:
+        body = {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _forward(request: Request, path: str, protocol: str) -> Response:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        return _error(protocol, 400, "body is not JSON")
+    if not isinstance(body, dict):
+        return _error(protocol, 400, "body must be a JSON object")
+    model = body.get("model") or body.get("name")
+    if not isinstance(model, str) or not model:
+        return _error(protocol, 400, "'model' is required")
+    try:
+        priority = int(Priority.parse(request.headers.get("x-clusterai-priority", "normal")))
+    except ValueError as exc:
+        return _error(protocol, 400, str(exc))
+    try:
+        answer = await gateway(request).forward(path, body, protocol=protocol, model=model, priority=priority,
+                                                session=request.headers.get("x-clusterai-session"))
+    except NoBackend as exc:
+        return _error(protocol, 404, str(exc))
+    except Overloaded as exc:
+        return _error(protocol, 503, str(exc), {"Retry-After": str(max(1, round(exc.retry_after)))})
+    except UpstreamFailed as exc:
+        return _error(protocol, 502, str(exc))
+    request.state.audit_target = f"model {model}"
+    return StreamingResponse(answer.body, status_code=answer.status, headers=answer.headers)
+
+
+def _proxy(path: str, protocol: str, summary: str) -> None:
+    async def endpoint(request: Request, principal: Principal = Depends(INFERS)) -> Response:
+        return await _forward(request, path, protocol)
+
+    endpoint.__name__ = "gateway_" + path.strip("/").replace("/", "_")
+    router.add_api_route(path, endpoint, methods=["POST"], summary=summary, response_model=None)
+
+
+for _path, _summary in [("/api/generate", "Ollama: generate (NDJSON stream unless stream=false)"),
+                        ("/api/chat", "Ollama: chat"), ("/api/embed", "Ollama: embeddings"),
+                        ("/api/embeddings", "Ollama: embedding (legacy)"), ("/api/show", "Ollama: a model's details")]:
+    _proxy(_path, "ollama", _summary)
+for _path, _summary in [("/v1/chat/completions", "OpenAI: chat completions (SSE when stream=true)"),
+                        ("/v1/completions", "OpenAI: completions"), ("/v1/embeddings", "OpenAI: embeddings")]:
+    _proxy(_path, "openai", _summary)
+
+
+@router.post("/api/v1/generate", summary="Generate with any model of the cluster (Ollama's request and answer)",
+             response_model=None)
+async def generate(request: Request, principal: Principal = Depends(INFERS)) -> Response:
+    return await _forward(request, "/api/generate", "ollama")
+
+
+@router.get("/api/tags", summary="Ollama: every model of every backend")
+async def tags(request: Request, principal: Principal = Depends(LISTS)) -> dict[str, Any]:
+    gw = gateway(request)
+    await gw.fresh()
+    return {"models": [{"name": m["model"], "model": m["model"], "details": {},
+                        "backends": [b["name"] for b in m["backends"]]} for m in gw.models()]}
+
+
+@router.get("/api/ps", summary="Ollama: the models loaded on some backend")
+async def ps(request: Request, principal: Principal = Depends(LISTS)) -> dict[str, Any]:
+    gw = gateway(request)
+    await gw.fresh()
+    return {"models": [{"name": m["model"], "model": m["model"],
+                        "backends": [b["name"] for b in m["backends"] if b["loaded"]]}
+                       for m in gw.models() if any(b["loaded"] for b in m["backends"])]}
+
+
+@router.get("/api/version", summary="Ollama: version")
+async def version(principal: Principal = Depends(LISTS)) -> dict[str, str]:
+    return {"version": f"clusterai-{__version__}"}
+
+
+@router.get("/v1/models", summary="OpenAI: models")
+async def openai_models(request: Request, principal: Principal = Depends(LISTS)) -> dict[str, Any]:
+    gw = gateway(request)
+    await gw.fresh()
+    return {"object": "list", "data": [{"id": m["model"], "object": "model", "created": 0, "owned_by": "clusterai"}
+                                       for m in gw.models()]}
+
+
+@router.get("/api/v1/models", summary="Every model, the backends that have it, and their state")
+async def models(request: Request, principal: Principal = Depends(LISTS)) -> dict[str, Any]:
+    gw = gateway(request)
+    await gw.fresh()
+    return {"models": gw.models(), "backends": gw.backends(), "queued": gw.router.queued}

