@@ -54,6 +54,11 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default: the one that routes to the head)")
     p.add_argument("--tls-dir", type=Path, help="folder with ca.pem and this node's certificate "
                    "(clusterai certs create)")
+    p.add_argument("--serve-model", action="append", default=[], metavar="NAME=SPEC",
+                   help="serve a model to the cluster's gateway (Ollama and OpenAI APIs; extra clusterai[llm]): "
+                        "NAME=PATH of a model folder, or NAME=pkg:MODULE (repeatable)")
+    p.add_argument("--serve-host", help="address the model server listens on (default: the worker's)")
+    p.add_argument("--serve-port", type=_bounded_int(0, 65535), default=0, help="its port (default: any free one)")
     p.add_argument("--tls-node", default="worker", help="which certificate in --tls-dir: NAME.pem/NAME.key")
     return p
 
@@ -113,6 +118,7 @@ def worker_main(argv: list[str]) -> int:
             resources=parse_pairs("--resources", args.resources, numbers=True),
             nthreads=args.nthreads, memory_limit=args.memory_limit, death_timeout=args.death_timeout,
             max_restarts=args.max_restarts, host=args.host, security=_security(args.tls_dir, args.tls_node),
+            serve_models=list(args.serve_model), serve_host=args.serve_host, serve_port=args.serve_port,
         )
         asyncio.run(_until_signal(lambda stop: run_worker(opts, stop)))
         return 0

@@ -168,6 +168,7 @@ class GatewaySection(_Section):
     request_timeout: float = Field(300.0, gt=0, description="seconds without a byte from the backend")
     health_interval: float = Field(5.0, gt=0, description="seconds between model lists (/api/tags) per backend")
     attempts: int = Field(2, ge=1, le=10, description="backends tried before the first byte reaches the client")
+    worker_concurrency: int = Field(2, ge=1, le=10_000, description="requests at once on a worker's model server")
     breaker: BreakerSection = BreakerSection(failures=3, cooldown=10.0)
 
     @pydantic.model_validator(mode="after")

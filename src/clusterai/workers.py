@@ -96,6 +96,9 @@ class WorkerRegistry:
             self.version += 1
         slot.labels, slot.resources, slot.accepts, slot.tasks = labels, resources, accepts, tasks
         slot.models = frozenset(snap.get("models") or ())
+        served = snap.get("model_server")
+        slot.model_server = (str(served["url"]), str(served["token"])) if isinstance(served, dict) \
+            and served.get("url") and served.get("token") else None
         slot.datasets = frozenset(snap.get("datasets") or ())
         slot.slots = int(snap.get("slots") or 0)
         slot.latency = {str(k): float(v) for k, v in (snap.get("latency") or {}).items()}

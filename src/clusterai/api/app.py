@@ -5,7 +5,7 @@ that says what is wrong, an unavailable store a 503 with Retry-After, never a 50
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -150,6 +150,7 @@ def create_app(
     wake: Callable[[], None] | None = None,
     coordinator_registry: CollectorRegistry | None = None,
     dask_dashboard: str | None = None,
+    worker_slots: Callable[[], Iterable[Any]] | None = None,
 ) -> FastAPI:
     registry = CollectorRegistry()
     registry.register(StoreCollector(store))
@@ -160,7 +161,7 @@ def create_app(
     ctx = ApiContext(store=store, config=config, verifier=TokenVerifier(store),
                      limiter=RateLimiter(api.rate_limit, api.rate_burst), client=client, registry=registry,
                      writer=SubmissionWriter(client), wake=wake or (lambda: None), dask_dashboard=dask_dashboard,
-                     gateway=Gateway(config.gateway))
+                     gateway=Gateway(config.gateway, worker_slots=worker_slots))
     app = FastAPI(title="clusterai", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   description="Durable AI jobs across every machine a team has. Every route but /healthz "
                               "and /readyz needs `Authorization: Bearer <token>`.")

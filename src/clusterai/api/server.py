@@ -62,7 +62,8 @@ class ApiServer:
     """The API on the running event loop; `url` is known once it listens (port 0 picks one)."""
 
     def __init__(self, config: ClusterConfig, store: JobStore, *, wake: Any = None, coordinator_registry: Any = None,
-                 host: str | None = None, port: int | None = None, dask_dashboard: str | None = None):
+                 host: str | None = None, port: int | None = None, dask_dashboard: str | None = None,
+                 worker_slots: Any = None):
         api = config.api
         self.host = host or api.host
         self.port = api.port if port is None else port
@@ -72,7 +73,7 @@ class ApiServer:
             if value is not None and not Path(value).is_file():
                 raise ConfigError(f"api.{name}: no such file {value!r}")
         app = create_app(store, config, wake=wake, coordinator_registry=coordinator_registry,
-                         dask_dashboard=dask_dashboard)
+                         dask_dashboard=dask_dashboard, worker_slots=worker_slots)
         self.server = _Server(uvicorn.Config(
             app, host=self.host, port=self.port, log_level="warning", access_log=False, lifespan="off",
             ssl_certfile=api.tls_cert, ssl_keyfile=api.tls_key, timeout_graceful_shutdown=2,
@@ -124,7 +125,7 @@ async def start_beside(config: ClusterConfig, coordinator: Any, *, dask_dashboar
 
     async def listen(port: int) -> ApiServer:
         api = ApiServer(config, store, wake=coordinator.wake, coordinator_registry=coordinator.metrics.registry,
-                        port=port, dask_dashboard=dask_dashboard)
+                        port=port, dask_dashboard=dask_dashboard, worker_slots=lambda: coordinator.slots.values())
         await api.start()
         api.owned_store = store
         return api

