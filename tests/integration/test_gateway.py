@@ -128,6 +128,12 @@ def test_requests_go_to_a_backend_that_has_the_model(api: Api) -> None:
                                              "options": {"num_predict": 1}})
         assert r.headers["x-clusterai-backend"] == "a"  # only A has it
     assert used == {"a", "b"}  # both share the model everyone has
+    metrics = api.client("viewer").get("/metrics").text
+    assert 'gateway_requests_total{backend="a"}' in metrics and 'gateway_in_flight{backend="b"} 0.0' in metrics
+    assert 'gateway_time_to_first_byte_seconds_count{backend="a"}' in metrics
+    prefix = 'gateway_generated_tokens_total{backend="a"}'
+    generated = [line for line in metrics.splitlines() if line.startswith(prefix)]
+    assert generated and float(generated[0].split()[-1]) >= 20  # one token each of the 20 generations
     listed = http.get("/api/v1/models").json()
     where = {m["model"]: sorted(b["name"] for b in m["backends"]) for m in listed["models"]}
     assert where == {"tiny": ["a"], "minilm": ["a", "b"]}

@@ -48,6 +48,7 @@ from clusterai.errors import (
     UnknownTaskError,
 )
 from clusterai.gateway import routes as gateway_routes
+from clusterai.gateway.metrics import GatewayCollector
 from clusterai.gateway.service import Gateway
 from clusterai.jobs.store import JobStore
 from clusterai.metrics import StoreCollector
@@ -166,6 +167,7 @@ def create_app(
                   description="Durable AI jobs across every machine a team has. Every route but /healthz "
                               "and /readyz needs `Authorization: Bearer <token>`.")
     app.state.ctx = ctx
+    registry.register(GatewayCollector(ctx.gateway))
     _add_error_handlers(app)
     for module in (jobs, dlq, workers, cluster, events, access, pipelines, counts, system, docs, dashboard):
         app.include_router(module.router)

@@ -49,6 +49,10 @@ class Backend:
     reachable: bool = False
     requests: int = 0
     errors: int = 0
+    first_byte_seconds: float = 0.0  # sum over `answered` requests: time to the first byte
+    answered: int = 0
+    tokens: int = 0  # generated, as the backend reported them
+    token_seconds: float = 0.0  # generation time of those tokens
 
     def has(self, model: str) -> bool:
         return model in self.models or _base(model) in {_base(m) for m in self.models}

@@ -162,6 +162,7 @@ class Gateway:
                       session: str | None = None, priority: int = 0) -> Answer:
         """Send to the chosen backend; before the first byte, a failing backend is left for the next."""
         await self.fresh()
+        started = time.perf_counter()
         tried: list[Backend] = []
         last = "no backend tried"
         for _ in range(self.settings.attempts):
@@ -186,15 +187,25 @@ class Gateway:
             headers.update({"X-Accel-Buffering": "no", "Cache-Control": "no-cache",
                             "X-Clusterai-Backend": backend.name})
             ok: bool | None = True if response.status_code < 400 else None
-            return Answer(response.status_code, headers, self._relay(response, backend, protocol, ok))
+            return Answer(response.status_code, headers, self._relay(response, backend, protocol, ok, started))
         raise UpstreamFailed(f"every backend tried failed before answering ({last})")
 
     async def _relay(self, response: httpx.Response, backend: Backend, protocol: str,
-                     ok: bool | None) -> AsyncIterator[bytes]:
+                     ok: bool | None, started: float) -> AsyncIterator[bytes]:
         outcome = ok
+        tail = b""
+        first = True
         try:
             async for chunk in response.aiter_raw():
+                if first:
+                    backend.first_byte_seconds += time.perf_counter() - started
+                    backend.answered += 1
+                    first = False
+                tail = (tail + chunk)[-4096:]
                 yield chunk
+            generated, seconds = usage_of(tail, time.perf_counter() - started)
+            backend.tokens += generated
+            backend.token_seconds += seconds if generated else 0.0
         except httpx.HTTPError as exc:
             outcome = False
             log.warning("backend %s broke off a stream: %s", backend.name, exc)
@@ -206,6 +217,25 @@ class Gateway:
         finally:
             await response.aclose()
             self.router.release(backend, outcome)
+
+
+def usage_of(tail: bytes, elapsed: float) -> tuple[int, float]:
+    """Tokens generated and the seconds they took, from the end of an answer: Ollama's last frame
+    (eval_count, eval_duration) or OpenAI's usage (timed here); (0, 0) when it says nothing."""
+    for line in reversed(tail.decode(errors="replace").splitlines()):
+        text = line.removeprefix("data: ").strip()
+        if not text.startswith("{"):
+            continue
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(frame.get("eval_count"), int):
+            return frame["eval_count"], float(frame.get("eval_duration") or 0) / 1e9 or elapsed
+        usage = frame.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            return usage["completion_tokens"], elapsed
+    return 0, 0.0
 
 
 def stream_error(protocol: str, content_type: str, message: str) -> bytes:
