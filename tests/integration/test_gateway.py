@@ -237,3 +237,28 @@ def test_a_stream_cut_mid_way_ends_with_the_protocols_error(tmp_path: Path) -> N
                     model="cut", prompt="x", stream=True))
     finally:
         cut.close()
+
+
+@pytest.mark.cluster
+def test_batch_inference_jobs_go_through_the_gateway(api: Api, tmp_path: Path, monkeypatch, start_cluster) -> None:
+    from conftest import make_config
+
+    # the worker processes start after these are set
+    monkeypatch.setenv("CLUSTERAI_GATEWAY_URL", api.url)
+    monkeypatch.setenv("CLUSTERAI_GATEWAY_TOKEN", api.tokens["submitter"])
+    client = start_cluster(make_config(tmp_path))
+    prompts = client.submit_many("llm.generate", [{"model": "tiny", "prompt": f"The worker {i}",
+                                                   "options": {"num_predict": 3}} for i in range(6)])
+    docs = client.submit_many("llm.embed", [{"model": "minilm", "input": [f"document {i}", "another"]}
+                                            for i in range(4)])
+    missing = client.submit("llm.generate", {"model": "llama9", "prompt": "x"})
+    client.wait([*prompts, *docs, missing], timeout=120)
+    for job in client.get_many(prompts):
+        assert job.state.value == "succeeded", job.error
+        assert job.result["tokens"] <= 3 and isinstance(job.result["response"], str)
+    for job in client.get_many(docs):
+        assert job.state.value == "succeeded", job.error
+        assert len(job.result["embeddings"]) == 2 and len(job.result["embeddings"][0]) == 384
+    failed = client.get(missing)
+    assert failed.state.value == "dead" and "model 'llama9' not found" in failed.error
+    assert len(failed.attempts) == 1  # a missing model is not retried
