@@ -169,6 +169,22 @@ class GatewaySection(_Section):
     health_interval: float = Field(5.0, gt=0, description="seconds between model lists (/api/tags) per backend")
     attempts: int = Field(2, ge=1, le=10, description="backends tried before the first byte reaches the client")
     worker_concurrency: int = Field(2, ge=1, le=10_000, description="requests at once on a worker's model server")
+    open_inference: bool = Field(False, description="inference without a token from loopback and open_networks "
+                                 "(a trusted network only); the API must then listen on loopback or one of them")
+    open_networks: list[str] = Field(default_factory=list, description="CIDRs whose clients need no token, "
+                                     "e.g. 10.0.0.0/24 (with open_inference)")
+
+    @pydantic.field_validator("open_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not a network such as 10.0.0.0/24") from None
+        return value
     breaker: BreakerSection = BreakerSection(failures=3, cooldown=10.0)
 
     @pydantic.model_validator(mode="after")
@@ -231,6 +247,22 @@ class ClusterConfig(_Section):
             except BadInput as exc:
                 raise ValueError(str(exc)) from None
         return value
+
+    @pydantic.model_validator(mode="after")
+    def _open_inference_only_on_trusted_networks(self) -> ClusterConfig:
+        import ipaddress
+
+        if not self.gateway.open_inference:
+            return self
+        try:
+            host = ipaddress.ip_address("127.0.0.1" if self.api.host == "localhost" else self.api.host)
+        except ValueError:
+            raise ValueError(f"gateway.open_inference needs api.host as an address, got {self.api.host!r}") from None
+        inside = any(host in ipaddress.ip_network(n, strict=False) for n in self.gateway.open_networks)
+        if not (host.is_loopback or inside):
+            raise ValueError(f"gateway.open_inference is refused with api.host {self.api.host}: listen on loopback "
+                             "or on an address inside gateway.open_networks")
+        return self
 
     def with_overrides(self, **changes: Any) -> ClusterConfig:
         """A copy with top-level or dotted (cluster.workers) keys replaced, validated again."""

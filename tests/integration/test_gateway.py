@@ -262,3 +262,26 @@ def test_batch_inference_jobs_go_through_the_gateway(api: Api, tmp_path: Path, m
     failed = client.get(missing)
     assert failed.state.value == "dead" and "model 'llama9' not found" in failed.error
     assert len(failed.attempts) == 1  # a missing model is not retried
+
+
+def test_open_inference_is_off_by_default_and_refused_off_trusted_networks(backends: Backends, tmp_path: Path) -> None:
+    from clusterai.config import parse_config
+    from clusterai.errors import ConfigError
+
+    settings = gateway_settings(backends)
+    settings["gateway"]["open_inference"] = True
+    with running_api(tmp_path / "open", settings) as served:
+        anonymous = served.client()
+        r = anonymous.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False,
+                                                   "options": {"num_predict": 2}})
+        assert r.status_code == 200 and r.json()["done"] is True  # loopback is trusted
+        assert anonymous.get("/api/v1/jobs").status_code == 401  # the rest of the API still needs a token
+        assert served.client().post("/api/generate", json={"model": "tiny", "prompt": "x"},
+                                    headers={"Authorization": "Bearer wrong"}).status_code == 401
+    with running_api(tmp_path / "closed", gateway_settings(backends)) as served:
+        assert served.client().post("/api/generate", json={"model": "tiny", "prompt": "x"}).status_code == 401
+    with pytest.raises(ConfigError, match="open_inference is refused with api.host 0.0.0.0"):
+        parse_config({"api": {"host": "0.0.0.0"}, "gateway": {"open_inference": True}})
+    ok = parse_config({"api": {"host": "10.0.0.5"}, "gateway": {"open_inference": True,
+                                                                "open_networks": ["10.0.0.0/24"]}})
+    assert ok.gateway.open_networks == ["10.0.0.0/24"]
