@@ -22,6 +22,7 @@ ollama = pytest.importorskip("ollama")
 openai = pytest.importorskip("openai")
 
 from api_support import Api, running_api  # noqa: E402
+from conftest import make_config  # noqa: E402
 
 from clusterai.llm.serving import RunningServer, load_models, serve  # noqa: E402
 
@@ -241,8 +242,6 @@ def test_a_stream_cut_mid_way_ends_with_the_protocols_error(tmp_path: Path) -> N
 
 @pytest.mark.cluster
 def test_batch_inference_jobs_go_through_the_gateway(api: Api, tmp_path: Path, monkeypatch, start_cluster) -> None:
-    from conftest import make_config
-
     # the worker processes start after these are set
     monkeypatch.setenv("CLUSTERAI_GATEWAY_URL", api.url)
     monkeypatch.setenv("CLUSTERAI_GATEWAY_TOKEN", api.tokens["submitter"])
@@ -285,3 +284,10 @@ def test_open_inference_is_off_by_default_and_refused_off_trusted_networks(backe
     ok = parse_config({"api": {"host": "10.0.0.5"}, "gateway": {"open_inference": True,
                                                                 "open_networks": ["10.0.0.0/24"]}})
     assert ok.gateway.open_networks == ["10.0.0.0/24"]
+
+
+def test_inference_is_counted_not_audited(api: Api) -> None:
+    assert api.client("submitter").post("/api/embed", json={"model": "minilm", "input": "x"}).status_code == 200
+    entries = api.client("admin").get("/api/v1/audit", params={"limit": 1000}).json()["entries"]
+    answered = [e for e in entries if e["action"].startswith("POST /api/") and e["status"] < 400]
+    assert answered == []  # a refused attempt (403) is still audited: that one is about access

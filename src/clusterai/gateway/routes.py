@@ -57,6 +57,9 @@ def _error(protocol: str, status: int, message: str, headers: dict[str, str] | N
 
 
 async def _forward(request: Request, path: str, protocol: str) -> Response:
+    # Inference is not an administrative change: it is counted (/metrics), not written to the audit
+    # log one call at a time, which would put a store write in front of every answer.
+    request.state.audited = True
     try:
         body = json.loads(await request.body() or b"{}")
     except ValueError:
@@ -79,7 +82,6 @@ async def _forward(request: Request, path: str, protocol: str) -> Response:
         return _error(protocol, 503, str(exc), {"Retry-After": str(max(1, round(exc.retry_after)))})
     except UpstreamFailed as exc:
         return _error(protocol, 502, str(exc))
-    request.state.audit_target = f"model {model}"
     return StreamingResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
