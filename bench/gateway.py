@@ -206,14 +206,16 @@ def main() -> None:
             _up(targets["clusterai"]["url"], targets["clusterai"]["headers"])
             if opts.litellm:
                 config = folder / "litellm.yaml"
+                master = "sk-" + os.urandom(24).hex()  # both proxies check a key: the comparison is fair
                 config.write_text(json.dumps({"model_list": [{"model_name": "m", "litellm_params": {
                     "model": "openai/m", "api_base": f"{upstream}/v1", "api_key": "none"}}],
-                    "litellm_settings": {"telemetry": False}}))
+                    "litellm_settings": {"telemetry": False}, "general_settings": {"master_key": master}}))
                 env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
                 procs.append(_spawn([opts.litellm, "--config", str(config), "--port", str(ll_port), "--host",
                                      "127.0.0.1", "--num_workers", "1"], folder / "litellm.log", env=env))
-                targets["litellm"] = {"url": f"http://127.0.0.1:{ll_port}/v1/chat/completions", "headers": {}}
-                _up(targets["litellm"]["url"], {}, timeout=180)
+                targets["litellm"] = {"url": f"http://127.0.0.1:{ll_port}/v1/chat/completions",
+                                      "headers": {"Authorization": f"Bearer {master}"}}
+                _up(targets["litellm"]["url"], targets["litellm"]["headers"], timeout=180)
             figures: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
             for r in range(rounds):
                 for name, target in targets.items():

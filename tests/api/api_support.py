@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from clusterai.api.app import create_app
 from clusterai.api.auth import new_token
+from clusterai.api.server import UvicornServer
 from clusterai.client import build_spec
 from clusterai.config import ClusterConfig, parse_config
 from clusterai.jobs.model import Finish, Job, Outcome, State, WorkerRecord
@@ -38,19 +39,11 @@ WORKER = "w1"
 WORKER_ADDRESS = "tcp://127.0.0.1:40001"
 
 
-class _Server(uvicorn.Server):
-    """uvicorn in a thread that is not the main one: no signal handlers."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @contextlib.contextmanager
 def serve(app: FastAPI, **options: Any) -> Iterator[str]:
     """Serve `app` on 127.0.0.1 (a free port) until the block ends; yields the base URL."""
     # log_config=None: uvicorn leaves the logging configuration alone (its records reach pytest's capture)
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", log_config=None,
+    server = UvicornServer(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", log_config=None,
                                    lifespan="off", access_log=False, timeout_graceful_shutdown=1, **options))
     failure: list[BaseException] = []
 

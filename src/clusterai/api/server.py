@@ -23,13 +23,20 @@ from clusterai.jobs.store import JobStore, open_store
 log = logging.getLogger("clusterai.api")
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: `clusterai up` owns SIGINT/SIGTERM and stops the
-    API together with the coordinator and the workers."""
+class UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling (`clusterai up` owns SIGINT/SIGTERM and stops the API
+    together with the coordinator and the workers), which closes the gateway's connections to
+    model servers when it stops."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        await super().shutdown(sockets=sockets)
+        ctx = getattr(getattr(self.config.app, "state", None), "ctx", None)
+        if ctx is not None and ctx.gateway is not None:
+            await ctx.gateway.close()
 
 
 def is_loopback(host: str) -> bool:
@@ -74,7 +81,7 @@ class ApiServer:
                 raise ConfigError(f"api.{name}: no such file {value!r}")
         app = create_app(store, config, wake=wake, coordinator_registry=coordinator_registry,
                          dask_dashboard=dask_dashboard, worker_slots=worker_slots)
-        self.server = _Server(uvicorn.Config(
+        self.server = UvicornServer(uvicorn.Config(
             app, host=self.host, port=self.port, log_level="warning", access_log=False, lifespan="off",
             ssl_certfile=api.tls_cert, ssl_keyfile=api.tls_key, timeout_graceful_shutdown=2,
         ))

@@ -22,6 +22,7 @@ from clusterai.jobs.model import Priority
 router = APIRouter(tags=["gateway"])
 LISTS = require(Permission.READ, Permission.READ_OWN)
 _SUBMITS = require(Permission.SUBMIT)
+STREAMING = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
 ANONYMOUS = Principal(token_id="-", name="anonymous", role="submitter")
 
 
@@ -60,8 +61,9 @@ async def _forward(request: Request, path: str, protocol: str) -> Response:
     # Inference is not an administrative change: it is counted (/metrics), not written to the audit
     # log one call at a time, which would put a store write in front of every answer.
     request.state.audited = True
+    raw = await request.body()
     try:
-        body = json.loads(await request.body() or b"{}")
+        body = json.loads(raw or b"{}")
     except ValueError:
         return _error(protocol, 400, "body is not JSON")
     if not isinstance(body, dict):
@@ -74,15 +76,19 @@ async def _forward(request: Request, path: str, protocol: str) -> Response:
     except ValueError as exc:
         return _error(protocol, 400, str(exc))
     try:
-        answer = await gateway(request).forward(path, body, protocol=protocol, model=model, priority=priority,
-                                                session=request.headers.get("x-clusterai-session"))
+        # Ollama's generations stream unless told not to; OpenAI's only when asked; the rest never
+        stream = path in STREAMING and bool(body.get("stream", protocol == "ollama"))
+        answer = await gateway(request).forward(path, raw or b"{}", protocol=protocol, model=model, stream=stream,
+                                                priority=priority, session=request.headers.get("x-clusterai-session"))
     except NoBackend as exc:
         return _error(protocol, 404, str(exc))
     except Overloaded as exc:
         return _error(protocol, 503, str(exc), {"Retry-After": str(max(1, round(exc.retry_after)))})
     except UpstreamFailed as exc:
         return _error(protocol, 502, str(exc))
-    return StreamingResponse(answer.body, status_code=answer.status, headers=answer.headers)
+    if answer.stream is None:
+        return Response(answer.content, status_code=answer.status, headers=answer.headers)
+    return StreamingResponse(answer.stream, status_code=answer.status, headers=answer.headers)
 
 
 def _proxy(path: str, protocol: str, summary: str) -> None:
