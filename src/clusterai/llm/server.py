@@ -70,19 +70,25 @@ class ModelServer:
         return {"modelfile": f"FROM {m.spec.path}", "parameters": "", "template": "", "details": m.details(),
                 "model_info": {"general.architecture": m.details()["family"]}, "capabilities": m.capabilities()}
 
-    def ollama_generate(self, body: dict[str, Any], chat: bool) -> tuple[Iterator[dict[str, Any]], bool]:
-        m = self.model(body.get("model"), GENERATE)
+    @staticmethod
+    def _prompt(m: ServedModel, body: dict[str, Any], chat: bool) -> str:
+        """The text to continue: a chat's messages through the model's template, or the prompt
+        (OpenAI may send it as a list of one; Ollama may add a system text before it)."""
         if chat:
             messages = body.get("messages")
             if not isinstance(messages, list):
                 raise BadInput("'messages' must be a list of {role, content}")
-            prompt = m.chat_prompt(messages)
-        else:
-            prompt = body.get("prompt", "")
-            if not isinstance(prompt, str):
-                raise BadInput("'prompt' must be a string")
-            if body.get("system"):
-                prompt = f"{body['system']}\n{prompt}"
+            return m.chat_prompt(messages)
+        prompt = body.get("prompt", "")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise BadInput("'prompt' must be a string")
+        return f"{body['system']}\n{prompt}" if body.get("system") else prompt
+
+    def ollama_generate(self, body: dict[str, Any], chat: bool) -> tuple[Iterator[dict[str, Any]], bool]:
+        m = self.model(body.get("model"), GENERATE)
+        prompt = self._prompt(m, body, chat)
         options = Options.parse(body.get("options"))
         usage = Usage()
         pieces = m.generate(prompt, options, usage)
@@ -127,17 +133,7 @@ class ModelServer:
 
     def openai_generate(self, body: dict[str, Any], chat: bool) -> tuple[Iterator[dict[str, Any]], bool]:
         m = self.model(body.get("model"), GENERATE)
-        if chat:
-            messages = body.get("messages")
-            if not isinstance(messages, list):
-                raise BadInput("'messages' must be a list of {role, content}")
-            prompt = m.chat_prompt(messages)
-        else:
-            prompt = body.get("prompt", "")
-            if isinstance(prompt, list) and len(prompt) == 1:
-                prompt = prompt[0]
-            if not isinstance(prompt, str):
-                raise BadInput("'prompt' must be a string")
+        prompt = self._prompt(m, body, chat)
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or 128
         options = Options.parse({"num_predict": limit, "temperature": body.get("temperature", 0.0),
                                  "top_p": body.get("top_p", 1.0), "seed": body.get("seed"),
