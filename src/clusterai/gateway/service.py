@@ -19,7 +19,7 @@ import aiohttp
 
 from clusterai.config import GatewaySection
 from clusterai.gateway.router import Backend, Router
-from clusterai.placement.breaker import CircuitBreaker
+from clusterai.placement.breaker import BreakerState, CircuitBreaker
 
 log = logging.getLogger("clusterai.gateway")
 PASSED_HEADERS = ("content-type",)
@@ -129,8 +129,10 @@ class Gateway:
             if not backend.reachable:
                 log.info("backend %s is reachable: %s", backend.name, ", ".join(sorted(backend.models)))
             backend.reachable = True
-            if backend.breaker.state(time.time()).value != "closed" and not backend.inflight:
-                backend.breaker.record(True, time.time())  # a health check is its trial
+            if backend.breaker.state(time.time()) is BreakerState.HALF_OPEN and not backend.inflight:
+                # after the cooldown a good health check is the trial; during it, it does not
+                # count (a server can list its models while every generation fails)
+                backend.breaker.record(True, time.time())
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError) as exc:
             if backend.reachable:
                 log.warning("backend %s failed its health check: %s", backend.name, exc)
