@@ -18,6 +18,7 @@ from clusterai.api.deps import authenticate, context, require
 from clusterai.gateway.router import NoBackend, Overloaded
 from clusterai.gateway.service import Gateway, UpstreamFailed
 from clusterai.jobs.model import Priority
+from clusterai.llm.protocol import error_body
 
 router = APIRouter(tags=["gateway"])
 LISTS = require(Permission.READ, Permission.READ_OWN)
@@ -49,12 +50,7 @@ def gateway(request: Request) -> Gateway:
 
 
 def _error(protocol: str, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    if protocol == "openai":
-        kind = "invalid_request_error" if status < 500 else "server_error"
-        body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-    else:
-        body = {"error": message}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(protocol, status, message), status_code=status, headers=headers)
 
 
 async def _forward(request: Request, path: str, protocol: str) -> Response:

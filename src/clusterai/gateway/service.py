@@ -19,6 +19,7 @@ import aiohttp
 
 from clusterai.config import GatewaySection
 from clusterai.gateway.router import Backend, Router
+from clusterai.llm.protocol import stream_error
 from clusterai.placement.breaker import BreakerState, CircuitBreaker
 
 log = logging.getLogger("clusterai.gateway")
@@ -227,7 +228,7 @@ class Gateway:
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             outcome = False
             log.warning("backend %s broke off a stream: %s", backend.name, exc)
-            yield stream_error(protocol, response.headers.get("content-type", ""),
+            yield stream_error(_sse(protocol, response.headers.get("content-type", "")),
                                f"the model server {backend.name} stopped answering mid-stream ({type(exc).__name__})")
         except BaseException:
             outcome = None  # the client went away (cancelled): not the backend's fault
@@ -265,8 +266,5 @@ def usage_of(tail: bytes, elapsed: float) -> tuple[int, float]:
     return 0, 0.0
 
 
-def stream_error(protocol: str, content_type: str, message: str) -> bytes:
-    """The end of a broken stream, in the protocol's own way."""
-    if "event-stream" in content_type or (protocol == "openai" and "json" not in content_type):
-        return f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n".encode()
-    return (json.dumps({"error": message}) + "\n").encode()
+def _sse(protocol: str, content_type: str) -> bool:
+    return "event-stream" in content_type or (protocol == "openai" and "json" not in content_type)

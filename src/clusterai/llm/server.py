@@ -22,6 +22,7 @@ from starlette.routing import Route
 from clusterai import __version__
 from clusterai.errors import BadInput
 from clusterai.llm.models import EMBED, GENERATE, Options, ServedModel, Usage
+from clusterai.llm.protocol import error_body, stream_error
 
 NDJSON = "application/x-ndjson"
 NO_BUFFERING = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
@@ -181,21 +182,12 @@ class ModelServer:
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
-def _ollama_error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _openai_error(status: int, message: str) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status_code=status)
-
-
 def ndjson(frames: Iterator[dict[str, Any]]) -> Iterator[bytes]:
     try:
         for f in frames:
             yield (json.dumps(f) + "\n").encode()
     except Exception as exc:  # noqa: BLE001 - Ollama's convention: a last line with the error
-        yield (json.dumps({"error": f"generation failed: {exc}"}) + "\n").encode()
+        yield stream_error(False, f"generation failed: {exc}")
 
 
 def sse(chunks: Iterator[dict[str, Any]]) -> Iterator[bytes]:
@@ -203,8 +195,7 @@ def sse(chunks: Iterator[dict[str, Any]]) -> Iterator[bytes]:
         for c in chunks:
             yield f"data: {json.dumps(c)}\n\n".encode()
     except Exception as exc:  # noqa: BLE001 - OpenAI's convention: an error event, and no [DONE]
-        error = {"error": {"message": f"generation failed: {exc}", "type": "server_error"}}
-        yield f"data: {json.dumps(error)}\n\n".encode()
+        yield stream_error(True, f"generation failed: {exc}")
         return
     yield b"data: [DONE]\n\n"
 
@@ -250,7 +241,10 @@ def create_app(server: ModelServer) -> Starlette:
         return body
 
     def guarded(handler: Callable[..., Any], openai: bool) -> Callable[[Request], Any]:
-        error = _openai_error if openai else _ollama_error
+        protocol = "openai" if openai else "ollama"
+
+        def error(status: int, message: str) -> JSONResponse:
+            return JSONResponse(error_body(protocol, status, message), status_code=status)
 
         async def endpoint(request: Request) -> Response:
             if server.token is not None:

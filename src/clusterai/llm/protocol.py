@@ -1,0 +1,21 @@
+"""How Ollama and OpenAI say that something went wrong, shared by the model server and the gateway."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def error_body(protocol: str, status: int, message: str) -> dict[str, Any]:
+    """An error answer: Ollama's {"error": text}, or OpenAI's {"error": {message, type, ...}}."""
+    if protocol == "openai":
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return {"error": message}
+
+
+def stream_error(sse: bool, message: str) -> bytes:
+    """The end of a stream that broke: an SSE error event (and no [DONE]), or a last NDJSON line."""
+    if sse:
+        return f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n".encode()
+    return (json.dumps({"error": message}) + "\n").encode()
