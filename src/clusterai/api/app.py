@@ -173,6 +173,7 @@ def create_app(
         app.include_router(module.router)
     app.include_router(gateway_routes.router)
     _declare_bearer_auth(app)
+    app.add_middleware(gateway_routes.InferenceFastPath)  # innermost: inside the limits and the counting
     app.add_middleware(AuditAndCount, store=store, registry=registry)
     app.add_middleware(BodyEdges, max_bytes=api.max_body_bytes)
     return app
