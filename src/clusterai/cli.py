@@ -23,7 +23,7 @@ from clusterai.cli_common import (
     parse_pairs,
     settings,
 )
-from clusterai.cli_head import scheduler, worker
+from clusterai.cli_head import scheduler, serve_model, worker
 from clusterai.cli_logline import logline_app
 from clusterai.cli_pipelines import counts, pipeline_app
 from clusterai.cli_tokens import audit, token_app
@@ -53,6 +53,8 @@ app.command("audit")(audit)
 app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                         "help_option_names": []})(worker)
 app.command("scheduler")(scheduler)
+app.command("serve-model", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                             "help_option_names": []})(serve_model)
 
 @app.callback()
 def _global(

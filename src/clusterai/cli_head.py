@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from clusterai.cli_common import err, errors_to_exit_codes, settings
-from clusterai.cli_node import worker_main
+from clusterai.cli_node import serve_model_main, worker_main
 from clusterai.errors import BadInput
 
 EXIT_LEAD_LOST = 5
@@ -95,3 +95,9 @@ def worker(ctx: typer.Context) -> None:
     """Join a head node as a worker: clusterai worker ADDRESS --token T [--name --label k=v --resources GPU=1
     --nthreads --memory-limit --death-timeout --tls-dir] (--help for all)."""
     raise typer.Exit(worker_main(list(ctx.args)))
+
+
+def serve_model(ctx: typer.Context) -> None:
+    """Serve models over the Ollama and OpenAI APIs on their own: clusterai serve-model NAME=SPEC...
+    [--host --port --token-env] (--help for all)."""
+    raise typer.Exit(serve_model_main(list(ctx.args)))

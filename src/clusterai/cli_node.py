@@ -152,3 +152,59 @@ def _plain_beyond_loopback(address: str) -> bool:
     except ValueError:
         return True  # a host name: another machine
 
+
+
+SERVE_TOKEN_ENV = "CLUSTERAI_MODEL_TOKEN"
+
+
+def serve_model_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="clusterai serve-model",
+        description="Serve models over the Ollama and OpenAI APIs on their own (extra clusterai[llm]), for a "
+                    "machine that answers live requests without running jobs; list it under gateway.backends "
+                    "in the head's cluster.yaml. Stops on Ctrl-C or SIGTERM.")
+    p.add_argument("models", nargs="+", metavar="NAME=SPEC",
+                   help="NAME=PATH of a model folder (transformers causal LM or sentence-transformers), "
+                        "or NAME=pkg:MODULE for a model a Python package carries")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=_bounded_int(0, 65535), default=11434, help="port (default: 11434, Ollama's)")
+    p.add_argument("--token-env", default=SERVE_TOKEN_ENV, metavar="VAR",
+                   help=f"environment variable holding the bearer token clients must send (default: "
+                        f"{SERVE_TOKEN_ENV}); required off loopback. Never on the command line: others "
+                        "can read it there.")
+    return p
+
+
+def serve_model_main(argv: list[str]) -> int:
+    """`clusterai serve-model`: argparse like `clusterai worker`, so that a machine with only the llm
+    extra can run it."""
+    args = serve_model_parser().parse_args(argv)
+    try:
+        from clusterai.llm.serving import load_models, require_token, serve
+    except ImportError as exc:
+        return _fail(EXIT_BAD_INPUT, f"serving models needs the llm extra ({exc}): pip install 'clusterai[llm]'")
+    try:
+        token = os.environ.get(args.token_env) or None
+        try:
+            require_token(args.host, token)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; put one in ${args.token_env}") from None
+        models = load_models(args.models)  # after the cheap checks: loading takes a while
+        running = serve(models, host=args.host, port=args.port, token=token)
+        guarded = f"token from ${args.token_env}" if token else "no token: loopback only"
+        print(f"serving {', '.join(sorted(models))} at {running.url} ({guarded})", flush=True)
+
+        async def until_stopped(stop: asyncio.Event) -> None:
+            await stop.wait()
+
+        try:
+            asyncio.run(_until_signal(until_stopped))
+        finally:
+            running.stop()
+        return 0
+    except (BadInput, ConfigError) as exc:
+        return _fail(EXIT_BAD_INPUT, str(exc))
+    except OSError as exc:  # the port is taken, the address is not this machine's
+        return _fail(EXIT_BAD_INPUT, f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+    except ClusterAIError as exc:
+        return _fail(EXIT_FAILED, str(exc))

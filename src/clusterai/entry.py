@@ -1,5 +1,6 @@
 """The `clusterai` command's entry point. `clusterai worker` must run where only Dask and psutil are
-installed, so it is dispatched before the full CLI (the API, pydantic and the rest) is imported."""
+installed, and `clusterai serve-model` where only the llm extra is, so both are dispatched before
+the full CLI (the API, pydantic and the rest) is imported."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ def main() -> None:
         from clusterai.cli_node import worker_main
 
         sys.exit(worker_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-model":
+        from clusterai.cli_node import serve_model_main
+
+        sys.exit(serve_model_main(sys.argv[2:]))
     try:
         from clusterai.cli import main as full
     except ImportError as exc:

@@ -191,6 +191,43 @@ def test_a_full_queue_is_a_503_with_retry_after(backends: Backends, tmp_path: Pa
         assert json.loads(rest[-1])["done"] is True
 
 
+def test_ollama_clients_reach_an_openai_only_backend_through_translation(backends: Backends,
+                                                                        tmp_path: Path) -> None:
+    """Backend A declared as an OpenAI-compatible server (as vLLM or llama.cpp would be): an Ollama
+    client through the gateway gets the same answers as from A's own Ollama API."""
+    settings = gateway_settings(backends, a={"kind": "openai"})
+    settings["gateway"]["backends"] = settings["gateway"]["backends"][:1]
+    native = ollama.Client(host=backends.a.url, headers={"Authorization": f"Bearer {TOKEN_A}"})
+    with running_api(tmp_path / "translated", settings) as served:
+        c = ollama_at(served)
+        options = {"num_predict": 6}
+        whole = c.generate(model="tiny", prompt="The cluster", options=options)
+        assert whole.response == native.generate(model="tiny", prompt="The cluster", options=options).response
+        assert whole.done and whole.done_reason == "length" and whole.eval_count == 6
+        streamed = list(c.generate(model="tiny", prompt="The cluster", stream=True, options=options))
+        assert "".join(p.response for p in streamed) == whole.response
+        assert streamed[-1].done and streamed[-1].eval_count == 6 and not any(p.done for p in streamed[:-1])
+        messages = [{"role": "user", "content": "hi"}]
+        chat = list(c.chat(model="tiny", messages=messages, stream=True, options={"num_predict": 4}))
+        expected = native.chat(model="tiny", messages=messages, options={"num_predict": 4}).message.content
+        assert "".join(p.message.content or "" for p in chat) == expected and chat[-1].done
+        assert c.embed(model="minilm", input=["one", "two"]).embeddings == \
+            native.embed(model="minilm", input=["one", "two"]).embeddings
+        assert len(c.embeddings(model="minilm", prompt="one").embedding) == 384
+        assert c.show("tiny").modelfile == ""  # an OpenAI server tells nothing more than that it has it
+        http = served.client("submitter")
+        images = http.post("/api/generate", json={"model": "tiny", "prompt": "x", "images": ["aGk="]})
+        assert images.status_code == 400 and "images need an Ollama backend" in images.json()["error"]
+        r = http.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False,
+                                             "options": {"num_predict": 2}})
+        assert r.headers["x-clusterai-backend"] == "a" and r.headers["content-type"] == "application/json"
+        with http.stream("POST", "/api/chat", json={"model": "tiny", "messages": messages}) as s:
+            assert s.headers["content-type"] == "application/x-ndjson"
+        o = openai_at(served)  # OpenAI clients go straight through
+        assert o.completions.create(model="tiny", prompt="The cluster", max_tokens=6).choices[0].text == \
+            whole.response
+
+
 class CutStream:
     """A model server that lists a model and breaks every generation off after two lines."""
 

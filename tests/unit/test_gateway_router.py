@@ -26,27 +26,26 @@ def router(*backends: Backend, queue: int = 4, timeout: float = 0.3) -> Router:
 def test_never_a_backend_without_the_model_and_loaded_ones_first() -> None:
     a, b, c = backend("a", {"llama"}), backend("b", {"llama", "qwen"}, loaded={"qwen"}), backend("c", {"qwen"})
     r = router(a, b, c)
-    assert {r.pick("llama", "ollama").name for _ in range(50)} == {"a", "b"}
-    assert {r.pick("qwen", "ollama").name for _ in range(50)} == {"b"}  # loaded beats merely present
-    assert r.pick("llama:latest", "ollama") is not None  # the :latest tag is the same model
+    assert {r.pick("llama").name for _ in range(50)} == {"a", "b"}
+    assert {r.pick("qwen").name for _ in range(50)} == {"b"}  # loaded beats merely present
+    assert r.pick("llama:latest") is not None  # the :latest tag is the same model
     with pytest.raises(NoBackend, match="model 'mistral' not found on any backend; models: llama, qwen"):
-        r.pick("mistral", "ollama")
+        r.pick("mistral")
 
 
-def test_openai_only_backends_serve_openai_requests_only() -> None:
-    r = router(backend("vllm", {"m"}, kind="openai"))
-    assert r.pick("m", "openai").name == "vllm"
-    with pytest.raises(NoBackend):
-        r.pick("m", "ollama")
+def test_an_openai_only_backend_is_a_candidate_for_its_models() -> None:
+    r = router(backend("vllm", {"m"}, kind="openai"), backend("ollama", {"other"}))
+    assert [b.name for b in r.candidates("m")] == ["vllm"]
+    assert r.pick("m").name == "vllm"
 
 
 def test_fewer_in_flight_wins_and_the_cap_holds() -> None:
     a, b = backend("a", {"m"}, cap=2), backend("b", {"m"}, cap=2)
     r = router(a, b)
     a.inflight = 1
-    assert all(r.pick("m", "ollama") is b for _ in range(20))
+    assert all(r.pick("m") is b for _ in range(20))
     a.inflight, b.inflight = 2, 2
-    assert r.pick("m", "ollama") is None
+    assert r.pick("m") is None
 
 
 def test_an_open_breaker_takes_a_backend_out_and_session_affinity_sticks() -> None:
@@ -54,14 +53,14 @@ def test_an_open_breaker_takes_a_backend_out_and_session_affinity_sticks() -> No
     r = router(a, b)
     a.breaker.record(False, 0)
     a.breaker.record(False, 1e12)  # open, for a long time
-    assert {r.pick("m", "ollama").name for _ in range(20)} == {"b"}
+    assert {r.pick("m").name for _ in range(20)} == {"b"}
     c, d = backend("c", {"m"}), backend("d", {"m"})
     r2 = router(c, d)
-    first = asyncio.run(r2.acquire("m", "ollama", session="chat-1"))
+    first = asyncio.run(r2.acquire("m", session="chat-1"))
     r2.release(first, ok=True)
     names = set()
     for _ in range(10):
-        got = asyncio.run(r2.acquire("m", "ollama", session="chat-1"))
+        got = asyncio.run(r2.acquire("m", session="chat-1"))
         names.add(got.name)
         r2.release(got, ok=True)
     assert names == {first.name}
@@ -71,11 +70,11 @@ def test_the_queue_is_bounded_and_serves_the_highest_priority_first() -> None:
     async def scenario() -> list[str]:
         only = backend("a", {"m"}, cap=1)
         r = router(only, queue=2, timeout=5)
-        held = await r.acquire("m", "ollama")
+        held = await r.acquire("m")
         order: list[str] = []
 
         async def ask(name: str, priority: int) -> None:
-            got = await r.acquire("m", "ollama", priority=priority)
+            got = await r.acquire("m", priority=priority)
             order.append(name)
             await asyncio.sleep(0.01)
             r.release(got, ok=True)
@@ -85,7 +84,7 @@ def test_the_queue_is_bounded_and_serves_the_highest_priority_first() -> None:
         high = asyncio.create_task(ask("high", 3))
         await asyncio.sleep(0.01)
         with pytest.raises(Overloaded, match="queue is full") as full:
-            await r.acquire("m", "ollama")
+            await r.acquire("m")
         assert full.value.retry_after >= 1
         r.release(held, ok=True)
         await asyncio.gather(low, high)
@@ -98,8 +97,8 @@ def test_a_wait_past_the_timeout_is_overloaded() -> None:
     async def scenario() -> None:
         only = backend("a", {"m"}, cap=1)
         r = router(only, queue=5, timeout=0.2)
-        await r.acquire("m", "ollama")
+        await r.acquire("m")
         with pytest.raises(Overloaded, match="came free within 0.2 s"):
-            await r.acquire("m", "ollama")
+            await r.acquire("m")
 
     asyncio.run(scenario())

@@ -87,16 +87,15 @@ class Router:
     def queued(self) -> int:
         return sum(1 for w in self._waiting if not w.future.done())
 
-    def candidates(self, model: str, protocol: str) -> list[Backend]:
-        """Backends that could ever serve this model over this protocol."""
-        speaks = [b for b in self.backends if protocol == "openai" or b.kind == "ollama"]
-        return [b for b in speaks if b.has(model)]
+    def candidates(self, model: str) -> list[Backend]:
+        """Backends that could ever serve this model (any of them takes either protocol: Ollama
+        speaks OpenAI's too, and the gateway translates Ollama's for OpenAI-only servers)."""
+        return [b for b in self.backends if b.has(model)]
 
-    def pick(self, model: str, protocol: str, *, session: str | None = None,
-             exclude: Iterable[Backend] = ()) -> Backend | None:
+    def pick(self, model: str, *, session: str | None = None, exclude: Iterable[Backend] = ()) -> Backend | None:
         """A backend free now, or None (all busy or out of rotation). NoBackend if none has it."""
         excluded = set(exclude)
-        having = [b for b in self.candidates(model, protocol) if b not in excluded]
+        having = [b for b in self.candidates(model) if b not in excluded]
         if not having:
             known = sorted({m for b in self.backends for m in b.models})
             raise NoBackend(f"model '{model}' not found on any backend; models: {', '.join(known) or 'none'}")
@@ -116,12 +115,12 @@ class Router:
         a, b = self.rng.sample(pool, 2)
         return a if a.inflight <= b.inflight else b
 
-    async def acquire(self, model: str, protocol: str, *, session: str | None = None, priority: int = 0,
+    async def acquire(self, model: str, *, session: str | None = None, priority: int = 0,
                       exclude: Iterable[Backend] = ()) -> Backend:
         excluded = list(exclude)
         deadline = time.monotonic() + self.queue_timeout
         while True:
-            backend = self.pick(model, protocol, session=session, exclude=excluded)
+            backend = self.pick(model, session=session, exclude=excluded)
             if backend is not None:
                 self._take(backend, session)
                 return backend

@@ -20,7 +20,7 @@ from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import authenticate, context, require
 from clusterai.errors import StoreUnavailable
 from clusterai.gateway.router import NoBackend, Overloaded
-from clusterai.gateway.service import Gateway, UpstreamFailed
+from clusterai.gateway.service import Gateway, Refused, UpstreamFailed
 from clusterai.jobs.model import Priority
 from clusterai.llm.protocol import error_body
 
@@ -78,11 +78,15 @@ async def _forward(request: Request, path: str, protocol: str) -> Response:
         return _error(protocol, 400, str(exc))
     try:
         # Ollama's generations stream unless told not to; OpenAI's only when asked; the rest never
-        stream = path in STREAMING and bool(body.get("stream", protocol == "ollama"))
+        wanted = body.get("stream")  # null: as if absent
+        stream = path in STREAMING and (protocol == "ollama" if wanted is None else bool(wanted))
         answer = await gateway(request).forward(path, raw or b"{}", protocol=protocol, model=model, stream=stream,
-                                                priority=priority, session=request.headers.get("x-clusterai-session"))
+                                                parsed=body, priority=priority,
+                                                session=request.headers.get("x-clusterai-session"))
     except NoBackend as exc:
         return _error(protocol, 404, str(exc))
+    except Refused as exc:
+        return _error(protocol, 400, str(exc))
     except Overloaded as exc:
         return _error(protocol, 503, str(exc), {"Retry-After": str(max(1, round(exc.retry_after)))})
     except UpstreamFailed as exc:

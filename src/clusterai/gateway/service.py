@@ -18,7 +18,15 @@ from typing import Any
 import aiohttp
 
 from clusterai.config import GatewaySection
-from clusterai.gateway.router import Backend, Router
+from clusterai.gateway.router import Backend, NoBackend, Router
+from clusterai.gateway.translate import (
+    TRANSLATED,
+    StreamToNdjson,
+    Untranslatable,
+    answer_to_ollama,
+    error_to_ollama,
+    request_to_openai,
+)
 from clusterai.llm.protocol import stream_error
 from clusterai.placement.breaker import BreakerState, CircuitBreaker
 
@@ -39,6 +47,10 @@ class Answer:
 
 class UpstreamFailed(Exception):
     """Every backend tried failed before sending a byte."""
+
+
+class Refused(Exception):
+    """A request no backend that has the model can take (400)."""
 
 
 class Gateway:
@@ -170,21 +182,55 @@ class Gateway:
         return {"Authorization": f"Bearer {backend.token}"} if backend.token else {}
 
     async def forward(self, path: str, body: bytes, *, protocol: str, model: str, stream: bool,
-                      session: str | None = None, priority: int = 0) -> Answer:
-        """Send the request body as it came to the chosen backend; before the first byte reached the
-        client (for an answer not streamed: before all of it was read), a failing backend is left for
-        the next."""
+                      parsed: dict[str, Any] | None = None, session: str | None = None,
+                      priority: int = 0) -> Answer:
+        """Send the request body as it came to the chosen backend (an Ollama request to an
+        OpenAI-only backend: translated, and its answer translated back); before the first byte
+        reached the client (for an answer not streamed: before all of it was read), a failing
+        backend is left for the next."""
         await self.fresh()
         started = time.perf_counter()
+        translated: tuple[str, dict[str, Any]] | None = None
+        untranslatable: str | None = None
+        if protocol == "ollama" and path in TRANSLATED:
+            try:
+                translated = request_to_openai(path, parsed if parsed is not None else json.loads(body or b"{}"))
+            except Untranslatable as exc:
+                untranslatable = str(exc)
         tried: list[Backend] = []
         last = "no backend tried"
         for _ in range(self.settings.attempts):
-            backend = await self.router.acquire(model, protocol, session=session, priority=priority, exclude=tried)
+            # a request that cannot be put in OpenAI's terms goes to backends that speak Ollama's
+            skipped = [b for b in self.router.backends if b.kind == "openai"] if untranslatable else []
             try:
-                response = await self.http.post(f"{backend.url}{path}", data=body,
+                backend = await self.router.acquire(model, session=session, priority=priority,
+                                                    exclude=tried + skipped)
+            except NoBackend:
+                if skipped and any(b.has(model) for b in skipped):
+                    raise Refused(f"{untranslatable} (every backend with model '{model}' speaks OpenAI's "
+                                  "API only)") from None
+                raise
+            converting = protocol == "ollama" and backend.kind == "openai"
+            if converting and path == "/api/show":
+                self.router.release(backend, None)
+                return _shown(backend)
+            if converting:
+                assert translated is not None
+                target, payload = translated[0], json.dumps(translated[1]).encode()
+            else:
+                target, payload = path, body
+            try:
+                response = await self.http.post(f"{backend.url}{target}", data=payload,
                                                 headers={"Content-Type": "application/json", **self._auth(backend)})
-                content = await response.read() if not stream or response.status >= 500 else b""
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                whole = not stream or response.status >= 500 or (converting and response.status >= 400)
+                content = await response.read() if whole else b""
+                if converting and response.status >= 400:
+                    content = error_to_ollama(response.status, content)
+                elif converting and not stream:
+                    content = json.dumps(answer_to_ollama(path, model, json.loads(content),
+                                                          time.perf_counter() - started)).encode()
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                # ValueError: an OpenAI answer that is not what the protocol says (nothing was sent yet)
                 self.router.release(backend, ok=False)
                 tried.append(backend)
                 last = f"{backend.name}: {type(exc).__name__}: {exc}"
@@ -196,11 +242,14 @@ class Gateway:
                 tried.append(backend)
                 last = f"{backend.name}: HTTP {response.status}: {content[:300].decode(errors='replace')}"
                 continue
-            headers = {k: v for k, v in response.headers.items() if k.lower() in PASSED_HEADERS}
+            headers = {k.lower(): v for k, v in response.headers.items() if k.lower() in PASSED_HEADERS}
             headers.update({"X-Accel-Buffering": "no", "Cache-Control": "no-cache",
                             "X-Clusterai-Backend": backend.name})
+            if converting:
+                headers["content-type"] = "application/x-ndjson" if stream and response.status < 400 \
+                    else "application/json"
             ok: bool | None = True if response.status < 400 else None
-            if not stream:
+            if not stream or (converting and response.status >= 400):
                 took = time.perf_counter() - started
                 backend.first_byte_seconds += took
                 backend.answered += 1
@@ -208,11 +257,13 @@ class Gateway:
                 response.release()
                 self.router.release(backend, ok)
                 return Answer(response.status, headers, content=content)
-            return Answer(response.status, headers, stream=self._relay(response, backend, protocol, ok, started))
+            convert = StreamToNdjson(path, model, started) if converting else None
+            return Answer(response.status, headers,
+                          stream=self._relay(response, backend, protocol, ok, started, convert))
         raise UpstreamFailed(f"every backend tried failed before answering ({last})")
 
     async def _relay(self, response: aiohttp.ClientResponse, backend: Backend, protocol: str,
-                     ok: bool | None, started: float) -> AsyncIterator[bytes]:
+                     ok: bool | None, started: float, convert: StreamToNdjson | None = None) -> AsyncIterator[bytes]:
         outcome = ok
         tail = b""
         first = True
@@ -222,14 +273,26 @@ class Gateway:
                     backend.first_byte_seconds += time.perf_counter() - started
                     backend.answered += 1
                     first = False
+                if convert is not None:
+                    chunk = convert.feed(chunk)
+                    if not chunk:
+                        continue
                 tail = (tail + chunk)[-4096:]
                 yield chunk
+            if convert is not None:
+                end = convert.close()
+                tail = (tail + end)[-4096:]
+                if convert.failed:
+                    outcome = False
+                yield end
             _count(backend, tail, time.perf_counter() - started)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             outcome = False
             log.warning("backend %s broke off a stream: %s", backend.name, exc)
-            yield stream_error(_sse(protocol, response.headers.get("content-type", "")),
-                               f"the model server {backend.name} stopped answering mid-stream ({type(exc).__name__})")
+            sse = convert is None and _sse(protocol, response.headers.get("content-type", ""))
+            if convert is None or not convert.finished:
+                yield stream_error(sse, f"the model server {backend.name} stopped answering mid-stream "
+                                        f"({type(exc).__name__})")
         except BaseException:
             outcome = None  # the client went away (cancelled): not the backend's fault
             raise
@@ -239,6 +302,15 @@ class Gateway:
             else:
                 response.close()  # a broken or abandoned answer: drop the connection (the backend stops)
             self.router.release(backend, outcome)
+
+
+def _shown(backend: Backend) -> Answer:
+    """Ollama's /api/show for a model on an OpenAI-only backend, which says nothing more about it than
+    that it has it."""
+    body = {"modelfile": "", "parameters": "", "template": "", "details": {}, "model_info": {},
+            "remote_host": backend.name}
+    return Answer(200, {"content-type": "application/json", "X-Clusterai-Backend": backend.name},
+                  content=json.dumps(body).encode())
 
 
 def _count(backend: Backend, tail: bytes, elapsed: float) -> None:

@@ -37,17 +37,17 @@ class ModelSpec:
         name, sep, where = text.partition("=")
         name, where = name.strip(), where.strip()
         if not sep or not name or not where:
-            raise BadInput(f"--serve-model {text!r}: expected NAME=PATH or NAME=pkg:MODULE")
+            raise BadInput(f"model {text!r}: expected NAME=PATH or NAME=pkg:MODULE")
         if where.startswith("pkg:"):
             module = where[4:]
             try:
                 path = Path(importlib.import_module(module).get_model_path())
             except (ImportError, AttributeError) as exc:
-                raise BadInput(f"--serve-model {text!r}: package {module!r} carries no model ({exc})") from None
+                raise BadInput(f"model {text!r}: package {module!r} carries no model ({exc})") from None
         else:
             path = Path(where).expanduser()
         if not (path / "config.json").is_file():
-            raise BadInput(f"--serve-model {text!r}: {path} is not a model folder (no config.json)")
+            raise BadInput(f"model {text!r}: {path} is not a model folder (no config.json)")
         return cls(name, path.resolve())
 
     @property

@@ -34,11 +34,17 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def require_token(host: str, token: str | None) -> None:
+    if not _loopback(host) and not token:
+        raise ConfigError(f"serving models on {host} needs a token: anyone who reaches the port could use "
+                          "the models")
+
+
 def load_models(specs: Sequence[str]) -> dict[str, ServedModel]:
     parsed = [ModelSpec.parse(text) for text in specs]
     names = [s.name for s in parsed]
     if len(set(names)) != len(names):
-        raise BadInput(f"--serve-model: a name is given twice: {names}")
+        raise BadInput(f"a model name is given twice: {names}")
     return {s.name: ServedModel(s) for s in parsed}
 
 
@@ -47,9 +53,7 @@ def serve(models: dict[str, ServedModel], *, host: str = "127.0.0.1", port: int 
     """Start serving; returns once the socket listens. Off loopback a token is required."""
     import uvicorn
 
-    if not _loopback(host) and not token:
-        raise ConfigError(f"serving models on {host} needs a token (--serve-token): anyone who reaches the "
-                          "port could use the models")
+    require_token(host, token)
     server = ModelServer(models, token=token)
     sock = socket.create_server((host, port))
     config = uvicorn.Config(create_app(server), log_level="warning", lifespan="off", access_log=False)
