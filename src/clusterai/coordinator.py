@@ -20,12 +20,13 @@ from distributed.comm.core import CommClosedError
 from clusterai.config import CoordinatorSection, PlacementSection
 from clusterai.engine import counts
 from clusterai.engine.execute import run_batch_anywhere
-from clusterai.errors import StoreUnavailable
+from clusterai.errors import StoreUnavailable, UnknownTaskError
 from clusterai.jobs.model import Finish, Job, Outcome, State, canonical_json, decide
 from clusterai.jobs.store import JobStore
 from clusterai.metrics import Metrics
 from clusterai.placement import Strategy, WorkerSlot, make_strategy
 from clusterai.placement.planner import Batch, Planner
+from clusterai.tasks import get_task
 from clusterai.workers import WorkerRegistry
 
 log = logging.getLogger("clusterai.coordinator")
@@ -50,6 +51,9 @@ class Coordinator:
     ):
         self.store = store
         self.client = dask_client
+        # where tasks that call the LLM gateway find it, and an inference-only credential (set by
+        # the API started beside this coordinator; kept in memory, sent with those tasks' attempts)
+        self.gateway_access: dict[str, str] | None = None
         self.settings = settings or CoordinatorSection()
         self.placement = placement or PlacementSection()
         self.planner = self._make_planner(self.settings, self.placement)
@@ -215,8 +219,12 @@ class Coordinator:
         slot, jobs = batch.slot, batch.jobs
         for job in jobs:
             self._inflight[job.id] = job
-        items = [{"id": j.id, "attempt": j.attempt, "task": j.task,
-                  "payload": canonical_json(j.payload), "timeout": j.timeout} for j in jobs]
+        items: list[dict[str, Any]] = [{"id": j.id, "attempt": j.attempt, "task": j.task,
+                                        "payload": canonical_json(j.payload), "timeout": j.timeout} for j in jobs]
+        if self.gateway_access is not None:
+            for item, job in zip(items, jobs):
+                if _calls_gateway(job.task):
+                    item["gateway"] = self.gateway_access
         hard_limit = None
         if all(j.timeout for j in jobs):
             hard_limit = sum(j.timeout or 0 for j in jobs) + self.settings.hard_timeout_grace
@@ -397,3 +405,10 @@ class Coordinator:
                 log.warning("store unavailable while saving the worker registry: %s", exc)
             except Exception as exc:  # noqa: BLE001 - a scheduler hiccup must not stop the loop
                 log.warning("could not refresh workers from the scheduler: %s", exc)
+
+
+def _calls_gateway(task_name: str) -> bool:
+    try:
+        return get_task(task_name).gateway
+    except UnknownTaskError:
+        return False

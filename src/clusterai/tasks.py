@@ -48,6 +48,7 @@ class TaskDef:
     timeout: float | None
     resources: dict[str, float]
     non_retryable: tuple[type[BaseException], ...]
+    gateway: bool = False  # calls the cluster's LLM gateway: its attempts carry where and how
 
     def validate(self, payload: Any) -> dict[str, Any]:
         """The payload as the canonical JSON object the store keeps, or PayloadError."""
@@ -154,8 +155,11 @@ def task(
     priority: str | Priority | None = None,
     resources: dict[str, float] | None = None,
     non_retryable: Iterable[type[BaseException]] = (),
+    gateway: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a function as a task. Unset options fall back to the queue's, then the defaults."""
+    """Register a function as a task. Unset options fall back to the queue's, then the defaults.
+    `gateway=True`: the task calls the cluster's LLM gateway; each attempt is given its address and
+    a credential for inference only (`current_job().gateway`)."""
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         task_name = name or f"{fn.__module__}.{fn.__qualname__}"
@@ -164,7 +168,7 @@ def task(
             name=task_name, fn=fn, model=model, unpack=unpack, queue=queue,
             priority=Priority.parse(priority) if priority is not None else None,
             retries=retries, backoff=backoff, max_backoff=max_backoff, timeout=timeout,
-            resources=dict(resources or {}), non_retryable=tuple(non_retryable),
+            resources=dict(resources or {}), non_retryable=tuple(non_retryable), gateway=gateway,
         )
         with _REGISTRY_LOCK:
             current = _REGISTRY.get(task_name)

@@ -1,6 +1,7 @@
 """`clusterai worker --serve-model` as a user runs it: the worker loads its models, serves them
 with a token of its own, and the head's gateway sends live requests there as soon as it joins,
-through the official ollama and openai clients; when the worker leaves, its backend goes."""
+through the official ollama and openai clients, and batch inference jobs with no setup; when the
+worker leaves, its backend goes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import wait_for
-from nodes import Scheduler, Worker, stopping, worker_token
+from nodes import Scheduler, Worker, job_client, stopping, worker_token
 
 pytest.importorskip("transformers")
 ollama = pytest.importorskip("ollama")
@@ -49,6 +50,18 @@ def test_a_worker_serves_its_models_through_the_heads_gateway(tmp_path: Path, ti
             model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True))
         assert isinstance(text, str)
         assert len(o.embeddings.create(model="minilm", input="hello").data[0].embedding) == 384
+        # batch inference as jobs: the head gives their attempts the gateway's address and a
+        # credential of their own (nothing set on the worker), and the gateway sends them to the
+        # worker's own model server
+        jobs = job_client(store, tasks=())
+        prompts = jobs.submit_many("llm.generate", [{"model": "tiny", "prompt": f"Item {i}",
+                                                     "options": {"num_predict": 3}} for i in range(4)])
+        vectors = jobs.submit("llm.embed", {"model": "minilm", "input": ["one", "two"]})
+        jobs.wait([*prompts, vectors], timeout=120)
+        for job in jobs.get_many(prompts):
+            assert job.state.value == "succeeded", job.error
+            assert 1 <= job.result["tokens"] <= 3
+        assert len(jobs.get(vectors).result["embeddings"]) == 2
         workers = http.get("/api/v1/workers").text
         assert "model_server" not in workers and served_url not in workers  # nor its token: kept in memory
 

@@ -151,6 +151,22 @@ def test_tokens_and_roles(api: Api) -> None:
     assert viewer.get("/api/tags").status_code == 200
     bad = api.client("submitter").post("/api/chat", content=b"{not json", headers={"Content-Type": "application/json"})
     assert bad.status_code == 400
+    # the credential the head gives batch inference jobs: inference, and nothing else
+    jobs = api.client(headers={"Authorization": f"Bearer {api.app.state.ctx.jobs_token}"})
+    assert jobs.post("/api/embed", json={"model": "minilm", "input": "x"}).status_code == 200
+    assert jobs.get("/api/v1/jobs").status_code == 401 and jobs.get("/api/tags").status_code == 401
+    wrong = api.client().post("/v1/embeddings", json={"model": "minilm", "input": "x"},
+                              headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["message"].startswith("the token is unknown")
+
+
+def test_workers_reach_an_api_on_every_interface_where_they_reach_the_scheduler() -> None:
+    from clusterai.api.server import url_for_workers
+
+    assert url_for_workers("http://127.0.0.1:8000", "tcp://127.0.0.1:8786") == "http://127.0.0.1:8000"
+    assert url_for_workers("https://0.0.0.0:8000", "tls://head.lan:8786") == "https://head.lan:8000"
+    assert url_for_workers("http://[::]:8000", "tcp://10.0.0.2:8786") == "http://10.0.0.2:8000"
+    assert url_for_workers("http://10.0.0.2:8000", "tcp://10.0.0.2:8786") == "http://10.0.0.2:8000"
 
 
 def test_a_dead_backend_is_avoided_its_breaker_opens_then_closes(api: Api, backends: Backends) -> None:

@@ -59,9 +59,11 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
 class Node:
     """A `clusterai` process started in its own session, its output in a log file."""
 
-    def __init__(self, args: Sequence[str], cwd: Path, log: Path, *, prefix: Sequence[str] = ()):
+    def __init__(self, args: Sequence[str], cwd: Path, log: Path, *, prefix: Sequence[str] = (),
+                 env: dict[str, str] | None = None):
         """`prefix`: a command that runs the node, e.g. ("ip", "netns", "exec", NAME) for a node on
-        a network namespace of its own; it must exec the command (keeping its pid and session)."""
+        a network namespace of its own; it must exec the command (keeping its pid and session).
+        `env`: variables added to its environment."""
         self.args = list(args)
         self.prefix = list(prefix)
         self.cwd = cwd
@@ -69,7 +71,7 @@ class Node:
         cwd.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "clusterai.cli", *self.args], cwd=cwd,
-                                         env=node_env(), stdout=out, stderr=subprocess.STDOUT,
+                                         env={**node_env(), **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.proc.pid
         self.started = time.monotonic()
@@ -156,6 +158,19 @@ class Worker(Node):
             args += ["--token", token]
         super().__init__([*args, *extra], cwd, cwd / f"worker-{name}.log", prefix=prefix)
         self.name = name
+
+
+class ModelServer(Node):
+    """`clusterai serve-model` on a loopback port, its token in its environment."""
+
+    def __init__(self, specs: Sequence[str], port: int, token: str, cwd: Path, name: str):
+        super().__init__(["serve-model", *specs, "--port", str(port)], cwd, cwd / f"serve-{name}.log",
+                         env={"CLUSTERAI_MODEL_TOKEN": token})
+        self.url = f"http://127.0.0.1:{port}"
+
+    def wait_up(self, timeout: float = 120, *, after: int = 0) -> ModelServer:
+        self.wait_line(f"at {self.url}", timeout, after=after)
+        return self
 
 
 @contextlib.contextmanager

@@ -3,8 +3,9 @@ authenticate a request and check its role."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Depends, HTTPException, Request
@@ -30,6 +31,9 @@ class ApiContext:
     wake: Callable[[], None] = lambda: None
     dask_dashboard: str | None = None  # the Dask dashboard's address, when it is served
     gateway: Any = None  # gateway.service.Gateway: live LLM requests
+    # a credential for inference only, made at start and kept in memory: the coordinator hands it to
+    # the attempts of tasks that call the gateway (llm.generate, llm.embed)
+    jobs_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
 
 def context(request: Request) -> ApiContext:

@@ -16,6 +16,7 @@ import uvicorn
 
 from clusterai.api.app import create_app
 from clusterai.api.auth import new_token
+from clusterai.api.deps import ApiContext
 from clusterai.config import ClusterConfig
 from clusterai.errors import ConfigError
 from clusterai.jobs.store import JobStore, open_store
@@ -81,6 +82,7 @@ class ApiServer:
                 raise ConfigError(f"api.{name}: no such file {value!r}")
         app = create_app(store, config, wake=wake, coordinator_registry=coordinator_registry,
                          dask_dashboard=dask_dashboard, worker_slots=worker_slots)
+        self.context: ApiContext = app.state.ctx
         self.server = UvicornServer(uvicorn.Config(
             app, host=self.host, port=self.port, log_level="warning", access_log=False, lifespan="off",
             ssl_certfile=api.tls_cert, ssl_keyfile=api.tls_key, timeout_graceful_shutdown=2,
@@ -135,6 +137,8 @@ async def start_beside(config: ClusterConfig, coordinator: Any, *, dask_dashboar
                         port=port, dask_dashboard=dask_dashboard, worker_slots=lambda: coordinator.slots.values())
         await api.start()
         api.owned_store = store
+        coordinator.gateway_access = {"url": url_for_workers(api.url, coordinator.client.scheduler.address),
+                                      "token": api.context.jobs_token}
         return api
 
     try:
@@ -149,3 +153,14 @@ async def start_beside(config: ClusterConfig, coordinator: Any, *, dask_dashboar
     except BaseException:
         store.close()
         raise
+
+
+def url_for_workers(api_url: str, scheduler_address: str) -> str:
+    """The API's address as workers reach it: an API on every interface (0.0.0.0, ::) is reached at
+    the host workers already reach the scheduler on."""
+    scheme, _, rest = api_url.partition("://")
+    host, _, port = rest.rpartition(":")
+    if host.strip("[]") not in ("0.0.0.0", "::"):
+        return api_url
+    head = scheduler_address.rpartition("://")[2].rsplit(":", 1)[0]
+    return f"{scheme}://{head}:{port}"

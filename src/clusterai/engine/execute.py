@@ -27,6 +27,7 @@ class JobContext:
     job_id: int
     attempt: int
     worker: str
+    gateway: dict[str, str] | None = None  # {"url", "token"} for tasks registered with gateway=True
 
 
 _context = threading.local()
@@ -81,7 +82,7 @@ class _Watchdog:
 def run_one(item: dict[str, Any], worker: str) -> dict[str, Any]:
     reply: dict[str, Any] = {"id": item["id"], "attempt": item["attempt"]}
     started = time.perf_counter()
-    _context.job = JobContext(item["id"], item["attempt"], worker)
+    _context.job = JobContext(item["id"], item["attempt"], worker, item.get("gateway"))
     watchdog = _Watchdog(item["timeout"]) if item.get("timeout") else None
     try:
         try:

@@ -5,6 +5,7 @@ needs a token that may submit; the model lists any token."""
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import logging
@@ -30,14 +31,22 @@ LISTS = require(Permission.READ, Permission.READ_OWN)
 _SUBMITS = require(Permission.SUBMIT)
 STREAMING = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
 ANONYMOUS = Principal(token_id="-", name="anonymous", role="submitter")
+JOBS = Principal(token_id="-jobs", name="jobs", role="submitter")
 
 
 async def INFERS(request: Request) -> Principal:  # noqa: N802 - used like the other dependencies
-    """A token that may submit; or none at all from a trusted network when gateway.open_inference is on."""
-    settings = context(request).config.gateway
-    if settings.open_inference and "authorization" not in request.headers and _trusted(request, settings.open_networks):
-        request.state.principal = ANONYMOUS
-        return ANONYMOUS
+    """A token that may submit; the credential the coordinator gives to batch inference jobs (good
+    here only); or none at all from a trusted network when gateway.open_inference is on."""
+    ctx = context(request)
+    settings = ctx.config.gateway
+    presented = request.headers.get("authorization")
+    if presented is None:
+        if settings.open_inference and _trusted(request, settings.open_networks):
+            request.state.principal = ANONYMOUS
+            return ANONYMOUS
+    elif hmac.compare_digest(presented.encode(), f"Bearer {ctx.jobs_token}".encode()):
+        request.state.principal = JOBS
+        return JOBS
     return await _SUBMITS(await authenticate(request))
 
 
