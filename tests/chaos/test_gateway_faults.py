@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from api_support import Api, running_api
-from nodes import ModelServer, stopping
+from conftest import wait_for
+from nodes import ModelServer, Scheduler, Worker, stopping, worker_token
 
 pytest.importorskip("transformers")
 ollama = pytest.importorskip("ollama")
@@ -126,3 +128,51 @@ def test_a_model_server_killed_mid_stream(tmp_path: Path, tiny_gpt2: Path) -> No
             assert r.status_code in (502, 503) and isinstance(r.json()["error"], str)
             with pytest.raises(openai.APIStatusError):
                 o.completions.create(model="tiny", prompt="x", max_tokens=1)
+
+
+@pytest.mark.cluster
+def test_a_worker_serving_a_model_killed_mid_stream(tmp_path: Path, tiny_gpt2: Path) -> None:
+    """The same with models hosted by `clusterai worker --serve-model`: a worker's whole process group
+    SIGKILLed under a stream; the stream ends with Ollama's error, the other worker answers the next
+    requests, the dead worker's backend leaves the gateway, and comes back when the worker does."""
+    store = f"sqlite:///{tmp_path / 'clusterai.db'}"
+    head = Scheduler(store, tmp_path)
+    with stopping(head) as nodes:
+        head.wait_up(90)
+        workers = {}
+        for name in ("box-1", "box-2"):
+            workers[name] = Worker(head.address, worker_token(store, name, tmp_path), name, tmp_path,
+                                   extra=["--serve-model", f"tiny={tiny_gpt2}"])
+            nodes.append(workers[name])
+        for worker in workers.values():
+            worker.wait_line("joined", 120)
+        http = httpx.Client(base_url=head.api, headers={"Authorization": f"Bearer {head.admin_token()}"},
+                            timeout=60)
+
+        def backends() -> set[str]:
+            return {b["name"] for b in http.get("/api/v1/models").json()["backends"]}
+
+        wait_for(lambda: backends() == {"worker box-1", "worker box-2"} or None, 60, "both workers' backends")
+        with http.stream("POST", "/api/generate",
+                         json={"model": "tiny", "prompt": "The cluster", "options": LONG}) as r:
+            victim = r.headers["x-clusterai-backend"].removeprefix("worker ")
+            lines = r.iter_lines()
+            next(lines), next(lines)
+            workers[victim].kill()
+            rest = [json.loads(line) for line in lines if line]
+        assert "stopped answering mid-stream" in rest[-1]["error"]
+        survivor = "box-2" if victim == "box-1" else "box-1"
+        for _ in range(5):
+            r = http.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False,
+                                                 "options": {"num_predict": 2}})
+            assert r.status_code == 200 and r.headers["x-clusterai-backend"] == f"worker {survivor}"
+        wait_for(lambda: backends() == {f"worker {survivor}"} or None, 60, "the dead worker's backend to go")
+
+        workers[victim] = Worker(head.address, worker_token(store, f"{victim}-again", tmp_path), victim,
+                                 tmp_path, extra=["--serve-model", f"tiny={tiny_gpt2}"])
+        nodes.append(workers[victim])
+        wait_for(lambda: backends() == {"worker box-1", "worker box-2"} or None, 120, "the worker to come back")
+        used = {http.post("/api/generate", json={"model": "tiny", "prompt": "x", "stream": False,
+                                                 "options": {"num_predict": 1}}).headers["x-clusterai-backend"]
+                for _ in range(20)}
+        assert used == {"worker box-1", "worker box-2"}
