@@ -5,7 +5,8 @@ at once, called directly, through clusterai's gateway, and through LiteLLM's pro
 
 Each server runs in a process of its own on loopback: the upstream (a bare ASGI app on uvicorn),
 clusterai's API server with the gateway in front of it (the same app `clusterai up` serves, one
-backend: the upstream), and LiteLLM's proxy (`litellm --config`, its own virtualenv) in front of the
+backend: the upstream), a second one with the upstream declared OpenAI-only and asked Ollama's
+/api/chat (what translating adds), and LiteLLM's proxy (`litellm --config`, its own virtualenv) in front of the
 same upstream. The load comes from one more process: a single client sending requests one after
 another (latency: p50/p99 per path, and what each proxy adds to the direct call), then 16 clients at
 once (requests/s). Every request is a non-streamed OpenAI chat completion.
@@ -36,6 +37,9 @@ ANSWER = json.dumps({
     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
 }).encode()
 REQUEST = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+# the same chat in Ollama's terms, for a backend that speaks only OpenAI's API: the gateway translates
+OLLAMA_REQUEST = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": False,
+                  "options": {"num_predict": 1}}
 
 
 # -- the upstream: answers at once ----------------------------------------------------------------
@@ -70,7 +74,7 @@ def serve_upstream(port: int) -> None:
 # -- clusterai's API server with the gateway ------------------------------------------------------
 
 
-def serve_clusterai(port: int, upstream: str, folder: Path) -> None:
+def serve_clusterai(port: int, upstream: str, folder: Path, kind: str = "ollama") -> None:
     import uvicorn
 
     from clusterai.api.app import create_app
@@ -78,9 +82,10 @@ def serve_clusterai(port: int, upstream: str, folder: Path) -> None:
     from clusterai.config import parse_config
     from clusterai.jobs.store import open_store
 
+    backend = {"name": "up", "url": upstream, "kind": kind, "max_concurrency": 256}
     config = parse_config({"store": f"sqlite:///{folder / 'bench.db'}", "api": {"rate_limit": 0},
-                           "gateway": {"backends": [{"name": "up", "url": upstream, "max_concurrency": 256}],
-                                       "queue_size": 1024, "health_interval": 60}}, source="bench")
+                           "gateway": {"backends": [backend], "queue_size": 1024, "health_interval": 60}},
+                          source="bench")
     store = open_store(config.store)
     text, record = new_token("bench", "submitter", created_by=None)
     store.add_token(record)
@@ -92,22 +97,23 @@ def serve_clusterai(port: int, upstream: str, folder: Path) -> None:
 # -- the load ------------------------------------------------------------------------------------
 
 
-async def _latency(url: str, headers: dict[str, str], rounds: int) -> list[float]:
+async def _latency(url: str, headers: dict[str, str], rounds: int, body: dict[str, Any]) -> list[float]:
     import httpx
 
     async with httpx.AsyncClient(headers=headers, timeout=30) as client:
         for _ in range(max(20, rounds // 10)):  # warm the connection and the server
-            (await client.post(url, json=REQUEST)).raise_for_status()
+            (await client.post(url, json=body)).raise_for_status()
         samples = []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            response = await client.post(url, json=REQUEST)
+            response = await client.post(url, json=body)
             samples.append(time.perf_counter() - t0)
             response.raise_for_status()
     return samples
 
 
-async def _throughput(url: str, headers: dict[str, str], clients: int, seconds: float) -> dict[str, float]:
+async def _throughput(url: str, headers: dict[str, str], clients: int, seconds: float,
+                      body: dict[str, Any]) -> dict[str, float]:
     import httpx
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -118,7 +124,7 @@ async def _throughput(url: str, headers: dict[str, str], clients: int, seconds: 
         async def one_client() -> None:
             nonlocal done, errors
             while time.perf_counter() < stop:
-                response = await client.post(url, json=REQUEST)
+                response = await client.post(url, json=body)
                 if response.status_code == 200:
                     done += 1
                 else:
@@ -134,10 +140,11 @@ async def _throughput(url: str, headers: dict[str, str], clients: int, seconds: 
 
 
 def load(target: dict[str, Any], rounds: int, seconds: float) -> dict[str, Any]:
-    samples = asyncio.run(_latency(target["url"], target["headers"], rounds))
+    body = target.get("body", REQUEST)
+    samples = asyncio.run(_latency(target["url"], target["headers"], rounds, body))
     ms = [s * 1000 for s in samples]
     single = {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "mean_ms": statistics.fmean(ms)}
-    many = asyncio.run(_throughput(target["url"], target["headers"], 16, seconds))
+    many = asyncio.run(_throughput(target["url"], target["headers"], 16, seconds, body))
     return {"single": single, "sixteen": many}
 
 
@@ -157,12 +164,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _up(url: str, headers: dict[str, str], timeout: float = 90) -> None:
+def _up(url: str, headers: dict[str, str], timeout: float = 90, body: dict[str, Any] | None = None) -> None:
     import httpx
 
     def ready() -> bool:
         try:
-            return httpx.post(url, json=REQUEST, headers=headers, timeout=2).status_code == 200
+            return httpx.post(url, json=body or REQUEST, headers=headers, timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -178,11 +185,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--kind", default="ollama", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.role == "upstream":
         return serve_upstream(opts.port)
     if opts.role == "clusterai":
-        return serve_clusterai(opts.port, opts.upstream, opts.folder)
+        return serve_clusterai(opts.port, opts.upstream, opts.folder, opts.kind)
     if opts.role == "load":
         target = json.loads(opts.upstream)
         print(json.dumps(load(target, 200 if opts.quick else 2000, 3 if opts.quick else 10)))
@@ -191,7 +199,7 @@ def main() -> None:
     rounds = 1 if opts.quick else 3
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        up_port, ca_port, ll_port = free_port(), free_port(), free_port()
+        up_port, ca_port, tr_port, ll_port = free_port(), free_port(), free_port(), free_port()
         upstream = f"http://127.0.0.1:{up_port}"
         procs = [_spawn([sys.executable, "-m", "bench.gateway", "--role", "upstream", "--port", str(up_port)],
                         folder / "upstream.log")]
@@ -204,6 +212,17 @@ def main() -> None:
             targets["clusterai"] = {"url": f"http://127.0.0.1:{ca_port}/v1/chat/completions",
                                     "headers": {"Authorization": f"Bearer {(folder / 'token').read_text()}"}}
             _up(targets["clusterai"]["url"], targets["clusterai"]["headers"])
+            # the same upstream declared as OpenAI-only, asked in Ollama's terms: what translation adds
+            (folder / "translated").mkdir()
+            procs.append(_spawn([sys.executable, "-m", "bench.gateway", "--role", "clusterai", "--port", str(tr_port),
+                                 "--upstream", upstream, "--folder", str(folder / "translated"), "--kind", "openai"],
+                                folder / "translated.log"))
+            wait_until(lambda: (folder / "translated" / "token").exists(), 60, "the second clusterai token")
+            targets["clusterai-translated"] = {
+                "url": f"http://127.0.0.1:{tr_port}/api/chat", "body": OLLAMA_REQUEST,
+                "headers": {"Authorization": f"Bearer {(folder / 'translated' / 'token').read_text()}"}}
+            _up(targets["clusterai-translated"]["url"], targets["clusterai-translated"]["headers"],
+                body=OLLAMA_REQUEST)
             if opts.litellm:
                 config = folder / "litellm.yaml"
                 master = "sk-" + os.urandom(24).hex()  # both proxies check a key: the comparison is fair

