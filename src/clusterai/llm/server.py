@@ -60,7 +60,7 @@ class ModelServer:
         for m in self.models.values():
             entry = {"name": m.name, "model": m.name, "size": m.size, "digest": m.digest, "details": m.details()}
             if running:
-                entry.update(expires_at="9999-12-31T00:00:00Z", size_vram=0)
+                entry.update(expires_at="9999-12-31T00:00:00Z", size_vram=m.gpu_bytes())
             else:
                 entry["modified_at"] = datetime.fromtimestamp(m.loaded_at, timezone.utc).isoformat()
             models.append(entry)

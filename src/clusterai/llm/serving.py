@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from clusterai.errors import BadInput, ConfigError
-from clusterai.llm.models import ModelSpec, ServedModel
+from clusterai.llm.models import ModelSpec, ServedModel, pick_device
 from clusterai.llm.server import ModelServer, create_app
 
 
@@ -40,12 +40,14 @@ def require_token(host: str, token: str | None) -> None:
                           "the models")
 
 
-def load_models(specs: Sequence[str]) -> dict[str, ServedModel]:
+def load_models(specs: Sequence[str], device: str = "auto") -> dict[str, ServedModel]:
+    """NAME=SPEC texts, loaded on `device` (auto: the GPU when torch sees one)."""
     parsed = [ModelSpec.parse(text) for text in specs]
     names = [s.name for s in parsed]
     if len(set(names)) != len(names):
         raise BadInput(f"a model name is given twice: {names}")
-    return {s.name: ServedModel(s) for s in parsed}
+    pick_device(device)  # a wrong device is refused before anything loads
+    return {s.name: ServedModel(s, device) for s in parsed}
 
 
 def serve(models: dict[str, ServedModel], *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
