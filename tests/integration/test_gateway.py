@@ -107,7 +107,9 @@ def test_ollama_and_openai_clients_through_the_gateway(api: Api) -> None:
     assert chat[-1].done
     assert len(c.embed(model="minilm", input=["one", "two"]).embeddings) == 2
     assert len(c.embeddings(model="minilm", prompt="one").embedding) == 384
-    assert {m.model for m in c.list().models} == {"tiny", "minilm"}
+    listed = {m.model: m for m in c.list().models}
+    assert set(listed) == {"tiny", "minilm"}
+    assert listed["tiny"].details.family == "gpt2" and listed["tiny"].size > 0  # what its backend says of it
     assert c.show("tiny").capabilities == ["completion"]
     o = openai_at(api)
     text = "".join(ch.choices[0].delta.content or "" for ch in o.chat.completions.create(

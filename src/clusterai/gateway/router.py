@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from clusterai.placement.breaker import BreakerState, CircuitBreaker
 
@@ -45,6 +46,7 @@ class Backend:
     inflight: int = 0
     models: frozenset[str] = frozenset()  # what it has
     loaded: frozenset[str] = frozenset()  # what it holds in memory now (Ollama's /api/ps)
+    described: dict[str, dict[str, Any]] = field(default_factory=dict)  # its /api/tags entries, by name
     checked_at: float = 0.0
     reachable: bool = False
     requests: int = 0

@@ -170,7 +170,7 @@ for _client_path, (_path, _protocol, _summary) in INFERENCE.items():
 async def tags(request: Request, principal: Principal = Depends(LISTS)) -> dict[str, Any]:
     gw = gateway(request)
     await gw.fresh()
-    return {"models": [{"name": m["model"], "model": m["model"], "details": {},
+    return {"models": [{**gw.described(m["model"]), "name": m["model"], "model": m["model"],
                         "backends": [b["name"] for b in m["backends"]]} for m in gw.models()]}
 
 

@@ -127,7 +127,9 @@ class Gateway:
         try:
             if backend.kind == "ollama":
                 tags = await self._get_json(backend, "/api/tags")
-                models = {m.get("model") or m.get("name") for m in tags.get("models", [])}
+                entries = [m for m in tags.get("models", []) if isinstance(m, dict)]
+                models = {m.get("model") or m.get("name") for m in entries}
+                backend.described = {str(m.get("model") or m.get("name")): m for m in entries}
                 try:
                     ps = await self._get_json(backend, "/api/ps")
                     loaded = {m.get("model") or m.get("name") for m in ps.get("models", [])}
@@ -159,6 +161,14 @@ class Gateway:
             response.raise_for_status()
             found = await response.json(content_type=None)
         return found if isinstance(found, dict) else {}
+
+    def described(self, model: str) -> dict[str, Any]:
+        """What an Ollama backend that has the model says of it in /api/tags (size, digest,
+        details); {} when only OpenAI-only backends have it."""
+        for b in self.router.backends:
+            if model in b.described:
+                return b.described[model]
+        return {}
 
     def models(self) -> list[dict[str, Any]]:
         """Every model, and on which backends it is (and is loaded)."""
