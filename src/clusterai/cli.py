@@ -25,6 +25,7 @@ from clusterai.cli_common import (
 )
 from clusterai.cli_head import scheduler, serve_model, worker
 from clusterai.cli_logline import logline_app
+from clusterai.cli_models import models
 from clusterai.cli_pipelines import counts, pipeline_app
 from clusterai.cli_tokens import audit, token_app
 from clusterai.cli_workers import workers_app
@@ -49,6 +50,7 @@ app.add_typer(certs_app, name="certs")
 app.add_typer(logline_app, name="logline")
 app.add_typer(pipeline_app, name="pipeline")
 app.command("counts")(counts)
+app.command("models")(models)
 app.command("audit")(audit)
 app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                         "help_option_names": []})(worker)

@@ -240,6 +240,11 @@ class RemoteClient:
         result: dict[str, Any] = self._call("GET", "/api/v1/counts", params=params)
         return result
 
+    def models(self) -> dict[str, Any]:
+        """The LLM gateway's models and backends (GET /api/v1/models)."""
+        result: dict[str, Any] = self._call("GET", "/api/v1/models")
+        return result
+
     def close(self) -> None:
         self._http.close()
 

