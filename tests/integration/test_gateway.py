@@ -278,6 +278,60 @@ class CutStream:
         self.sock.close()
 
 
+class Silent:
+    """A model server that lists every model and then never answers a request (hung, or a GPU stuck)."""
+
+    def __init__(self, models: list[str]) -> None:
+        self.models = models
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            request = conn.recv(65536).decode(errors="replace")
+            if request.startswith(("GET /api/tags", "GET /api/ps")):
+                body = json.dumps({"models": [{"name": m, "model": m} for m in self.models]}).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+                conn.close()
+            else:
+                self.held.append(conn)  # and say nothing
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_a_backend_that_never_answers_times_out_and_the_request_goes_elsewhere(backends: Backends,
+                                                                               tmp_path: Path) -> None:
+    silent = Silent(["minilm"])
+    try:
+        settings = gateway_settings(backends, request_timeout=1.0, breaker={"failures": 1, "cooldown": 30})
+        settings["gateway"]["backends"] = [{"name": "silent", "url": silent.url},
+                                           settings["gateway"]["backends"][0]]
+        with running_api(tmp_path / "silent", settings) as served:
+            http = served.client("submitter")
+            answered = set()
+            started = time.monotonic()
+            for _ in range(6):
+                r = http.post("/api/embed", json={"model": "minilm", "input": "x"})
+                assert r.status_code == 200
+                answered.add(r.headers["x-clusterai-backend"])
+            assert answered == {"a"}  # the silent one timed out before its first byte: tried again on A
+            state = {b["name"]: b for b in http.get("/api/v1/models").json()["backends"]}
+            assert state["silent"]["breaker"] == "open" and state["silent"]["errors"] >= 1
+            assert time.monotonic() - started < 10  # one timeout, then the breaker keeps it out
+    finally:
+        silent.close()
+
+
 def test_a_stream_cut_mid_way_ends_with_the_protocols_error(tmp_path: Path) -> None:
     cut = CutStream()
     try:
