@@ -173,6 +173,10 @@ def test_workers_reach_an_api_on_every_interface_where_they_reach_the_scheduler(
 
 def test_a_dead_backend_is_avoided_its_breaker_opens_then_closes(api: Api, backends: Backends) -> None:
     http = api.client("submitter")
+    deadline = time.monotonic() + 15  # the gateway knows what B has before B dies
+    while {b["name"]: b for b in http.get("/api/v1/models").json()["backends"]}["b"]["models"] != ["minilm"]:
+        assert time.monotonic() < deadline, "B's models never showed up"
+        time.sleep(0.1)
     backends.stop_b()
     try:
         for _ in range(12):  # every request answered: B's failures happen before the first byte
