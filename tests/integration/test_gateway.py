@@ -237,6 +237,8 @@ def test_ollama_clients_reach_an_openai_only_backend_through_translation(backend
             native.embed(model="minilm", input=["one", "two"]).embeddings
         assert len(c.embeddings(model="minilm", prompt="one").embedding) == 384
         assert c.show("tiny").modelfile == ""  # an OpenAI server tells nothing more than that it has it
+        assert c.generate(model="tiny").done_reason == "load"  # answered here: OpenAI would generate
+        assert [p.done_reason for p in c.chat(model="tiny", messages=[], stream=True)] == ["load"]
         http = served.client("submitter")
         images = http.post("/api/generate", json={"model": "tiny", "prompt": "x", "images": ["aGk="]})
         assert images.status_code == 400 and "images need an Ollama backend" in images.json()["error"]

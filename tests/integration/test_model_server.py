@@ -111,6 +111,18 @@ def test_bad_ollama_requests_get_a_clear_error(served: RunningServer, path: str,
     assert r.status_code == status and message in r.json()["error"]
 
 
+def test_an_empty_prompt_loads_the_model_as_ollama_does(served: RunningServer) -> None:
+    c = ollama.Client(host=served.url, headers={"Authorization": f"Bearer {TOKEN}"})
+    loaded = c.generate(model="tiny")  # what `ollama run` sends first
+    assert loaded.done and loaded.done_reason == "load" and loaded.response == ""
+    streamed = list(c.chat(model="tiny", messages=[], stream=True))
+    assert len(streamed) == 1 and streamed[0].done_reason == "load"
+    o = openai_client(served.url)  # OpenAI's empty prompt is a generation from the start of text
+    assert o.completions.create(model="tiny", prompt="", max_tokens=3).choices[0].finish_reason in ("length", "stop")
+    with pytest.raises(openai.BadRequestError, match="at least one message"):
+        o.chat.completions.create(model="tiny", messages=[])
+
+
 def test_openai_errors_and_tokens(served: RunningServer) -> None:
     with pytest.raises(openai.NotFoundError, match="model 'nope' not found"):
         openai_client(served.url).chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])

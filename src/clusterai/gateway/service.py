@@ -27,7 +27,7 @@ from clusterai.gateway.translate import (
     error_to_ollama,
     request_to_openai,
 )
-from clusterai.llm.protocol import stream_error
+from clusterai.llm.protocol import load_answer, loads_only, stream_error
 from clusterai.placement.breaker import BreakerState, CircuitBreaker
 
 log = logging.getLogger("clusterai.gateway")
@@ -200,11 +200,12 @@ class Gateway:
         backend is left for the next."""
         await self.fresh()
         started = time.perf_counter()
+        fields = parsed if parsed is not None else json.loads(body or b"{}") if protocol == "ollama" else {}
         translated: tuple[str, dict[str, Any]] | None = None
         untranslatable: str | None = None
         if protocol == "ollama" and path in TRANSLATED:
             try:
-                translated = request_to_openai(path, parsed if parsed is not None else json.loads(body or b"{}"))
+                translated = request_to_openai(path, fields)
             except Untranslatable as exc:
                 untranslatable = str(exc)
         tried: list[Backend] = []
@@ -224,6 +225,10 @@ class Gateway:
             if converting and path == "/api/show":
                 self.router.release(backend, None)
                 return _shown(backend)
+            if converting and path in ("/api/generate", "/api/chat") and loads_only(fields, path == "/api/chat"):
+                # Ollama's "load this model" (an empty prompt): an OpenAI server would generate for it
+                self.router.release(backend, None)
+                return _loaded(backend, model, path == "/api/chat", stream)
             if converting:
                 assert translated is not None
                 target, payload = translated[0], json.dumps(translated[1]).encode()
@@ -312,6 +317,12 @@ class Gateway:
             else:
                 response.close()  # a broken or abandoned answer: drop the connection (the backend stops)
             self.router.release(backend, outcome)
+
+
+def _loaded(backend: Backend, model: str, chat: bool, stream: bool) -> Answer:
+    body = json.dumps(load_answer(model, chat)).encode()
+    kind = "application/x-ndjson" if stream else "application/json"
+    return Answer(200, {"content-type": kind, "X-Clusterai-Backend": backend.name}, content=body + b"\n")
 
 
 def _shown(backend: Backend) -> Answer:

@@ -158,6 +158,8 @@ class ServedModel:
     def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> str:
         if self.kind != GENERATE:
             raise BadInput(f"model {self.name!r} makes embeddings; it cannot chat")
+        if not messages:
+            raise BadInput("'messages' must hold at least one message")
         clean = []
         for m in messages:
             if not isinstance(m, dict) or not isinstance(m.get("content", ""), str):
@@ -181,7 +183,12 @@ class ServedModel:
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
                 return cancelled.is_set()
 
-        inputs = self.tokenizer(prompt, return_tensors="pt").to(self.device)
+        inputs = self.tokenizer(prompt, return_tensors="pt")
+        if inputs["input_ids"].shape[1] == 0:  # an empty prompt: continue from the start-of-text token
+            start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else \
+                self.tokenizer.eos_token_id
+            inputs = {"input_ids": torch.tensor([[start]]), "attention_mask": torch.tensor([[1]])}
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
         usage.prompt_tokens = int(inputs["input_ids"].shape[1])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs: dict[str, Any] = dict(**inputs, max_new_tokens=max(1, options.num_predict), streamer=streamer,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any
 
 
@@ -19,3 +20,23 @@ def stream_error(sse: bool, message: str) -> bytes:
     if sse:
         return f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n".encode()
     return (json.dumps({"error": message}) + "\n").encode()
+
+
+def loads_only(body: dict[str, Any], chat: bool) -> bool:
+    """Ollama's request to load a model and generate nothing: an empty prompt (and no system text),
+    or a chat without messages."""
+    if chat:
+        return body.get("messages") == []
+    return body.get("prompt", "") == "" and not body.get("system") and not body.get("images")
+
+
+def load_answer(model: str, chat: bool) -> dict[str, Any]:
+    """Ollama's answer to a load request."""
+    answer: dict[str, Any] = {"model": model, "created_at": datetime.now(timezone.utc).isoformat().replace(
+        "+00:00", "Z")}
+    if chat:
+        answer["message"] = {"role": "assistant", "content": ""}
+    else:
+        answer["response"] = ""
+    answer.update(done=True, done_reason="load")
+    return answer

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,8 +23,9 @@ from starlette.routing import Route
 from clusterai import __version__
 from clusterai.errors import BadInput
 from clusterai.llm.models import EMBED, GENERATE, Options, ServedModel, Usage
-from clusterai.llm.protocol import error_body, stream_error
+from clusterai.llm.protocol import error_body, load_answer, loads_only, stream_error
 
+log = logging.getLogger("clusterai.llm")
 NDJSON = "application/x-ndjson"
 NO_BUFFERING = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
 MAX_BODY = 4 * 1024 * 1024
@@ -89,6 +91,9 @@ class ModelServer:
 
     def ollama_generate(self, body: dict[str, Any], chat: bool) -> tuple[Iterator[dict[str, Any]], bool]:
         m = self.model(body.get("model"), GENERATE)
+        if loads_only(body, chat):
+            # Ollama's way to load a model ahead of use (`ollama run` sends one): it is loaded here
+            return iter([load_answer(m.name, chat)]), body.get("stream", True) is not False
         prompt = self._prompt(m, body, chat)
         options = Options.parse(body.get("options"))
         usage = Usage()
@@ -257,6 +262,9 @@ def create_app(server: ModelServer) -> Starlette:
                 return error(400, str(exc))
             except NotFound as exc:
                 return error(404, str(exc))
+            except Exception as exc:  # a generation that failed before its answer began
+                log.exception("model server: %s failed", request.url.path)
+                return error(500, f"{type(exc).__name__}: {exc}")
 
         return endpoint
 
