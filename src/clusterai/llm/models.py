@@ -162,9 +162,9 @@ class ServedModel:
             raise BadInput("'messages' must hold at least one message")
         clean = []
         for m in messages:
-            if not isinstance(m, dict) or not isinstance(m.get("content", ""), str):
+            if not isinstance(m, dict):
                 raise BadInput("each message must be an object with a role and a text content")
-            clean.append({"role": str(m.get("role", "user")), "content": m.get("content", "")})
+            clean.append({"role": str(m.get("role", "user")), "content": _text_of(m.get("content"))})
         if getattr(self.tokenizer, "chat_template", None):
             return str(self.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True))
         return "".join(f"{m['role']}: {m['content']}\n" for m in clean) + "assistant: "
@@ -279,6 +279,19 @@ class ServedModel:
 
     def capabilities(self) -> list[str]:
         return ["embedding"] if self.kind == EMBED else ["completion"]
+
+
+def _text_of(content: Any) -> str:
+    """A message's text: a string, or OpenAI's list of parts (text parts joined; this model reads
+    no images or audio)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        kinds = {p.get("type") for p in content} - {"text"}
+        if kinds:
+            raise BadInput(f"this model reads text only; the message has {', '.join(sorted(map(str, kinds)))} parts")
+        return "".join(str(p.get("text", "")) for p in content)
+    raise BadInput("each message must be an object with a role and a text content")
 
 
 def _stop_at(text: str, stops: Sequence[str]) -> int | None:
