@@ -111,6 +111,7 @@ def test_ollama_and_openai_clients_through_the_gateway(api: Api) -> None:
     assert set(listed) == {"tiny", "minilm"}
     assert listed["tiny"].details.family == "gpt2" and listed["tiny"].size > 0  # what its backend says of it
     assert c.show("tiny").capabilities == ["completion"]
+    assert {m.model for m in c.ps().models} == {"tiny", "minilm"}
     o = openai_at(api)
     text = "".join(ch.choices[0].delta.content or "" for ch in o.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=5, stream=True))
