@@ -132,6 +132,11 @@ def test_requests_go_to_a_backend_that_has_the_model(api: Api) -> None:
                                              "options": {"num_predict": 1}})
         assert r.headers["x-clusterai-backend"] == "a"  # only A has it
     assert used == {"a", "b"}  # both share the model everyone has
+    for session in ("chat-1", "chat-2", "chat-3"):  # one conversation stays on one backend
+        sticky = {http.post("/api/embed", json={"model": "minilm", "input": "x"},
+                            headers={"X-Clusterai-Session": session}).headers["x-clusterai-backend"]
+                  for _ in range(8)}
+        assert len(sticky) == 1
     metrics = api.client("viewer").get("/metrics").text
     assert 'gateway_requests_total{backend="a"}' in metrics and 'gateway_in_flight{backend="b"} 0.0' in metrics
     assert 'gateway_time_to_first_byte_seconds_count{backend="a"}' in metrics
