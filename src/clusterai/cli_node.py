@@ -156,7 +156,6 @@ def _plain_beyond_loopback(address: str) -> bool:
         return True  # a host name: another machine
 
 
-
 SERVE_TOKEN_ENV = "CLUSTERAI_MODEL_TOKEN"
 
 

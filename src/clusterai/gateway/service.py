@@ -201,9 +201,12 @@ class Gateway:
         await self.fresh()
         started = time.perf_counter()
         fields = parsed if parsed is not None else json.loads(body or b"{}") if protocol == "ollama" else {}
+        # Ollama's "load this model" (an empty prompt): an OpenAI server would generate for it
+        loading = protocol == "ollama" and path in ("/api/generate", "/api/chat") and \
+            loads_only(fields, path == "/api/chat")
         translated: tuple[str, dict[str, Any]] | None = None
         untranslatable: str | None = None
-        if protocol == "ollama" and path in TRANSLATED:
+        if protocol == "ollama" and path in TRANSLATED and not loading:
             try:
                 translated = request_to_openai(path, fields)
             except Untranslatable as exc:
@@ -225,8 +228,7 @@ class Gateway:
             if converting and path == "/api/show":
                 self.router.release(backend, None)
                 return _shown(backend)
-            if converting and path in ("/api/generate", "/api/chat") and loads_only(fields, path == "/api/chat"):
-                # Ollama's "load this model" (an empty prompt): an OpenAI server would generate for it
+            if converting and loading:
                 self.router.release(backend, None)
                 return _loaded(backend, model, path == "/api/chat", stream)
             if converting:

@@ -26,7 +26,7 @@ def loads_only(body: dict[str, Any], chat: bool) -> bool:
     """Ollama's request to load a model and generate nothing: an empty prompt (and no system text),
     or a chat without messages."""
     if chat:
-        return body.get("messages") == []
+        return body.get("messages") in (None, [])
     return body.get("prompt", "") == "" and not body.get("system") and not body.get("images")
 
 
