@@ -63,7 +63,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_server: str | None) 
     backends = [{"name": "nowhere", "url": "http://127.0.0.1:9"}]  # listed, never reachable
     if model_server is not None:
         os.environ["CLUSTERAI_TEST_DASHBOARD_MODEL_TOKEN"] = "dashboard-model-token"  # `up` inherits it
-        backends.append({"name": "minilm-box", "url": model_server, "token_env": "CLUSTERAI_TEST_DASHBOARD_MODEL_TOKEN"})
+        backends.append({"name": "minilm-box", "url": model_server,
+                         "token_env": "CLUSTERAI_TEST_DASHBOARD_MODEL_TOKEN"})
     (workdir / "cluster.yaml").write_text(yaml.safe_dump({
         "store": "sqlite:///.clusterai/clusterai.db", "tasks": ["testtasks"],
         "cluster": {"workers": 2, "dashboard": False, "memory_limit": "2GiB", "death_timeout": 5},

@@ -258,6 +258,13 @@ def test_ollama_clients_reach_an_openai_only_backend_through_translation(backend
             whole.response
 
 
+def send_model_list(conn: socket.socket, models: list[str]) -> None:
+    """Ollama's answer to /api/tags or /api/ps, on a raw connection, which it then closes."""
+    body = json.dumps({"models": [{"name": m, "model": m} for m in models]}).encode()
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+
+
 class CutStream:
     """A model server that lists a model and breaks every generation off after two lines."""
 
@@ -275,10 +282,8 @@ class CutStream:
                 return
             with conn:
                 request = conn.recv(65536).decode(errors="replace")
-                if request.startswith("GET /api/tags") or request.startswith("GET /api/ps"):
-                    body = json.dumps({"models": [{"name": "cut", "model": "cut"}]}).encode()
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                                 + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+                if request.startswith(("GET /api/tags", "GET /api/ps")):
+                    send_model_list(conn, ["cut"])
                     continue
                 line = json.dumps({"model": "cut", "response": "half", "done": False}).encode() + b"\n"
                 chunk = hex(len(line))[2:].encode() + b"\r\n" + line + b"\r\n"
@@ -308,9 +313,7 @@ class Silent:
                 return
             request = conn.recv(65536).decode(errors="replace")
             if request.startswith(("GET /api/tags", "GET /api/ps")):
-                body = json.dumps({"models": [{"name": m, "model": m} for m in self.models]}).encode()
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                             + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+                send_model_list(conn, self.models)
                 conn.close()
             else:
                 self.held.append(conn)  # and say nothing

@@ -111,7 +111,7 @@ def test_bad_ollama_requests_get_a_clear_error(served: RunningServer, path: str,
     assert r.status_code == status and message in r.json()["error"]
 
 
-def test_an_empty_prompt_loads_the_model_as_ollama_does_and_openai_content_parts_are_read(served: RunningServer) -> None:
+def test_an_empty_prompt_loads_the_model_and_openai_content_parts_are_read(served: RunningServer) -> None:
     c = ollama.Client(host=served.url, headers={"Authorization": f"Bearer {TOKEN}"})
     loaded = c.generate(model="tiny")  # what `ollama run` sends first
     assert loaded.done and loaded.done_reason == "load" and loaded.response == ""
@@ -122,9 +122,12 @@ def test_an_empty_prompt_loads_the_model_as_ollama_does_and_openai_content_parts
     with pytest.raises(openai.BadRequestError, match="at least one message"):
         o.chat.completions.create(model="tiny", messages=[])
     parts = [{"type": "text", "text": "The "}, {"type": "text", "text": "cluster"}]  # OpenAI's content parts
-    assert o.chat.completions.create(model="tiny", messages=[{"role": "user", "content": parts}], max_tokens=4) \
-        .choices[0].message.content == o.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "The cluster"}], max_tokens=4).choices[0].message.content
+    def said(content: object) -> str | None:
+        answer = o.chat.completions.create(model="tiny", messages=[{"role": "user", "content": content}],
+                                           max_tokens=4)
+        return answer.choices[0].message.content
+
+    assert said(parts) == said("The cluster")
     with pytest.raises(openai.BadRequestError, match="reads text only; the message has image_url parts"):
         o.chat.completions.create(model="tiny", max_tokens=2, messages=[{"role": "user", "content": [
             {"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": "data:,"}}]}])

@@ -206,7 +206,8 @@ class Gateway:
             loads_only(fields, path == "/api/chat")
         translated: tuple[str, dict[str, Any]] | None = None
         untranslatable: str | None = None
-        if protocol == "ollama" and path in TRANSLATED and not loading:
+        if protocol == "ollama" and path in TRANSLATED and not loading and \
+                any(b.kind == "openai" for b in self.router.backends):
             try:
                 translated = request_to_openai(path, fields)
             except Untranslatable as exc:
