@@ -170,7 +170,8 @@ def demo(
     jobs: int = typer.Option(120, "--jobs", min=1, max=100_000, help="how many CPU jobs to run beside the videos"),
     workers: int | None = typer.Option(None, "--workers", "-w", min=1, max=64),
 ) -> None:
-    """Run the demo: a video-analysis pipeline, a camera count and CPU-bound jobs across a local cluster."""
+    """Run the demo: a video-analysis pipeline, a camera count, CPU-bound jobs and an embedding model
+    behind the LLM gateway, across a local cluster."""
     from clusterai.demo import run_demo
 
     conf = settings.config(**{"cluster.workers": workers})
@@ -181,6 +182,10 @@ def demo(
     video = outcome.get("video")
     if video is not None and (video["state"] != "succeeded" or not video["accurate"]):
         err.print(f"[red]the video pipeline did not succeed, or a count missed its ground truth:[/] {video}")
+        raise typer.Exit(EXIT_FAILED)
+    llm = outcome.get("llm")
+    if llm is not None and llm["failed"]:
+        err.print(f"[red]embedding jobs through the LLM gateway failed:[/] {llm}")
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -1,7 +1,8 @@
 """`clusterai demo`: start an embedded cluster; run the video-analysis pipeline over synthetic
 clips with known object counts, a camera count, and a mix of CPU-bound jobs across its worker
-processes; show progress, results beside the ground truth and a summary; then keep the cluster
-and its dashboard up until Ctrl-C."""
+processes; embed the clips' summaries through the LLM gateway and rank them against a question;
+show progress, results beside the ground truth and a summary; then keep the cluster and its
+dashboard up until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from clusterai import demo_video
+from clusterai import demo_llm, demo_video
 from clusterai.client import Client
 from clusterai.config import ClusterConfig
 from clusterai.engine.runtime import BackgroundRuntime
 from clusterai.jobs.model import Job, State
+from clusterai.remote import read_token_file
 
 
 def demo_workload(jobs: int, seed: int = 7) -> list[tuple[str, dict[str, Any]]]:
@@ -117,13 +119,22 @@ def run_demo(config: ClusterConfig, *, jobs: int = 300, keep_running: bool = Tru
              console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     c = config.cluster
+    model_server = None
+    if config.api.enabled and demo_llm.available():
+        model_server, config = demo_llm.serve_model(config)
+        console.print(f"serving all-MiniLM-L6-v2 to the cluster's LLM gateway from {model_server.url}")
     console.print(f"[bold]clusterai demo[/]: starting an embedded cluster with {c.workers} worker "
                   f"processes ({c.threads_per_worker} thread each), store {config.store}")
     runtime = BackgroundRuntime(config)
     runtime.start()
     assert runtime.runtime.store is not None
     client = Client(runtime.runtime.store, config, runtime)
+    api = None
     try:
+        if config.api.enabled:
+            api, written = _start_api(runtime, config)
+            console.print(f"  [bold]dashboard: {api.url}/[/]  (live while the demo runs; sign in with the admin "
+                          f"token in {config.api.token_file})")
         video = demo_video.available()
         if video:
             clips, camera = demo_video.make_demo_clips(Path(".clusterai/demo/clips"))
@@ -145,15 +156,24 @@ def run_demo(config: ClusterConfig, *, jobs: int = 300, keep_running: bool = Tru
             for table in tables:
                 console.print(table)
             outcome["video"] = {"state": status["state"], "accurate": accurate}
+            if model_server is not None and api is not None:
+                token = read_token_file(config.api.token_file) or ""
+                table, outcome["llm"] = demo_llm.search(client, run["id"], [Path(clip.path).name for clip in clips],
+                                                        api.url, token)
+                console.print(table)
         elapsed = follow(client, ids, console)
         for table in summary_tables(client, ids, elapsed):
             console.print(table)
         outcome["jobs"] = dict(Counter(s.value for s in client.store.states_of(ids).values()))
         if keep_running:
-            _serve_until_interrupted(runtime, config, console)
+            _serve_until_interrupted(runtime, config, console, api, written if api is not None else None)
         return outcome
     finally:
+        if api is not None:
+            runtime.call(api.stop())  # while the cluster's event loop still runs
         client.close()
+        if model_server is not None:
+            model_server.stop()
 
 
 def _cli_path() -> str:
@@ -167,28 +187,29 @@ def _cli_path() -> str:
         return str(beside)
 
 
-def _start_api(runtime: BackgroundRuntime, config: ClusterConfig, console: Console) -> Any:
-    """The REST API beside the demo's cluster; on a free port if the configured one is taken."""
+def _start_api(runtime: BackgroundRuntime, config: ClusterConfig) -> tuple[Any, Path | None]:
+    """The REST API (and the dashboard, and the LLM gateway) beside the demo's cluster; on a free
+    port if the configured one is taken. Started first: the LLM jobs find the gateway through it."""
     from clusterai.api.server import start_beside
 
     api, written = runtime.call(start_beside(config, runtime.runtime.coordinator,
                                              dask_dashboard=runtime.runtime.dashboard_link,
                                              ports=(config.api.port, 0)))
-    url = api.url
-    console.print(f"  [bold]dashboard: {url}/[/]  (sign in with the admin token below)")
-    console.print(f"  REST API: {url}/docs  (metrics at {url}/metrics)")
-    token_note = f"written to {written}" if written else f"in {config.api.token_file} (made earlier)"
-    console.print(f"  admin token {token_note}; use it with: {_cli_path()} --url {url} status")
-    return api
+    return api, written
 
 
-def _serve_until_interrupted(runtime: BackgroundRuntime, config: ClusterConfig,
-                             console: Console) -> None:
+def _serve_until_interrupted(runtime: BackgroundRuntime, config: ClusterConfig, console: Console,
+                             api: Any, written: Path | None) -> None:
     link = runtime.runtime.dashboard_link
     console.print("\n[bold green]The cluster stays up.[/] Where to look:")
     if link:
         console.print(f"  Dask dashboard (tasks, workers): {link}")
-    api = _start_api(runtime, config, console) if config.api.enabled else None
+    if api is not None:
+        url = api.url
+        console.print(f"  [bold]dashboard: {url}/[/]  (sign in with the admin token below)")
+        console.print(f"  REST API: {url}/docs  (metrics at {url}/metrics); Ollama and OpenAI clients: {url}")
+        token_note = f"written to {written}" if written else f"in {config.api.token_file} (made earlier)"
+        console.print(f"  admin token {token_note}; use it with: {_cli_path()} --url {url} status")
     console.print(f"  job store: {config.store}")
     cli = _cli_path()
     console.print("  in another terminal, from this folder:")
@@ -199,6 +220,8 @@ def _serve_until_interrupted(runtime: BackgroundRuntime, config: ClusterConfig,
     console.print(f"    {cli} logline verify {demo_video.LOG}")
     console.print(f"    {cli} submit primes.count --payload '{{\"limit\": 100000}}' --wait",
                   markup=False)
+    if api is not None:
+        console.print(f"    {cli} --url {api.url} models   # the LLM gateway's model servers")
     console.print("Press Ctrl-C to stop.")
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -210,5 +233,3 @@ def _serve_until_interrupted(runtime: BackgroundRuntime, config: ClusterConfig,
     finally:
         signal.signal(signal.SIGTERM, previous)
         console.print("stopping the cluster...")
-        if api is not None:
-            runtime.call(api.stop())

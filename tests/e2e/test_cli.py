@@ -107,6 +107,8 @@ def test_demo_runs_real_jobs_and_exits(tmp_path):
                     "lines verified (HMAC-SHA256, chained)"):
         assert heading in text
     assert "[red]off" not in text and "5 of 5" in text
+    # the LLM part: a real embedding model behind the gateway, the summaries embedded as jobs
+    assert "Semantic search over the clip summaries" in text and "5 llm.embed jobs, one live request" in text
     store = open_store(tmp_path / ".clusterai" / "clusterai.db")
     try:
         (run,) = store.list_runs()
@@ -115,6 +117,7 @@ def test_demo_runs_real_jobs_and_exits(tmp_path):
         assert stages == {"scan", "count", "summarize", "logline", "report"}
         jobs = store.list_jobs(limit=1000)
         assert sum(j.task in ("primes.count", "image.filter", "hash.chain", "demo.flaky") for j in jobs) == 60
+        assert sum(j.task == "llm.embed" for j in jobs) == 5
         assert all(j.state.value == "succeeded" for j in jobs)
         assert store.stats(0)["retries"] >= 1  # the demo's flaky jobs show retries at work
         assert {s["camera"] for s in store.count_series()} >= {"street-camera"}
