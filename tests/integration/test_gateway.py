@@ -258,45 +258,9 @@ def test_ollama_clients_reach_an_openai_only_backend_through_translation(backend
             whole.response
 
 
-def send_model_list(conn: socket.socket, models: list[str]) -> None:
-    """Ollama's answer to /api/tags or /api/ps, on a raw connection, which it then closes."""
-    body = json.dumps({"models": [{"name": m, "model": m} for m in models]}).encode()
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                 + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
-
-
-class CutStream:
-    """A model server that lists a model and breaks every generation off after two lines."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                request = conn.recv(65536).decode(errors="replace")
-                if request.startswith(("GET /api/tags", "GET /api/ps")):
-                    send_model_list(conn, ["cut"])
-                    continue
-                line = json.dumps({"model": "cut", "response": "half", "done": False}).encode() + b"\n"
-                chunk = hex(len(line))[2:].encode() + b"\r\n" + line + b"\r\n"
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
-                             b"Transfer-Encoding: chunked\r\n\r\n" + chunk + chunk)
-                time.sleep(0.1)  # and the connection closes without the last chunk
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class Silent:
-    """A model server that lists every model and then never answers a request (hung, or a GPU stuck)."""
+class RawModelServer:
+    """A fake model server on a raw socket (to misbehave in ways a real one will not on cue): it
+    lists `models` on /api/tags and /api/ps, and hands every other request to `misbehave`."""
 
     def __init__(self, models: list[str]) -> None:
         self.models = models
@@ -313,15 +277,39 @@ class Silent:
                 return
             request = conn.recv(65536).decode(errors="replace")
             if request.startswith(("GET /api/tags", "GET /api/ps")):
-                send_model_list(conn, self.models)
+                body = json.dumps({"models": [{"name": m, "model": m} for m in self.models]}).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
                 conn.close()
             else:
-                self.held.append(conn)  # and say nothing
+                self.misbehave(conn)
+
+    def misbehave(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.sock.close()
         for conn in self.held:
             conn.close()
+
+
+class CutStream(RawModelServer):
+    """Lists a model and breaks every generation off after two lines."""
+
+    def misbehave(self, conn: socket.socket) -> None:
+        with conn:
+            line = json.dumps({"model": "cut", "response": "half", "done": False}).encode() + b"\n"
+            chunk = hex(len(line))[2:].encode() + b"\r\n" + line + b"\r\n"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n" + chunk + chunk)
+            time.sleep(0.1)  # and the connection closes without the last chunk
+
+
+class Silent(RawModelServer):
+    """Lists its models and then never answers a request (hung, or a GPU stuck)."""
+
+    def misbehave(self, conn: socket.socket) -> None:
+        self.held.append(conn)  # and say nothing
 
 
 def test_a_backend_that_never_answers_times_out_and_the_request_goes_elsewhere(backends: Backends,
@@ -348,7 +336,7 @@ def test_a_backend_that_never_answers_times_out_and_the_request_goes_elsewhere(b
 
 
 def test_a_stream_cut_mid_way_ends_with_the_protocols_error(tmp_path: Path) -> None:
-    cut = CutStream()
+    cut = CutStream(["cut"])
     try:
         settings = {"gateway": {"backends": [{"name": "cut", "url": cut.url}], "health_interval": 60}}
         with running_api(tmp_path / "cut", settings) as served:
