@@ -135,7 +135,15 @@ async def serve(runtime: Any, *, leadership: Any = None, poll: float = 1.0) -> b
 
     await runtime.start()
     watchdog = asyncio.create_task(keep_the_lead()) if leadership is not None else None
+    models = None
     try:
+        if conf.api.enabled and conf.gateway.serve:
+            from clusterai.llm.serving import serve_for_head
+
+            names = ", ".join(spec.partition("=")[0] for spec in conf.gateway.serve)
+            models, conf = await asyncio.to_thread(serve_for_head, conf)  # loading takes seconds
+            assert models is not None
+            out.print(f"serving {names} to the gateway (backend 'head', {models.url})", highlight=False)
         if conf.api.enabled:
             api, written = await start_beside(conf, runtime.coordinator, dask_dashboard=runtime.dashboard_link)
             url = api.url
@@ -159,6 +167,8 @@ async def serve(runtime: Any, *, leadership: Any = None, poll: float = 1.0) -> b
             watchdog.cancel()
         if api is not None:
             await api.stop()
+        if models is not None:
+            models.stop()
         await runtime.stop()
     return lost
 

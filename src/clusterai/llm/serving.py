@@ -9,10 +9,14 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from clusterai.errors import BadInput, ConfigError
 from clusterai.llm.models import ModelSpec, ServedModel, pick_device
 from clusterai.llm.server import ModelServer, create_app
+
+if TYPE_CHECKING:  # the config needs pydantic, which a machine with only the llm extra may lack
+    from clusterai.config import ClusterConfig
 
 
 @dataclass
@@ -71,3 +75,26 @@ def serve(models: dict[str, ServedModel], *, host: str = "127.0.0.1", port: int 
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     return RunningServer(f"http://{shown}:{bound_port}", server, instance, thread)
+
+
+HEAD_TOKEN_ENV = "CLUSTERAI_HEAD_MODEL_TOKEN"
+
+
+def serve_for_head(config: ClusterConfig) -> tuple[RunningServer | None, ClusterConfig]:
+    """The models of `gateway.serve`, served on loopback behind a fresh token (the gateway finds it
+    in the environment), and a configuration whose gateway lists them as the backend 'head' (its
+    `serve` list emptied: they are served now)."""
+    settings = config.gateway
+    if not settings.serve:
+        return None, config
+    import os
+    import secrets
+
+    from clusterai.config import HEAD_BACKEND
+
+    token = secrets.token_urlsafe(32)
+    running = serve(load_models(settings.serve, settings.serve_device), token=token)
+    os.environ[HEAD_TOKEN_ENV] = token
+    backends = [*settings.model_dump()["backends"],
+                {"name": HEAD_BACKEND, "url": running.url, "token_env": HEAD_TOKEN_ENV}]
+    return running, config.with_overrides(**{"gateway.backends": backends, "gateway.serve": []})
