@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import wait_for
+import yaml
+from conftest import start_up, stop_up, wait_for
 from nodes import Scheduler, Worker, cli, job_client, stopping, worker_token
 
 pytest.importorskip("transformers")
@@ -125,9 +126,6 @@ def test_models_says_where_the_api_is_missing(tmp_path: Path) -> None:
 def test_up_serves_the_models_cluster_yaml_lists(tmp_path: Path) -> None:
     """One machine, one command: `gateway.serve` in cluster.yaml and `clusterai up` serves the model
     to its own gateway, for live requests and for batch jobs."""
-    import yaml
-    from conftest import start_up, stop_up
-
     (tmp_path / "cluster.yaml").write_text(yaml.safe_dump({
         "store": "sqlite:///.clusterai/clusterai.db", "api": {"port": 0},
         "cluster": {"workers": 1, "dashboard": False, "memory_limit": "2GiB"},
