@@ -212,11 +212,11 @@ class Gateway:
                 translated = request_to_openai(path, fields)
             except Untranslatable as exc:
                 untranslatable = str(exc)
+        # a request that cannot be put in OpenAI's terms goes to backends that speak Ollama's
+        skipped = [b for b in self.router.backends if b.kind == "openai"] if untranslatable else []
         tried: list[Backend] = []
         last = "no backend tried"
         for _ in range(self.settings.attempts):
-            # a request that cannot be put in OpenAI's terms goes to backends that speak Ollama's
-            skipped = [b for b in self.router.backends if b.kind == "openai"] if untranslatable else []
             try:
                 backend = await self.router.acquire(model, session=session, priority=priority,
                                                     exclude=tried + skipped)

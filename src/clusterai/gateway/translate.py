@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 from typing import Any
 
-from clusterai.llm.protocol import stream_error
+from clusterai.llm.protocol import stream_error, timestamp
 
 TRANSLATED = {"/api/generate": "/v1/completions", "/api/chat": "/v1/chat/completions",
               "/api/embed": "/v1/embeddings", "/api/embeddings": "/v1/embeddings"}
@@ -23,10 +22,6 @@ SAME_OPTIONS = ("temperature", "top_p", "seed", "frequency_penalty", "presence_p
 
 class Untranslatable(ValueError):
     """a request that has no OpenAI equivalent (message says why)"""
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _sampling(body: dict[str, Any], out: dict[str, Any]) -> None:
@@ -161,7 +156,7 @@ def _tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _finale(model: str, chat: bool, finish: Any, usage: Any, took: float) -> dict[str, Any]:
     usage = usage if isinstance(usage, dict) else {}
-    out: dict[str, Any] = {"model": model, "created_at": _now()}
+    out: dict[str, Any] = {"model": model, "created_at": timestamp()}
     if chat:
         out["message"] = {"role": "assistant", "content": ""}
     else:
@@ -321,7 +316,7 @@ class StreamToNdjson:
         return out
 
     def _frame(self, text: str, calls: list[dict[str, Any]] | None = None) -> bytes:
-        frame: dict[str, Any] = {"model": self._model, "created_at": _now()}
+        frame: dict[str, Any] = {"model": self._model, "created_at": timestamp()}
         if self._chat:
             frame["message"] = {"role": "assistant", "content": text}
             if calls:

@@ -7,6 +7,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 
+def timestamp() -> str:
+    """Now, as Ollama writes `created_at`: UTC, ISO 8601, ending in Z."""
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 def error_body(protocol: str, status: int, message: str) -> dict[str, Any]:
     """An error answer: Ollama's {"error": text}, or OpenAI's {"error": {message, type, ...}}."""
     if protocol == "openai":
@@ -32,8 +37,7 @@ def loads_only(body: dict[str, Any], chat: bool) -> bool:
 
 def load_answer(model: str, chat: bool) -> dict[str, Any]:
     """Ollama's answer to a load request."""
-    answer: dict[str, Any] = {"model": model, "created_at": datetime.now(timezone.utc).isoformat().replace(
-        "+00:00", "Z")}
+    answer: dict[str, Any] = {"model": model, "created_at": timestamp()}
     if chat:
         answer["message"] = {"role": "assistant", "content": ""}
     else:

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from clusterai import __version__
 from clusterai.errors import BadInput
 from clusterai.llm.models import EMBED, GENERATE, Options, ServedModel, Usage
-from clusterai.llm.protocol import error_body, load_answer, loads_only, stream_error
+from clusterai.llm.protocol import error_body, load_answer, loads_only, stream_error, timestamp
 
 log = logging.getLogger("clusterai.llm")
 NDJSON = "application/x-ndjson"
@@ -33,10 +33,6 @@ MAX_BODY = 4 * 1024 * 1024
 
 class NotFound(Exception):
     pass
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 class ModelServer:
@@ -100,7 +96,7 @@ class ModelServer:
         pieces = m.generate(prompt, options, usage)
 
         def frame(text: str, done: bool) -> dict[str, Any]:
-            out: dict[str, Any] = {"model": m.name, "created_at": _now(), "done": done}
+            out: dict[str, Any] = {"model": m.name, "created_at": timestamp(), "done": done}
             if chat:
                 out["message"] = {"role": "assistant", "content": text}
             else:
