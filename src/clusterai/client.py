@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -14,9 +15,23 @@ from typing import Any
 from clusterai.client_pipelines import Pipelines
 from clusterai.config import ClusterConfig, load_config
 from clusterai.engine.runtime import BackgroundRuntime
-from clusterai.errors import BadInput, JobFailed, ResultTimeout
-from clusterai.jobs.model import AuditEntry, Job, JobSpec, Priority, RetryPolicy, State, WorkerRecord
+from clusterai.errors import BadInput, JobFailed, NestedTooDeep, ResultTimeout
+from clusterai.jobs.model import (
+    KEY_PATTERN,
+    NAME_PATTERN,
+    NAME_RULE,
+    VALUE_PATTERN,
+    VALUE_RULE,
+    AuditEntry,
+    Job,
+    JobSpec,
+    Priority,
+    RetryPolicy,
+    State,
+    WorkerRecord,
+)
 from clusterai.jobs.store import JobStore, open_store
+from clusterai.nesting import MAX_DEPTH, deeper_than
 from clusterai.pipeline_runner import PipelineRunner
 from clusterai.placement import Constraints, WorkerSlot
 from clusterai.remote import RemoteClient
@@ -39,6 +54,8 @@ def spec_factory(config: ClusterConfig, task: str, **options: Any) -> Callable[.
     """Resolve the options of a submission once; the returned function validates one payload and
     makes its JobSpec (a batch of one task with the same options resolves them only once)."""
     definition = get_task(task)
+    if options.get("queue") is not None:
+        _check_name("queue", options["queue"])
     queue = options.get("queue") or definition.queue or "default"
     qconf = config.queues.get(queue)
     d = config.defaults
@@ -74,12 +91,30 @@ def spec_factory(config: ClusterConfig, task: str, **options: Any) -> Callable[.
         owner=options.get("owner"),
     )
     default_key = options.get("idempotency_key")
+    if default_key is not None:
+        _check_key(default_key)
 
     def make(payload: Any, idempotency_key: str | None = None) -> JobSpec:
+        if idempotency_key is not None:
+            _check_key(idempotency_key)
+        if deeper_than(payload, MAX_DEPTH):  # before validation: pydantic and canonical JSON recurse too
+            raise NestedTooDeep(MAX_DEPTH, "the payload")
         clean = definition.validate(payload if payload is not None else {})
         return JobSpec(payload=clean, idempotency_key=idempotency_key or default_key, **fields)
 
     return make
+
+
+def _check_name(what: str, name: Any, pattern: str = NAME_PATTERN, rule: str = NAME_RULE) -> str:
+    text = str(name)
+    if not re.fullmatch(pattern, text):
+        raise BadInput(f"{what}: {text[:120]!r} is not allowed; use {rule}")
+    return text
+
+
+def _check_key(key: Any) -> None:
+    if not isinstance(key, str) or not re.fullmatch(KEY_PATTERN, key):
+        raise BadInput("idempotency_key must be 1 to 200 characters without control characters")
 
 
 def _numbers(what: str, mapping: dict[str, Any]) -> dict[str, float]:
@@ -87,16 +122,18 @@ def _numbers(what: str, mapping: dict[str, Any]) -> dict[str, float]:
         raise BadInput(f"{what} must be a mapping of resource names to amounts, got {type(mapping).__name__}")
     out = {}
     for key, value in mapping.items():
+        name = _check_name(f"{what} key", key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise BadInput(f"{what}: {key} must be a number >= 0, got {value!r}")
-        out[str(key)] = float(value)
+            raise BadInput(f"{what}: {name} must be a number >= 0, got {value!r}")
+        out[name] = float(value)
     return out
 
 
 def _strings(what: str, mapping: dict[str, Any]) -> dict[str, str]:
     if not isinstance(mapping, dict):
         raise BadInput(f"{what} must be a mapping of names to values, got {type(mapping).__name__}")
-    return {str(k): str(v) for k, v in mapping.items()}
+    return {_check_name(f"{what} key", k): _check_name(f"{what}.{k}", v, VALUE_PATTERN, VALUE_RULE)
+            for k, v in mapping.items()}
 
 
 def check_placeable(spec: JobSpec, known: Sequence[WorkerSlot]) -> None:

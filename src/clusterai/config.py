@@ -130,6 +130,18 @@ class ApiSection(_Section):
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="larger request bodies get 413")
     rate_limit: float = Field(1000.0, ge=0, description="requests per second per token; 0 = no limit")
     rate_burst: int = Field(2000, ge=1, description="requests a token may send at once above the rate")
+    max_streams_per_token: int = Field(4, ge=1, le=10_000, description="event streams (/api/v1/events) a token "
+                                       "may hold open at once; more get 429")
+    stream_recheck: float = Field(2.0, gt=0, le=300, description="seconds between checks of an open event "
+                                  "stream's token: a revoked or expired token's stream ends")
+    # ten of the largest batches: far above what a person or a pipeline keeps waiting (the HTTP submission
+    # benchmark leaves a few hundred thousand queued), and it stops a runaway token at about a GB of store
+    max_queued_per_token: int = Field(1_000_000, ge=0, description="unfinished jobs (pending, queued, running) "
+                                      "a token's name may own; a submission past it gets 429; 0 = no limit")
+    auth_failures: int = Field(10, ge=0, description="failed authentications from one client address within "
+                               "auth_failure_window before that address gets 429 for every token; 0 = off")
+    auth_failure_window: float = Field(60.0, gt=0, le=86400, description="seconds over which auth_failures "
+                                       "count, and how long a throttled address waits")
     tls_cert: str | None = Field(None, description="PEM certificate: serve HTTPS")
     tls_key: str | None = Field(None, description="PEM private key of tls_cert")
 

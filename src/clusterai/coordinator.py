@@ -51,9 +51,11 @@ class Coordinator:
     ):
         self.store = store
         self.client = dask_client
-        # where tasks that call the LLM gateway find it, and an inference-only credential (set by
-        # the API started beside this coordinator; kept in memory, sent with those tasks' attempts)
+        # where tasks that call the LLM gateway find it, and each worker's inference-only credential
+        # (both set by the API started beside this coordinator; kept in memory, sent with those
+        # tasks' attempts to that worker only)
         self.gateway_access: dict[str, str] | None = None
+        self.gateway_credential: Callable[[str], str] | None = None
         self.settings = settings or CoordinatorSection()
         self.placement = placement or PlacementSection()
         self.planner = self._make_planner(self.settings, self.placement)
@@ -222,9 +224,12 @@ class Coordinator:
         items: list[dict[str, Any]] = [{"id": j.id, "attempt": j.attempt, "task": j.task,
                                         "payload": canonical_json(j.payload), "timeout": j.timeout} for j in jobs]
         if self.gateway_access is not None:
+            credential = self.gateway_credential
+            access = ({**self.gateway_access, "token": credential(slot.address)} if credential is not None
+                      else self.gateway_access)
             for item, job in zip(items, jobs):
                 if _calls_gateway(job.task):
-                    item["gateway"] = self.gateway_access
+                    item["gateway"] = access
         hard_limit = None
         if all(j.timeout for j in jobs):
             hard_limit = sum(j.timeout or 0 for j in jobs) + self.settings.hard_timeout_grace

@@ -76,3 +76,19 @@ class NonRetryableError(ClusterAIError):
 
 class JobTimeout(ClusterAIError):
     """Raised inside a task's thread when its attempt runs past the job's timeout."""
+
+
+class NestedTooDeep(BadInput):
+    """JSON (a request body, a payload) nested deeper than the limit."""
+
+    def __init__(self, limit: int, what: str = "JSON"):
+        self.limit = limit
+        super().__init__(f"{what} is nested deeper than {limit} levels, the limit")
+
+
+class LimitReached(ClusterAIError):
+    """A caller used up what it may have at once (HTTP 429): `retry_after` seconds is when to try again."""
+
+    def __init__(self, message: str, retry_after: float):
+        self.retry_after = retry_after
+        super().__init__(message)

@@ -142,8 +142,9 @@ ApiFactory = Callable[..., Api]
 @contextlib.contextmanager
 def running_api(directory: Path, settings: dict[str, Any] | None = None, *, busy_timeout: float = 0.2,
                 coordinator_registry: CollectorRegistry | None = None, dask_dashboard: str | None = None,
-                **serve_options: Any) -> Iterator[Api]:
-    """A fresh store under `directory` and the API on it, served until the block ends."""
+                worker_slots: Callable[[], Any] | None = None, **serve_options: Any) -> Iterator[Api]:
+    """A fresh store under `directory` and the API on it, served until the block ends; `worker_slots`
+    stands for the coordinator's live registry (objects with address, name, status, model_server)."""
     directory.mkdir(parents=True, exist_ok=True)
     config = parse_config({"store": f"sqlite:///{directory / 'api.db'}", "tasks": ["testtasks"], **(settings or {})},
                           source="test")
@@ -154,7 +155,8 @@ def running_api(directory: Path, settings: dict[str, Any] | None = None, *, busy
         text, record = new_token(name, role, created_by=None)
         store.add_token(record)
         tokens[name], ids[name] = text, record.id
-    app = create_app(store, config, coordinator_registry=coordinator_registry, dask_dashboard=dask_dashboard)
+    app = create_app(store, config, coordinator_registry=coordinator_registry, dask_dashboard=dask_dashboard,
+                     worker_slots=worker_slots)
     try:
         with serve(app, **serve_options) as url:
             api = Api(url=url, store=store, app=app, config=config, tokens=tokens, token_ids=ids)

@@ -83,15 +83,18 @@ def test_reads_and_anonymous_calls_are_not_audited(api: Api) -> None:
         assert viewer.get(path).status_code == 200, path
     assert api.client("admin").get("/api/v1/tokens").status_code == 200
     assert api.client("admin").get("/api/v1/audit").status_code == 200
-    # no token, or a bad one: nobody to name
+    # no token: nobody to name, nothing written
     assert api.client().post("/api/v1/jobs", json={"task": "bench.noop"}).status_code == 401
+    # a bad one: not as someone's call but as a failed authentication from the client's address,
+    # written before its answer (tests/security/test_sec_api_auth.py has the rest)
     bad = api.client(None, headers={"Authorization": "Bearer cai_nope_nope"})
     assert bad.delete(f"/api/v1/jobs/{job.id}").status_code == 401
     # a last call that is audited, after the answer like the others would be: once its row is
     # there, theirs would have been too
     assert viewer.delete(f"/api/v1/jobs/{job.id}").status_code == 403
-    entries = audit(api, expect=1)
-    assert [(e["actor"], e["status"]) for e in entries] == [("viewer", 403)]
+    entries = audit(api, expect=2)
+    assert [(e["actor"], e["status"]) for e in entries] == [("viewer", 403), ("(unauthenticated)", 401)]
+    assert entries[1]["target"] == "client 127.0.0.1" and "nope" not in json.dumps(entries[1])
 
 
 def test_the_submit_row_commits_with_the_jobs(api: Api) -> None:

@@ -135,8 +135,10 @@ def test_every_route_has_a_decided_policy() -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """One API for the whole module (the matrix makes a few hundred calls)."""
-    with running_api(tmp_path_factory.mktemp("matrix")) as api:
+    """One API for the whole module (the matrix makes a few hundred calls). Hundreds of them fail
+    authentication on purpose, all from loopback: the throttle of failed authentications per address
+    (tests/security/test_sec_api_auth.py) is off here, or it would answer 429 from the tenth on."""
+    with running_api(tmp_path_factory.mktemp("matrix"), {"api": {"auth_failures": 0}}) as api:
         api.add_worker()
         yield api
 

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -82,9 +83,14 @@ def gateway_settings(backends: Backends, **extra: Any) -> dict[str, Any]:
     return {"gateway": settings}
 
 
+# a worker in the registry the API is given (no model server of its own): its credential is good
+WORKER_SLOT = SimpleNamespace(address="tcp://127.0.0.1:40009", name="w9", status="ready", model_server=None)
+
+
 @pytest.fixture(scope="module")
 def api(backends: Backends, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    with running_api(tmp_path_factory.mktemp("gateway"), gateway_settings(backends)) as served:
+    with running_api(tmp_path_factory.mktemp("gateway"), gateway_settings(backends),
+                     worker_slots=lambda: [WORKER_SLOT]) as served:
         yield served
 
 
@@ -159,8 +165,9 @@ def test_tokens_and_roles(api: Api) -> None:
     assert viewer.get("/api/tags").status_code == 200
     bad = api.client("submitter").post("/api/chat", content=b"{not json", headers={"Content-Type": "application/json"})
     assert bad.status_code == 400
-    # the credential the head gives batch inference jobs: inference, and nothing else
-    jobs = api.client(headers={"Authorization": f"Bearer {api.app.state.ctx.jobs_token}"})
+    # the credential the head gives a worker's batch inference jobs: inference, and nothing else
+    credential = api.app.state.ctx.credentials.credential_for(WORKER_SLOT.address)
+    jobs = api.client(headers={"Authorization": f"Bearer {credential}"})
     assert jobs.post("/api/embed", json={"model": "minilm", "input": "x"}).status_code == 200
     assert jobs.get("/api/v1/jobs").status_code == 401 and jobs.get("/api/tags").status_code == 401
     wrong = api.client().post("/v1/embeddings", json={"model": "minilm", "input": "x"},

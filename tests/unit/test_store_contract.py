@@ -999,3 +999,63 @@ def test_counts_keep_the_first_report_of_a_frame(store: JobStore):
     assert len(store.list_counts(limit=2)) == 2
     latest = {s["job_id"]: (s["total"], s["points"]) for s in store.count_series()}
     assert latest == {1: (3, 2), 2: (9, 1)}
+
+
+# -- idempotency keys belong to their owner (issue 15) ------------------------------------------
+
+
+def _raw(backend: Backend, sql: str, params: tuple[Any, ...] = ()) -> None:
+    """A statement on a connection of its own, committed (as an older clusterai wrote rows)."""
+    if backend.name == "sqlite":
+        with closing(sqlite3.connect(backend.url)) as db, db:
+            db.execute(sql, params)
+        return
+    import psycopg
+
+    with psycopg.connect(backend.url) as conn:
+        conn.execute(sql.replace("?", "%s"), params)
+
+
+def test_one_key_of_two_owners_is_two_jobs(store: JobStore, backend: Backend):
+    (a,) = store.submit_many([spec(payload={"v": 1}, idempotency_key="k", owner="alice")], T0)
+    (b,) = store.submit_many([spec(payload={"v": 1}, idempotency_key="k", owner="bob")], T0)
+    (local,) = store.submit_many([spec(payload={"v": 1}, idempotency_key="k")], T0)
+    assert len({a.id, b.id, local.id}) == 3 and backend.count() == 3
+    assert [store.get(j).idempotency_key for j in (a.id, b.id, local.id)] == ["k", "k", "k"]
+    assert {j.idempotency_key for j in store.list_jobs()} == {"k"}
+    # each owner's key finds its own job only
+    (again,) = store.submit_many([spec(payload={"v": 1}, idempotency_key="k", owner="bob")], T0 + 1)
+    assert again.id == b.id and again.idempotency_key == "k" and again.owner == "bob"
+    with pytest.raises(IdempotencyConflict) as info:
+        store.submit_many([spec(payload={"v": 2}, idempotency_key="k", owner="bob")], T0 + 1)
+    assert info.value.job_id == b.id and info.value.key == "k"
+    assert backend.count() == 3
+
+
+def test_an_owners_key_stored_before_scoping_reads_back_and_still_finds_its_job(store: JobStore,
+                                                                                backend: Backend):
+    (old,) = store.submit_many([spec(payload={"v": 1}, idempotency_key="old", owner="alice")], T0)
+    _raw(backend, "UPDATE jobs SET idempotency_key=? WHERE id=?", ("old", old.id))  # the unscoped form
+    assert store.get(old.id).idempotency_key == "old"
+    (again,) = store.submit_many([spec(payload={"v": 1}, idempotency_key="old", owner="alice")], T0 + 1)
+    assert again.id == old.id
+    with pytest.raises(IdempotencyConflict):
+        store.submit_many([spec(payload={"v": 2}, idempotency_key="old", owner="alice")], T0 + 1)
+    (other,) = store.submit_many([spec(payload={"v": 1}, idempotency_key="old", owner="bob")], T0 + 1)
+    assert other.id != old.id and backend.count() == 2
+
+
+def test_pipeline_stage_jobs_of_two_owners_are_not_shared(store: JobStore):
+    entries = [("scan", 0, spec(payload={"i": 0}, idempotency_key="pipeline:0", owner=who)) for who in ("a", "b")]
+    runs = [store.create_run("p", {"stages": []}, {}, T0, owner=who) for who in ("a", "b")]
+    jobs = [store.add_run_jobs(run, [entry], T0)[0] for run, entry in zip(runs, entries)]
+    assert jobs[0].id != jobs[1].id and [j.owner for j in jobs] == ["a", "b"]
+    assert store.add_run_jobs(runs[0], [entries[0]], T0 + 1)[0].id == jobs[0].id
+
+
+def test_unfinished_jobs_of_an_owner(store: JobStore):
+    ids = [j.id for j in store.submit_many([spec(owner="alice") for _ in range(4)] + [spec(owner="bob")], T0)]
+    store.submit_many([spec(owner="alice", run_at=T0 + 100)], T0)  # pending counts too
+    start(store, ids[0])
+    store.cancel(ids[1], T0)
+    assert (store.unfinished_of("alice"), store.unfinished_of("bob"), store.unfinished_of("carol")) == (4, 1, 0)

@@ -18,9 +18,10 @@ from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException
 
 from clusterai import __version__
-from clusterai.api.auth import RateLimiter, TokenVerifier
+from clusterai.api.auth import RateLimiter, TokenVerifier, retry_after_header
 from clusterai.api.deps import ApiContext
 from clusterai.api.edges import AuditAndCount, BodyEdges
+from clusterai.api.quota import QueuedQuota, StreamSlots
 from clusterai.api.routes import (
     access,
     cluster,
@@ -35,6 +36,7 @@ from clusterai.api.routes import (
     workers,
 )
 from clusterai.api.schemas import MalformedJSON, RequestInvalid, validation_message
+from clusterai.api.throttle import AuthThrottle
 from clusterai.api.writer import SubmissionWriter
 from clusterai.client import Client
 from clusterai.config import ClusterConfig
@@ -43,6 +45,7 @@ from clusterai.errors import (
     IdempotencyConflict,
     InvalidTransition,
     JobNotFound,
+    LimitReached,
     RunNotFound,
     StoreUnavailable,
     UnknownTaskError,
@@ -97,6 +100,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidTransition)
     async def transition(request: Request, exc: InvalidTransition) -> JSONResponse:
         return _error(409, str(exc))
+
+    @app.exception_handler(LimitReached)
+    async def limit_reached(request: Request, exc: LimitReached) -> JSONResponse:
+        return _error(429, str(exc), headers={"Retry-After": retry_after_header(exc.retry_after)})
 
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
@@ -162,7 +169,10 @@ def create_app(
     ctx = ApiContext(store=store, config=config, verifier=TokenVerifier(store),
                      limiter=RateLimiter(api.rate_limit, api.rate_burst), client=client, registry=registry,
                      writer=SubmissionWriter(client), wake=wake or (lambda: None), dask_dashboard=dask_dashboard,
-                     gateway=Gateway(config.gateway, worker_slots=worker_slots))
+                     gateway=Gateway(config.gateway, worker_slots=worker_slots), worker_slots=worker_slots,
+                     throttle=AuthThrottle(api.auth_failures, api.auth_failure_window),
+                     streams=StreamSlots(api.max_streams_per_token),
+                     quota=QueuedQuota(store, api.max_queued_per_token) if api.max_queued_per_token else None)
     app = FastAPI(title="clusterai", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   description="Durable AI jobs across every machine a team has. Every route but /healthz "
                               "and /readyz needs `Authorization: Bearer <token>`.")

@@ -70,6 +70,8 @@ def new_token(name: str, role: str, *, created_by: str | None, expires_in: float
     name = name.strip()
     if not name or len(name) > 100:
         raise BadInput("token name must be 1 to 100 characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):  # it owns jobs, and shows in logs and the audit log
+        raise BadInput("token name must not contain control characters")
     if role not in ROLE_PERMISSIONS:
         raise BadInput(f"unknown role {role!r}; allowed: {', '.join(ROLES)}")
     if expires_in is not None and expires_in <= 0:

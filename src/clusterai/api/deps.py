@@ -3,8 +3,9 @@ authenticate a request and check its role."""
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,10 +14,16 @@ from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 from clusterai.api.auth import Permission, Principal, RateLimiter, TokenVerifier, retry_after_header
+from clusterai.api.credentials import WorkerCredentials
+from clusterai.api.quota import QueuedQuota, StreamSlots
+from clusterai.api.throttle import AuthThrottle, client_key
 from clusterai.api.writer import SubmissionWriter
 from clusterai.client import Client
 from clusterai.config import ClusterConfig
+from clusterai.errors import StoreUnavailable
 from clusterai.jobs.store import JobStore
+
+log = logging.getLogger("clusterai.api")
 
 
 @dataclass
@@ -31,9 +38,15 @@ class ApiContext:
     wake: Callable[[], None] = lambda: None
     dask_dashboard: str | None = None  # the Dask dashboard's address, when it is served
     gateway: Any = None  # gateway.service.Gateway: live LLM requests
-    # a credential for inference only, made at start and kept in memory: the coordinator hands it to
-    # the attempts of tasks that call the gateway (llm.generate, llm.embed)
-    jobs_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    throttle: AuthThrottle = field(default_factory=lambda: AuthThrottle(10, 60.0))
+    streams: StreamSlots = field(default_factory=lambda: StreamSlots(4))
+    quota: QueuedQuota | None = None  # unfinished jobs per token (None: no limit)
+    # the coordinator's live registry (slots with .address and .status); None without a coordinator
+    worker_slots: Callable[[], Iterable[Any]] | None = None
+    # inference-only credentials for batch workers, one per worker, from a secret made at start and
+    # kept in memory: the coordinator hands each worker's to the attempts of tasks that call the
+    # gateway (llm.generate, llm.embed); see credentials.py
+    credentials: WorkerCredentials = field(default_factory=WorkerCredentials)
 
 
 def context(request: Request) -> ApiContext:
@@ -46,7 +59,7 @@ CSRF_HEADER = "x-clusterai-request"  # a header a cross-site form cannot send (a
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def _presented_token(request: Request) -> str | None:
+def presented_token(request: Request) -> str | None:
     """The bearer token, or the dashboard's session cookie. A change made with the cookie must also
     carry CSRF_HEADER: a page elsewhere can make a browser send the cookie, not that header."""
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -58,23 +71,63 @@ def _presented_token(request: Request) -> str | None:
     return cookie or None
 
 
-async def authenticate(request: Request) -> Principal:
+def _address(request: Request) -> str:
+    return client_key(request.client.host if request.client else None)
+
+
+def check_address(request: Request) -> None:
+    """429 for a client address throttled after too many failed authentications (throttle.py)."""
     ctx = context(request)
-    text = _presented_token(request)
-    if not text:
-        raise HTTPException(401, "a token is required: send Authorization: Bearer <token>",
-                            headers={"WWW-Authenticate": "Bearer"})
-    # a cached record is checked on the loop; only a cache miss reads the store, off the loop
+    wait = ctx.throttle.blocked(_address(request))
+    if wait > 0:
+        raise HTTPException(429, "too many failed authentications from this address; every request from it is "
+                                 "refused for a while", headers={"Retry-After": retry_after_header(wait)})
+
+
+async def count_failure(request: Request, presented: str | None) -> None:
+    """Count a failed authentication against the client's address, and write the audit records that
+    calls for (aggregated: see throttle.py). The presented text itself is never written or logged."""
+    ctx = context(request)
+    records = ctx.throttle.failed(_address(request), presented, f"{request.method} {request.url.path}")
+    if not records:
+        return
+    try:
+        await run_in_threadpool(ctx.store.record_audit, records, time.time())
+    except StoreUnavailable as exc:
+        log.error("audit of a failed authentication not written (store unavailable): %s", exc)
+
+
+async def verify(request: Request, text: str) -> Principal | None:
+    """The token's principal (a cached record is checked on the loop; only a cache miss reads the
+    store, off the loop); None, counted as a failure, for a token that is not good."""
+    ctx = context(request)
     principal = ctx.verifier.verify_cached(text)
     if principal is False:
         principal = await run_in_threadpool(ctx.verifier.verify, text)
-    if not isinstance(principal, Principal):
-        raise HTTPException(401, "the token is unknown, revoked or expired", headers={"WWW-Authenticate": "Bearer"})
-    request.state.principal = principal
+    if isinstance(principal, Principal):
+        return principal
+    await count_failure(request, text)
+    return None
+
+
+def check_rate(ctx: ApiContext, principal: Principal) -> None:
     wait = ctx.limiter.check(principal.token_id)
     if wait > 0:
         raise HTTPException(429, f"rate limit of {ctx.limiter.rate:g} requests/s for this token reached",
                             headers={"Retry-After": retry_after_header(wait)})
+
+
+async def authenticate(request: Request) -> Principal:
+    check_address(request)
+    text = presented_token(request)
+    if not text:
+        raise HTTPException(401, "a token is required: send Authorization: Bearer <token>",
+                            headers={"WWW-Authenticate": "Bearer"})
+    principal = await verify(request, text)
+    if principal is None:
+        raise HTTPException(401, "the token is unknown, revoked or expired", headers={"WWW-Authenticate": "Bearer"})
+    request.state.principal = principal
+    check_rate(context(request), principal)
     return principal
 
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from clusterai.errors import BadInput
+from clusterai import nesting
+from clusterai.errors import BadInput, NestedTooDeep
+from clusterai.jobs.model import KEY_PATTERN, NAME_PATTERN, VALUE_PATTERN
 
 M = TypeVar("M", bound=BaseModel)
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 MAX_ID = 2**63 - 1  # the largest id the store can hold: bigger numbers are refused at the edge
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+# queue names, label/resource/preference keys and values: a safe character set (jobs/model.py says why)
+SafeName = Annotated[str, Field(pattern=NAME_PATTERN, description="1 to 100 of A-Z a-z 0-9 _ . : -")]
+SafeValue = Annotated[str, Field(pattern=VALUE_PATTERN, description="1 to 200 of A-Z a-z 0-9 _ . : / -")]
+Key = Annotated[str, Field(pattern=KEY_PATTERN, description="1 to 200 characters, no control characters")]
 
 
 class _Body(BaseModel):
@@ -24,7 +29,7 @@ class JobRequest(_Body):
 
     task: Name
     payload: dict[str, Any] = Field(default_factory=dict)
-    queue: Name | None = None
+    queue: SafeName | None = None
     priority: Literal["low", "normal", "high", "critical"] | None = None
     run_at: float | None = Field(None, description="epoch seconds before which it may not run")
     delay: float | None = Field(None, ge=0, le=10 * 365 * 86400, description="seconds before it may run")
@@ -32,11 +37,12 @@ class JobRequest(_Body):
     retries: int | None = Field(None, ge=0, le=1000)
     backoff: float | None = Field(None, ge=0, le=86400)
     max_backoff: float | None = Field(None, ge=0, le=30 * 86400)
-    idempotency_key: Name | None = None
-    resources: dict[Name, Annotated[float, Field(ge=0)]] = Field(default_factory=dict,
-                                                                description="what it needs, e.g. GPU: 1")
-    labels: dict[Name, Annotated[str, Field(max_length=200)]] = Field(default_factory=dict)
-    prefers: dict[Name, Annotated[str, Field(max_length=200)]] = Field(default_factory=dict)
+    idempotency_key: Key | None = Field(None, description="same key and payload: the same job; the key is "
+                                        "this token's own (another token's same key is another job)")
+    resources: dict[SafeName, Annotated[float, Field(ge=0)]] = Field(default_factory=dict,
+                                                                    description="what it needs, e.g. GPU: 1")
+    labels: dict[SafeName, SafeValue] = Field(default_factory=dict)
+    prefers: dict[SafeName, SafeValue] = Field(default_factory=dict)
 
     def options(self) -> dict[str, Any]:
         return self.model_dump(exclude={"task", "payload"}, exclude_none=True)
@@ -100,8 +106,12 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def parse_json(body: bytes) -> Any:
+    """The body as JSON, nested no deeper than nesting.MAX_DEPTH levels (400 otherwise, like any
+    body that cannot be read)."""
     try:
-        return json.loads(body)
+        return nesting.loads(body)
+    except NestedTooDeep as exc:
+        raise MalformedJSON(str(exc)) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedJSON(f"malformed JSON body: {exc}") from None
 

@@ -20,6 +20,7 @@ from clusterai.api.deps import ApiContext
 from clusterai.config import ClusterConfig
 from clusterai.errors import ConfigError
 from clusterai.jobs.store import JobStore, open_store
+from clusterai.private_files import private_folder
 
 log = logging.getLogger("clusterai.api")
 
@@ -51,13 +52,14 @@ def is_loopback(host: str) -> bool:
 
 def ensure_admin_token(store: JobStore, token_file: str | Path) -> Path | None:
     """With no usable admin token in the store, make one and write it to `token_file` (mode
-    0600); returns the file, or None when an admin token already exists."""
+    0600, in a folder made 0700 when missing); returns the file, or None when an admin token
+    already exists."""
     now = time.time()
     if any(t.role == "admin" and t.usable(now) for t in store.list_tokens()):
         return None
     text, record = new_token("admin", "admin", created_by="clusterai up")
     path = Path(token_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text + "\n")
@@ -108,6 +110,11 @@ class ApiServer:
         except SystemExit:  # uvicorn exits the process when it cannot bind; here that is our error to report
             log.error("the API could not start on %s:%s", self.host, self.port)
 
+    def credential_for(self, worker_address: str) -> str:
+        """The inference-only credential of the worker at `worker_address`, for the attempts of its
+        tasks that call the gateway (api/credentials.py); good while that worker is in the registry."""
+        return self.context.credentials.credential_for(worker_address)
+
     @property
     def url(self) -> str:
         sock = self.server.servers[0].sockets[0]
@@ -137,8 +144,10 @@ async def start_beside(config: ClusterConfig, coordinator: Any, *, dask_dashboar
                         port=port, dask_dashboard=dask_dashboard, worker_slots=lambda: coordinator.slots.values())
         await api.start()
         api.owned_store = store
-        coordinator.gateway_access = {"url": url_for_workers(api.url, coordinator.client.scheduler.address),
-                                      "token": api.context.jobs_token}
+        # where workers reach the gateway; each worker's credential is its own (credential_for), so the
+        # coordinator adds it per batch: item["gateway"] = {**gateway_access, "token": credential(slot.address)}
+        coordinator.gateway_access = {"url": url_for_workers(api.url, coordinator.client.scheduler.address)}
+        coordinator.gateway_credential = api.credential_for
         return api
 
     try:

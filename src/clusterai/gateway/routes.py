@@ -1,13 +1,13 @@
 """The gateway's endpoints on the API server: Ollama's (/api/generate, /api/chat, /api/embed,
 /api/embeddings, /api/show, /api/tags, /api/ps, /api/version), OpenAI's (/v1/chat/completions,
 /v1/completions, /v1/embeddings, /v1/models), and /api/v1/models, /api/v1/generate. Inference
-needs a token that may submit; the model lists any token."""
+needs a token that may submit; the model lists any token. Every way in (a token, the dashboard's
+cookie, a worker's credential) goes through the same throttle of failed authentications per client
+address (api/throttle.py), the fast path included."""
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
-import json
 import logging
 from types import SimpleNamespace
 from typing import Any
@@ -16,10 +16,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from clusterai import __version__
+from clusterai import __version__, nesting
 from clusterai.api.auth import Permission, Principal
-from clusterai.api.deps import authenticate, context, require
-from clusterai.errors import StoreUnavailable
+from clusterai.api.credentials import present
+from clusterai.api.deps import authenticate, check_address, check_rate, context, count_failure, require
+from clusterai.errors import NestedTooDeep, StoreUnavailable
+from clusterai.gateway.redact import without_paths
 from clusterai.gateway.router import NoBackend, Overloaded
 from clusterai.gateway.service import Gateway, Refused, UpstreamFailed
 from clusterai.jobs.model import Priority
@@ -31,23 +33,41 @@ LISTS = require(Permission.READ, Permission.READ_OWN)
 _SUBMITS = require(Permission.SUBMIT)
 STREAMING = frozenset({"/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions"})
 ANONYMOUS = Principal(token_id="-", name="anonymous", role="submitter")
-JOBS = Principal(token_id="-jobs", name="jobs", role="submitter")
 
 
 async def INFERS(request: Request) -> Principal:  # noqa: N802 - used like the other dependencies
-    """A token that may submit; the credential the coordinator gives to batch inference jobs (good
-    here only); or none at all from a trusted network when gateway.open_inference is on."""
+    """A token that may submit; the credential the coordinator gives a worker's batch inference jobs
+    (good here only, while that worker is in the registry); or none at all from a trusted network
+    when gateway.open_inference is on."""
     ctx = context(request)
     settings = ctx.config.gateway
     presented = request.headers.get("authorization")
     if presented is None:
         if settings.open_inference and _trusted(request, settings.open_networks):
+            check_address(request)  # a throttled address is refused whatever it shows, nothing included
             request.state.principal = ANONYMOUS
             return ANONYMOUS
-    elif hmac.compare_digest(presented.encode(), f"Bearer {ctx.jobs_token}".encode()):
-        request.state.principal = JOBS
-        return JOBS
-    return await _SUBMITS(await authenticate(request))
+        return await _SUBMITS(await authenticate(request))
+    scheme, _, text = presented.partition(" ")
+    text = text.strip()
+    if scheme.lower() != "bearer" or not ctx.credentials.looks_like(text):
+        return await _SUBMITS(await authenticate(request))
+    check_address(request)
+    address = ctx.credentials.address_of(text)
+    if address is None or not present(ctx.worker_slots, address):
+        await count_failure(request, None)
+        raise HTTPException(401, "this worker credential is not valid here (made by another start of the API, "
+                                 "or its worker has left the cluster)")
+    # its own bucket of the same rate limiter as tokens
+    principal = Principal(token_id=f"-worker {address}", name=f"jobs on {address}", role="submitter")
+    check_rate(ctx, principal)
+    request.state.principal = principal
+    return principal
+
+
+def _principal(request: Request) -> Principal:
+    found = getattr(request.state, "principal", None)
+    return found if isinstance(found, Principal) else ANONYMOUS
 
 
 def _trusted(request: Request, networks: list[str]) -> bool:
@@ -73,7 +93,9 @@ async def _forward(request: Request, path: str, protocol: str) -> Response:
     request.state.audited = True
     raw = await request.body()
     try:
-        body = json.loads(raw or b"{}")
+        body = nesting.loads(raw or b"{}", "the body")
+    except NestedTooDeep as exc:
+        return _error(protocol, 400, str(exc))
     except ValueError:
         return _error(protocol, 400, "body is not JSON")
     if not isinstance(body, dict):
@@ -101,7 +123,10 @@ async def _forward(request: Request, path: str, protocol: str) -> Response:
     except UpstreamFailed as exc:
         return _error(protocol, 502, str(exc))
     if answer.stream is None:
-        return Response(answer.content, status_code=answer.status, headers=answer.headers)
+        content = answer.content
+        if path == "/api/show" and content and not _principal(request).can(Permission.ADMIN):
+            content = without_paths(content, model)  # where a backend keeps its files is not theirs to know
+        return Response(content, status_code=answer.status, headers=answer.headers)
     return StreamingResponse(answer.stream, status_code=answer.status, headers=answer.headers)
 
 

@@ -386,3 +386,34 @@ class CountPoint:
         return {"job_id": self.job_id, "camera": self.camera, "frame": self.frame,
                 "video_time": self.video_time, "at": self.at, "total": self.total,
                 "left_to_right": self.left_to_right, "right_to_left": self.right_to_left}
+
+
+# -- what a submitter may name ------------------------------------------------------------------
+# Queue names and the keys of labels, resources and preferences end up in metric labels, log lines,
+# SQL filters and the dashboard; their values in placement decisions and the dashboard. A small
+# character set keeps markup, control characters, quotes and spaces out of all of them. Values may
+# also hold "/" (a model or data set such as org/model).
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
+VALUE_PATTERN = r"^[A-Za-z0-9_.:/-]{1,200}$"
+NAME_RULE = "1 to 100 of A-Z a-z 0-9 _ . : -"
+VALUE_RULE = "1 to 200 of A-Z a-z 0-9 _ . : / -"
+# An idempotency key is any text without control characters: the store keeps it scoped by its owner,
+# joined with KEY_SCOPE, a control character a key cannot contain (so the join is never ambiguous).
+KEY_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"
+KEY_SCOPE = "\x1f"
+
+
+def scoped_key(owner: str | None, key: str | None) -> str | None:
+    """What the store's unique idempotency_key column holds: the key within its owner's scope (one
+    owner's key never finds another's job). The local client (owner None) keeps the plain key."""
+    if key is None or owner is None:
+        return key
+    return f"{owner}{KEY_SCOPE}{key}"
+
+
+def plain_key(owner: str | None, stored: str | None) -> str | None:
+    """The key as its submitter gave it; rows stored before keys were scoped hold it plain."""
+    if stored is None or owner is None:
+        return stored
+    prefix = f"{owner}{KEY_SCOPE}"
+    return stored[len(prefix):] if stored.startswith(prefix) else stored

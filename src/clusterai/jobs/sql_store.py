@@ -24,6 +24,8 @@ from clusterai.jobs.model import (
     RetryPolicy,
     State,
     check_transition,
+    plain_key,
+    scoped_key,
 )
 from clusterai.jobs.sql_access import AccessTables
 from clusterai.jobs.sql_events import EventTables, job_events
@@ -46,7 +48,7 @@ def _row_to_job(row: Sequence[Any], attempts: tuple[Attempt, ...] = ()) -> Job:
         payload=json.loads(payload), created_at=created, updated_at=updated, run_at=run_at,
         attempt=attempt, failures=failures, lost_count=lost,
         retry=RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff, jitter=jitter),
-        timeout=timeout, idempotency_key=key,
+        timeout=timeout, idempotency_key=plain_key(owner, key),
         resources=json.loads(resources) if resources else {},
         labels=json.loads(labels) if labels else {},
         prefers=json.loads(prefers) if prefers else {}, waiting=waiting,
@@ -112,26 +114,42 @@ class SqlStore(WorkerTables, EventTables, AccessTables, PipelineTables):
     def _insert_jobs(self, cur: Any, specs: Sequence[JobSpec], now: float) -> list[Job]:
         jobs: list[Job] = []
         plain: list[JobSpec] = []  # jobs without an idempotency key go in with one executemany
+        legacy = self._unscoped_keys(cur, specs)
         for spec in specs:
             if spec.idempotency_key is None:
                 plain.append(spec)
                 continue
             jobs += self._insert_plain(cur, plain, now)
             plain = []
-            # ON CONFLICT rather than look-then-insert: two writers with one key (possible on
-            # PostgreSQL) then agree on one job instead of one of them failing
-            inserted = self._insert_plain(cur, [spec], now, on_conflict=" ON CONFLICT (idempotency_key) DO NOTHING")
-            if inserted:
-                jobs += inserted
-                continue
-            existing = cur.execute(
-                "SELECT id, fingerprint FROM jobs WHERE idempotency_key=?", (spec.idempotency_key,)
-            ).fetchone()
+            existing = legacy.get((spec.owner, spec.idempotency_key))
+            if existing is None:
+                # ON CONFLICT rather than look-then-insert: two writers with one key (possible on
+                # PostgreSQL) then agree on one job instead of one of them failing
+                inserted = self._insert_plain(cur, [spec], now,
+                                              on_conflict=" ON CONFLICT (idempotency_key) DO NOTHING")
+                if inserted:
+                    jobs += inserted
+                    continue
+                existing = cur.execute("SELECT id, fingerprint FROM jobs WHERE idempotency_key=?",
+                                       (scoped_key(spec.owner, spec.idempotency_key),)).fetchone()
             if existing[1] != spec.fingerprint:
                 raise IdempotencyConflict(spec.idempotency_key, existing[0])
             jobs.append(_row_to_job(cur.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?",
                                                 (existing[0],)).fetchone()))
         return jobs + self._insert_plain(cur, plain, now)
+
+    def _unscoped_keys(self, cur: Any, specs: Sequence[JobSpec]) -> dict[tuple[str | None, str], tuple[int, str]]:
+        """(owner, key) -> (id, fingerprint) of jobs stored with an owner before keys were scoped by
+        owner (their column holds the plain key): their owner's same key still finds them. One
+        query per 500 keys, and none for a submission without keys."""
+        wanted = sorted({s.idempotency_key for s in specs if s.idempotency_key is not None and s.owner is not None})
+        found: dict[tuple[str | None, str], tuple[int, str]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            rows = cur.execute(f"SELECT idempotency_key, owner, id, fingerprint FROM jobs WHERE idempotency_key IN"
+                               f" ({','.join('?' * len(chunk))}) AND owner IS NOT NULL", chunk).fetchall()
+            found.update({(owner, key): (id_, fingerprint) for key, owner, id_, fingerprint in rows})
+        return found
 
     def _insert_plain(self, cur: Any, specs: Sequence[JobSpec], now: float, on_conflict: str = "") -> list[Job]:
         if not specs:
@@ -141,7 +159,8 @@ class SqlStore(WorkerTables, EventTables, AccessTables, PipelineTables):
             run_at = spec.run_at if spec.run_at is not None else now
             rows.append((spec.task, spec.queue, int(spec.priority),
                          State.PENDING.value if run_at > now else State.QUEUED.value, spec.payload_json,
-                         spec.fingerprint if spec.idempotency_key else None, spec.idempotency_key,
+                         spec.fingerprint if spec.idempotency_key else None,
+                         scoped_key(spec.owner, spec.idempotency_key),
                          run_at, now, now, spec.retry.retries, spec.retry.backoff, spec.retry.max_backoff,
                          spec.retry.jitter, spec.timeout,
                          json.dumps(spec.resources) if spec.resources else None,
@@ -253,6 +272,13 @@ class SqlStore(WorkerTables, EventTables, AccessTables, PipelineTables):
     def counts(self) -> dict[str, int]:
         found = dict(self._read("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
         return {s.value: found.get(s.value, 0) for s in State}
+
+    def unfinished_of(self, owner: str) -> int:
+        """Jobs of `owner` not finished yet (pending, queued or running): the API's quota per token.
+        Through the (state, id) index: it reads the unfinished jobs, not the owner's whole history."""
+        return int(self._read(
+            "SELECT COUNT(*) FROM jobs INDEXED BY jobs_state WHERE state IN ('pending','queued','running')"
+            " AND owner=?", (owner,))[0][0])
 
     # -- the coordinator's side ---------------------------------------------------------------
 

@@ -20,10 +20,24 @@ from typing import Any
 from clusterai.errors import StoreUnavailable
 from clusterai.jobs.migrations import SQLITE_MIGRATIONS
 from clusterai.jobs.sql_store import SqlStore
+from clusterai.private_files import private_file, private_folder, tighten
 
 # Locked past the busy timeout, a disk error, a file that is no database: the store is unavailable
 # (an API answers 503), never an internal error. Constraint violations are bugs and stay loud.
 _UNAVAILABLE = (sqlite3.OperationalError, sqlite3.DatabaseError)
+
+
+def _make_private(path: Path) -> None:
+    """The database file 0600 before SQLite opens it: SQLite makes its -wal and -shm files with the
+    database file's mode, so they are private too (ones left looser by an older version are tightened);
+    its folder 0700 when it is made here (private_files.py)."""
+    try:
+        private_folder(path.parent)
+        private_file(path)
+        for suffix in ("-wal", "-shm", "-journal"):
+            tighten(f"{path}{suffix}")
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot make the SQLite store {str(path)!r} private: {exc}") from None
 
 
 class SQLiteStore(SqlStore):
@@ -32,8 +46,8 @@ class SQLiteStore(SqlStore):
     def __init__(self, path: str | Path, *, busy_timeout: float = 30.0, synchronous: str = "NORMAL"):
         self.path = str(path)
         self.url = f"sqlite:///{self.path}"
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.path not in (":memory:", "") and not self.path.startswith("file:"):
+            _make_private(Path(self.path))
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(

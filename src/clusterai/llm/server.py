@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from clusterai import __version__
+from clusterai import __version__, nesting
 from clusterai.errors import BadInput
 from clusterai.llm.models import EMBED, GENERATE, Options, ServedModel, Usage
 from clusterai.llm.protocol import error_body, load_answer, loads_only, stream_error, timestamp
@@ -66,7 +66,9 @@ class ModelServer:
 
     def show(self, body: dict[str, Any]) -> dict[str, Any]:
         m = self.model(body.get("model") or body.get("name"))
-        return {"modelfile": f"FROM {m.spec.path}", "parameters": "", "template": "", "details": m.details(),
+        # the modelfile names the model, not the folder it was loaded from: no path on this machine's
+        # disk goes out (the gateway passes this answer on to its clients)
+        return {"modelfile": f"FROM {m.name}", "parameters": "", "template": "", "details": m.details(),
                 "model_info": {"general.architecture": m.details()["family"]}, "capabilities": m.capabilities()}
 
     @staticmethod
@@ -234,7 +236,7 @@ def create_app(server: ModelServer) -> Starlette:
         if len(raw) > MAX_BODY:
             raise BadInput(f"body over {MAX_BODY} bytes")
         try:
-            body = json.loads(raw or b"{}")
+            body = nesting.loads(raw or b"{}", "the body")  # NestedTooDeep is a BadInput: a 400
         except ValueError:
             raise BadInput("body is not JSON") from None
         if not isinstance(body, dict):

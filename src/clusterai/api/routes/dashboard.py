@@ -1,5 +1,7 @@
 """The dashboard: a login page that takes a token, a cookie session, logout, and the page itself
-with its packaged assets (nothing from a CDN). The page talks to the same API with the cookie."""
+with its packaged assets (nothing from a CDN). The page talks to the same API with the cookie.
+A failed sign-in, and a session cookie that is no good, count against the client's address like a
+bad bearer token (deps.verify: throttled, audited)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,9 @@ from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from clusterai.api.auth import Principal
-from clusterai.api.deps import SESSION_COOKIE, context
+from clusterai.api.deps import SESSION_COOKIE, check_address, verify
 from clusterai.api.schemas import parse_json
 
 STATIC = Path(__file__).resolve().parents[2] / "dashboard" / "static"
@@ -31,8 +32,8 @@ async def _session(request: Request) -> Principal | None:
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
-    verified = await run_in_threadpool(context(request).verifier.verify, token)
-    return verified if isinstance(verified, Principal) else None
+    check_address(request)
+    return await verify(request, token)
 
 
 @router.get("/")
@@ -49,11 +50,12 @@ async def login_page() -> Response:
 
 @router.post("/login")
 async def login(request: Request) -> Response:
+    check_address(request)  # before anything is read: a throttled address gets no further
     data = parse_json(await request.body())
     token = data.get("token") if isinstance(data, dict) else None
     if not isinstance(token, str) or not token.strip():
         raise HTTPException(422, "send {\"token\": \"cai_...\"}")
-    principal = await run_in_threadpool(context(request).verifier.verify, token)
+    principal = await verify(request, token.strip())
     if principal is None:
         raise HTTPException(401, "the token is unknown, revoked or expired")
     request.state.principal = principal  # a sign-in is audited like any change

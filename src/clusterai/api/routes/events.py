@@ -2,7 +2,12 @@
 
 Each event's id is its row in the store's event log, so a client that reconnects with
 Last-Event-ID (browsers do it by themselves) gets everything it missed, as long as the log still
-keeps it; if it does not, the client gets a `reset` event and should reload what it shows."""
+keeps it; if it does not, the client gets a `reset` event and should reload what it shows.
+
+A token may hold api.max_streams_per_token streams at once (each polls the store), and an open
+stream checks its token again every api.stream_recheck seconds, through the same verifier as every
+request: once the token is revoked or expired the stream sends a `closed` event and ends (the
+browser's reconnection then gets 401)."""
 
 from __future__ import annotations
 
@@ -12,12 +17,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from clusterai.api.auth import Permission, Principal
-from clusterai.api.deps import ApiContext, context, require
+from clusterai.api.deps import ApiContext, context, presented_token, require
 from clusterai.api.schemas import MAX_ID
 from clusterai.errors import StoreUnavailable
 
@@ -36,7 +42,18 @@ def _visible(event: dict[str, Any], principal: Principal) -> bool:
     return event["kind"] == "job" and event["owner"] is not None and event["owner"] == principal.name
 
 
-async def _stream(ctx: ApiContext, principal: Principal, after: int | None, poll: float) -> AsyncIterator[str]:
+async def _still_good(ctx: ApiContext, token: str) -> bool:
+    try:
+        verified = ctx.verifier.verify_cached(token)
+        if verified is False:
+            verified = await run_in_threadpool(ctx.verifier.verify, token)
+    except StoreUnavailable:
+        return True  # the store is away, not the token: keep streaming (nothing is sent meanwhile)
+    return isinstance(verified, Principal)
+
+
+async def _stream(ctx: ApiContext, principal: Principal, token: str, after: int | None,
+                  poll: float) -> AsyncIterator[str]:
     low, high = await run_in_threadpool(ctx.store.event_bounds)
     pruned = after is not None and after < low - 1
     unknown = after is not None and after > high  # an id from another store (or a store reset)
@@ -45,8 +62,14 @@ async def _stream(ctx: ApiContext, principal: Principal, after: int | None, poll
     if pruned or unknown:
         why = "no longer kept" if pruned else "unknown to this store"
         yield _frame(cursor, "reset", {"message": f"events after id {after} are {why}; reload", "first_kept": low})
-    quiet_since = time.monotonic()
+    quiet_since = checked = time.monotonic()
+    recheck = ctx.config.api.stream_recheck
     while True:
+        if time.monotonic() - checked >= recheck:
+            if not await _still_good(ctx, token):
+                yield _frame(cursor, "closed", {"message": "the token was revoked or has expired"})
+                return
+            checked = time.monotonic()
         try:
             events = await run_in_threadpool(ctx.store.events_after, cursor, PAGE)
         except StoreUnavailable:
@@ -78,5 +101,26 @@ async def events(
     if after is None and header is not None and header.strip().isdigit() and len(header.strip()) <= 18:
         after = int(header)
     ctx = context(request)
-    return StreamingResponse(_stream(ctx, principal, after, poll=0.1), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    token = presented_token(request)
+    assert token is not None  # authenticated with it
+    if not ctx.streams.take(principal.token_id):
+        raise HTTPException(429, f"this token has {ctx.streams.limit} event streams open, its limit "
+                                 "(api.max_streams_per_token); close one first", headers={"Retry-After": "5"})
+    return _HeldStream(_stream(ctx, principal, token, after, poll=0.1),
+                       release=lambda: ctx.streams.give_back(principal.token_id))
+
+
+class _HeldStream(StreamingResponse):
+    """A stream that gives its slot back when it ends, however it ends (the client went away, the
+    token was revoked, or the response never started)."""
+
+    def __init__(self, content: AsyncIterator[str], release: Any):
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()

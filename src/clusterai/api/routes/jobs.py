@@ -75,6 +75,8 @@ async def submit(request: Request, principal: Principal = Depends(require(Permis
             if isinstance(parsed, BatchRequest):
                 exc.args = (f"jobs[{index}]: {exc}",)  # say which job of the batch is wrong
             raise
+    if ctx.quota is not None:  # the whole batch, or none of it
+        await ctx.quota.admit(principal.name, len(specs))
     audit = AuditEntry(principal.name, principal.role, "POST /api/v1/jobs", target=None, status=201,
                        detail=f"{len(specs)} job(s) of {', '.join(sorted({s.task for s in specs}))}")
     before = time.time()

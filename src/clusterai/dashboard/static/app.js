@@ -295,6 +295,8 @@ function listen() {
     if (state.reads) { soon(refreshPipelines); soon(refreshCounts); }
   });
   source.addEventListener("worker", () => { soon(refreshWorkers); soon(refreshStatus); });
+  // the stream ends when the session's token is revoked or expires: sign in again
+  source.addEventListener("closed", () => { source.close(); window.location.assign("/login"); });
   source.addEventListener("reset", () => { soon(refreshJobs); soon(refreshWorkers); soon(refreshStatus); soon(refreshDlq); });
 }
 
