@@ -64,6 +64,9 @@ def scheduler(
                 err.print("[yellow]warning:[/] workers reach this head over the network without TLS: anyone "
                           "who can reach the port can run code on the cluster, and tokens and job data travel "
                           "in clear text.")
+            else:
+                err.print("[yellow]note:[/] without --tls-dir, every user of this machine can connect to the "
+                          "scheduler's port and run code as you; give --tls-dir to let in certificate holders only")
         head = HeadSettings(host=host, port=port, security=security,
                             dashboard_address=dashboard_address)
         open_store(conf.store).close()  # a wrong URL or password fails here, before standing by

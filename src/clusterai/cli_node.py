@@ -97,6 +97,10 @@ def worker_main(argv: list[str]) -> int:
     )
 
     args = worker_parser().parse_args(argv)  # bad usage: argparse exits 2 with the message
+    if any(a in ("--token", "-t") or a.startswith(("--token=", "-t")) for a in argv):
+        print(f"warning: a token on the command line can be read by every user of this machine (ps, "
+              f"/proc/PID/cmdline); use --token-file FILE (mode 0600) or the ${TOKEN_ENV} environment variable",
+              file=sys.stderr, flush=True)
     try:
         token = args.token
         if args.token_file is not None:

@@ -8,10 +8,12 @@ checked by tests/integration/test_dask_tls.py:
   verifies the server's. A peer is accepted when its certificate chains to `ca.pem`, and to nothing
   else: Dask loads only that CA, not the system trust store.
 - Hostnames are NOT checked (`check_hostname = False`): Dask expects a dedicated CA and addresses
-  given as IP addresses. Any certificate this CA signed is accepted from any address and for any
-  role (scheduler, worker or client). The trust boundary is therefore the CA key: whoever holds
-  `ca.key` or any node's key is a member of the cluster. The SubjectAltNames written here serve
-  tools that do check hostnames (curl, httpx, a browser), not Dask.
+  given as IP addresses. Dask itself accepts any certificate this CA signed from any address and
+  for any role (scheduler, worker or client), and any client may run code on the scheduler. So
+  every certificate made here carries its node's role (`head`, `worker` or `client`, as the
+  subject's organizational unit), and clusterai's servers check it on every operation
+  (engine/gate.py): a worker's key lets a machine be a worker, nothing more. The SubjectAltNames
+  written here serve tools that do check hostnames (curl, httpx, a browser), not Dask.
 - Dask clears VERIFY_X509_STRICT; OpenSSL still checks the extended key usage, which is why every
   node certificate carries both serverAuth and clientAuth (a worker listens and connects).
 - `require_encryption=True` makes Dask refuse to listen on or connect to a `tcp://` address with
@@ -36,7 +38,8 @@ import re
 import secrets
 import ssl
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -51,6 +54,9 @@ if TYPE_CHECKING:
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 DEFAULT_NODES = ("head", "worker")
+# What a certificate lets its holder be: the head (scheduler and its own client), a worker, or a
+# client the admin issued on purpose (a Dask client on the cluster: it may run code on the head).
+ROLES = ("head", "worker", "client")
 DEFAULT_DAYS = 825  # the longest lifetime Apple platforms accept for a TLS server certificate
 CA_DAYS = 3650  # a new CA outlives several rounds of node certificates, so adding a node rarely needs a new one
 LOCAL_NAMES = ("localhost", "127.0.0.1")  # every node can be reached on loopback, e.g. in tests
@@ -64,19 +70,26 @@ _UNKNOWN_ISSUER = 20  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
 
 # -- making certificates (on the head) --------------------------------------------------------------
 
+def default_role(node: str) -> str:
+    """The role a node's certificate gets unless told otherwise: `head` for the node named head."""
+    return "head" if node == "head" else "worker"
+
+
 def create_certs(directory: Path, *, hosts: Sequence[str] = (), nodes: Sequence[str] = DEFAULT_NODES,
-                 days: int = DEFAULT_DAYS, overwrite: bool = False) -> dict[str, Path]:
+                 days: int = DEFAULT_DAYS, overwrite: bool = False, role: str | None = None) -> dict[str, Path]:
     """Make the cluster's CA in `directory` unless one is there already, then a key and certificate
     signed by it for every node: NODE.pem and NODE.key (mode 0600), EC P-256, usable as TLS server
     and client, with SubjectAltNames for `hosts` (DNS names or IP addresses) plus localhost and
-    127.0.0.1.
+    127.0.0.1, and the node's role (`role`, else `default_role(node)`) in its subject.
 
     A new CA lasts CA_DAYS (or longer than `days`). An existing CA is reused so that certificates
     made earlier stay valid; a node certificate that would outlive it is refused. An existing node
     certificate is replaced only with `overwrite=True`. Returns every file of the CA and of the
     given nodes by file name ("ca.pem", "ca.key", "head.pem", "head.key", ...).
     """
-    names = _check_node_names(nodes)
+    names = check_node_names(nodes)
+    if role is not None and role not in ROLES:
+        raise ConfigError(f"unknown certificate role {role!r}; allowed: {', '.join(ROLES)}")
     alt_names = _subject_alt_names(hosts)
     if not 1 <= days <= 36500:
         raise ConfigError(f"days must be between 1 and 36500, got {days}")
@@ -100,7 +113,7 @@ def create_certs(directory: Path, *, hosts: Sequence[str] = (), nodes: Sequence[
         ca_cert, ca_key = _load_or_make_ca(directory, days)
         files = {CA_CERT: directory / CA_CERT, CA_KEY: directory / CA_KEY}
         for name in names:
-            key, cert = _node_cert(name, alt_names, ca_cert, ca_key, days)
+            key, cert = _node_cert(name, role or default_role(name), alt_names, ca_cert, ca_key, days)
             files[f"{name}.key"] = _write(directory / f"{name}.key", _key_pem(key), private=True)
             files[f"{name}.pem"] = _write(directory / f"{name}.pem", _cert_pem(cert), private=False)
     except OSError as exc:
@@ -108,7 +121,7 @@ def create_certs(directory: Path, *, hosts: Sequence[str] = (), nodes: Sequence[
     return files
 
 
-def _check_node_names(nodes: Sequence[str]) -> list[str]:
+def check_node_names(nodes: Sequence[str]) -> list[str]:
     names: list[str] = []
     for name in nodes:
         if not _NODE_NAME.fullmatch(name):
@@ -198,7 +211,7 @@ def _load_or_make_ca(directory: Path, days: int) -> tuple[x509.Certificate, ec.E
     return cert, key
 
 
-def _node_cert(name: str, alt_names: Sequence[str | ipaddress.IPv4Address | ipaddress.IPv6Address],
+def _node_cert(name: str, role: str, alt_names: Sequence[str | ipaddress.IPv4Address | ipaddress.IPv6Address],
                ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey,
                days: int) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     from cryptography import x509
@@ -214,6 +227,7 @@ def _node_cert(name: str, alt_names: Sequence[str | ipaddress.IPv4Address | ipad
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "clusterai"),
+                                 x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
                                  x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
@@ -293,7 +307,7 @@ def dask_security(ca_file: str | os.PathLike[str], cert_file: str | os.PathLike[
 
 def node_security(directory: str | os.PathLike[str], node: str) -> Security:
     """`dask_security` for the files `create_certs` wrote for `node` in `directory`."""
-    _check_node_names([node])
+    check_node_names([node])
     d = Path(directory)
     return dask_security(d / CA_CERT, d / f"{node}.pem", d / f"{node}.key")
 
@@ -321,10 +335,11 @@ def _check_tls_files(ca: str, cert: str, key: str) -> None:
     _handshake_with_itself(ca, cert, key)
 
 
-def _handshake_with_itself(ca: str, cert: str, key: str) -> None:
+def _handshake_with_itself(ca: str, cert: str, key: str) -> dict[str, Any]:
     """A TLS handshake in memory, this node's certificate on both ends, with the verification Dask
     does: proves the certificate chains to the CA, is in its validity period and may act as both
-    server and client. Costs a few milliseconds and no socket."""
+    server and client. Costs a few milliseconds and no socket. Returns the certificate as a peer
+    sees it (`SSLSocket.getpeercert()`), which is how the stdlib reads a certificate's fields."""
     contexts = []
     for protocol in (ssl.PROTOCOL_TLS_CLIENT, ssl.PROTOCOL_TLS_SERVER):
         ctx = ssl.SSLContext(protocol)
@@ -358,8 +373,65 @@ def _handshake_with_itself(ca: str, cert: str, key: str) -> None:
             if data:
                 peer_incoming.write(data)
         if all(done.values()):
-            return
+            return dict(server.getpeercert() or {})
     raise ConfigError(f"TLS certificate {cert}: the test handshake with CA {ca} did not complete")
+
+
+# -- who a certificate says its holder is ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Identity:
+    """A certificate's holder as a TLS peer shows it: what roles and revocation go by."""
+
+    serial: str  # the certificate's serial number in upper-case hex: what `certs revoke` names
+    name: str | None  # the node (common name)
+    role: str | None  # head, worker or client; None for a certificate made before roles existed
+
+
+def serial_text(serial: int | str) -> str:
+    """One spelling of a serial number, whichever side read it (OpenSSL pads, cryptography does not)."""
+    return format(serial if isinstance(serial, int) else int(serial, 16), "X")
+
+
+def identity_of(peercert: Mapping[str, Any] | None) -> Identity | None:
+    """The identity in `SSLSocket.getpeercert()`'s answer (Dask keeps it as comm.extra_info["peercert"])."""
+    if not peercert or not peercert.get("serialNumber"):
+        return None
+    fields = {key: value for rdn in peercert.get("subject", ()) for key, value in rdn}
+    role = fields.get("organizationalUnitName")
+    return Identity(serial_text(str(peercert["serialNumber"])), fields.get("commonName"),
+                    role if role in ROLES else None)
+
+
+def certificate_identity(ca_file: str | os.PathLike[str], cert_file: str | os.PathLike[str],
+                         key_file: str | os.PathLike[str]) -> Identity:
+    """The identity of this node's own certificate (the stdlib only: light workers have no cryptography)."""
+    ca, cert, key = (os.path.abspath(p) for p in (ca_file, cert_file, key_file))
+    identity = identity_of(_handshake_with_itself(ca, cert, key))
+    if identity is None:
+        raise ConfigError(f"TLS certificate {cert} has no serial number")
+    return identity
+
+
+def read_certificate(cert_file: str | os.PathLike[str]) -> Identity:
+    """The identity a certificate file carries, read with `cryptography` (on the head)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    path = Path(cert_file)
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such certificate") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is not a readable PEM certificate: {exc}") from None
+
+    def field(oid: Any) -> str | None:
+        values = cert.subject.get_attributes_for_oid(oid)
+        return str(values[0].value) if values else None
+
+    role = field(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return Identity(serial_text(cert.serial_number), field(NameOID.COMMON_NAME), role if role in ROLES else None)
 
 
 def _why(exc: ssl.SSLError) -> str:

@@ -220,7 +220,7 @@ def test_cli_creates_certificates_and_says_where_they_go(tmp_path: Path):
         "ca.key", "ca.pem", "gpu-1.key", "gpu-1.pem", "head.key", "head.pem"]
     assert "made a new CA" in result.output
     assert f"{directory / 'ca.key'} stays on this machine" in result.output
-    assert f"node gpu-1: {directory / 'ca.pem'} {directory / 'gpu-1.pem'} {directory / 'gpu-1.key'} -> " \
+    assert f"node gpu-1 (worker): {directory / 'ca.pem'} {directory / 'gpu-1.pem'} {directory / 'gpu-1.key'} -> " \
            "the machine that runs gpu-1" in result.output
     cert = load(directory / "gpu-1.pem")
     assert 90 <= (cert.not_valid_after_utc - cert.not_valid_before_utc).days <= 91

@@ -190,9 +190,14 @@ async def _run_nannies(opts: WorkerOptions, head: str, stop: asyncio.Event) -> N
 async def _start_nanny(head: str, opts: WorkerOptions) -> Any:
     from distributed import Nanny
 
+    from clusterai.engine.gate import GatedNanny
+
     env = {TOKEN_ENV: opts.token, PROFILE_ENV: json.dumps(opts.profile),
            **library_threads(opts.nthreads or os.cpu_count() or 1)}
-    return await Nanny(
+    # over TLS the nanny and its worker check every peer's certificate role (gate.py); without TLS
+    # there is no identity to check: everyone who can reach them is trusted
+    nanny_class = GatedNanny if opts.security is not None else Nanny
+    return await nanny_class(
         head, name=opts.name, nthreads=opts.nthreads, memory_limit=opts.memory_limit,
         death_timeout=opts.death_timeout, security=opts.security, host=opts.host, env=env,
         startup_information={TOKEN_KEY: presented_token},

@@ -8,14 +8,18 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from distributed import Client, LocalCluster, Scheduler
+from distributed.security import Security
 
 from clusterai.config import ClusterConfig
 from clusterai.coordinator import Coordinator
-from clusterai.engine.enroll import WORKER_ROLES, Enrollment
+from clusterai.engine.enroll import WORKER_ROLES
+from clusterai.engine.gate import WORKER_TO_SCHEDULER, Gate, install, own_identity
+from clusterai.engine.membership import Membership
 from clusterai.engine.pipeline_driver import PipelineDriver
 from clusterai.engine.plugin import ClusterAIWorkerPlugin, library_threads
 from clusterai.errors import ClusterAIError, ConfigError
@@ -63,11 +67,16 @@ class ClusterRuntime:
         elif c.scheduler:
             target = c.scheduler
         else:
+            # Credentials made now and held in memory, passed to the worker processes as they start:
+            # only this process and its workers can connect, not another user of this machine
+            security = Security.temporary()
             self.local_cluster = await LocalCluster(
                 n_workers=c.workers,
                 threads_per_worker=c.threads_per_worker,
                 processes=True,
                 host=c.host,
+                protocol="tls://",
+                security=security,
                 memory_limit=c.memory_limit,
                 dashboard_address=c.dashboard_address if c.dashboard else None,
                 # without a dashboard Dask still serves HTTP (health, metrics), by default on :8787
@@ -97,18 +106,34 @@ class ClusterRuntime:
 
         verifier = TokenVerifier(store)
 
-        def may_enroll(token: str) -> str | None:
+        def may_enroll(token: str) -> tuple[str, str] | None:
             who = verifier.verify(token)
-            return who.name if who is not None and who.role in WORKER_ROLES else None
+            return (who.token_id, who.name) if who is not None and who.role in WORKER_ROLES else None
 
+        def still_valid(token_ids: Any) -> set[str]:
+            now = time.time()
+            return {t.id for t in store.list_tokens() if t.id in token_ids and t.role in WORKER_ROLES
+                    and t.usable(now)}
+
+        def revoked() -> set[str]:
+            return set(store.revoked_certificates())
+
+        own = own_identity(head.security, "scheduler")
+        gate = Gate("scheduler", own, WORKER_TO_SCHEDULER) if own is not None else None
+        if gate is not None:
+            gate.revoked = frozenset(revoked())  # refused from the first connection on
+        membership = Membership(may_enroll, still_valid, revoked if gate is not None else None, gate)
+        scheduler = Scheduler(
+            host=head.host, port=head.port, protocol="tls" if head.security is not None else "tcp",
+            security=head.security, dashboard=head.dashboard_address is not None,
+            # Dask serves HTTP (health, metrics) even without its dashboard, by default on every
+            # interface: keep that on loopback unless a dashboard address was asked for
+            dashboard_address=head.dashboard_address or "127.0.0.1:0", plugins=[membership],
+        )
+        if gate is not None:
+            install(scheduler, gate)  # before it listens: no comm reaches a handler unchecked
         try:
-            self.scheduler = await Scheduler(
-                host=head.host, port=head.port, protocol="tls" if head.security is not None else "tcp",
-                security=head.security, dashboard=head.dashboard_address is not None,
-                # Dask serves HTTP (health, metrics) even without its dashboard, by default on every
-                # interface: keep that on loopback unless a dashboard address was asked for
-                dashboard_address=head.dashboard_address or "127.0.0.1:0", plugins=[Enrollment(may_enroll)],
-            )
+            self.scheduler = await scheduler
         except OSError as exc:
             raise ConfigError(f"cannot listen on {head.host}:{head.port} for workers: {exc}") from None
         return str(self.scheduler.address)

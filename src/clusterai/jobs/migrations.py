@@ -161,6 +161,16 @@ SQLITE_MIGRATIONS: list[list[str]] = [
         ) WITHOUT ROWID""",
         "CREATE INDEX counts_camera ON counts(camera, at)",
     ],
+    # 5: the certificates the head refuses (`clusterai certs revoke`), by serial number
+    [
+        """CREATE TABLE revoked_certs (
+            serial TEXT PRIMARY KEY,
+            node TEXT,
+            role TEXT,
+            revoked_at REAL NOT NULL,
+            revoked_by TEXT
+        )""",
+    ],
 ]
 
 

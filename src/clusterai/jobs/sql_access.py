@@ -42,6 +42,20 @@ class AccessTables:
         assert record is not None
         return record
 
+    def revoke_certificate(self, serial: str, node: str | None, role: str | None, now: float,
+                           by: str | None = None) -> bool:
+        """Refuse a certificate from now on; False when it was refused already."""
+        with self._write() as cur:
+            cur.execute("INSERT INTO revoked_certs (serial, node, role, revoked_at, revoked_by) VALUES (?,?,?,?,?)"
+                        " ON CONFLICT (serial) DO NOTHING", (serial, node, role, now, by))
+            return bool(cur.rowcount)
+
+    def revoked_certificates(self) -> dict[str, dict[str, Any]]:
+        """Serial -> {node, role, revoked_at, revoked_by} of every certificate the head refuses."""
+        rows = self._read("SELECT serial, node, role, revoked_at, revoked_by FROM revoked_certs")
+        return {serial: {"node": node, "role": role, "revoked_at": at, "revoked_by": by}
+                for serial, node, role, at, by in rows}
+
     def record_audit(self, entries: Sequence[AuditEntry], now: float) -> None:
         with self._write() as cur:
             for entry in entries:
