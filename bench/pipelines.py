@@ -130,7 +130,7 @@ def video_direct(clips: list[str]) -> dict[str, Any]:
         scan = media.video_scan(clip)
         counts.append(media.camera_count(clip))
         summaries.append(media.video_summarize(scan))
-        lines.append(media.video_logline(summaries[-1], log=os.environ["BENCH_LOG"]))
+        lines.append(media.video_logline(summaries[-1]["summary"], log=os.environ["BENCH_LOG"]))
     report = media.video_report(summaries, lines, counts, clips)
     return {"seconds": time.perf_counter() - started, "crossings": report["crossings"]}
 
@@ -199,8 +199,9 @@ def main() -> None:
         work = Path(tmp)
         os.environ["CLUSTERAI_ARTIFACTS"] = str(work / "artifacts")
         os.environ["CLUSTERAI_LOGLINE_KEY"] = str(work / "logline.key")
-        os.environ["BENCH_LOG"] = str(work / "direct.log")
-        clips = make_clips(work / "clips", 2 if opts.quick else 6, 6 if opts.quick else 10)
+        os.environ["BENCH_LOG"] = "direct"  # a log name: .clusterai/loglines/direct.log under the workdir
+        # inside media.sources' default folder, relative to the workdir every configuration runs in
+        clips = make_clips(work / ".clusterai" / "media" / "clips", 2 if opts.quick else 6, 6 if opts.quick else 10)
         args = {"items": 20 if opts.quick else 300, "single_rounds": 5 if opts.quick else 30,
                 "clips": clips, "workdir": str(work)}
         figures: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}

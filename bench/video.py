@@ -146,9 +146,17 @@ def direct(clips: list[dict[str, Any]], warm: str) -> dict[str, Any]:
             "sampled_fps": round(sampled / wall, 2), "per_clip_s": per_clip}
 
 
+def _allow(folder: str) -> None:
+    """media.sources in this process: the clips' folder (a cluster.yaml would say it to the workers)."""
+    from clusterai.media_policy import SourcePolicy, set_policy
+
+    set_policy(SourcePolicy.parse([folder]))
+
+
 def _pool_init(warm: str, ready: Any) -> None:
     from clusterai.workloads.video import scan_video
 
+    _allow(str(Path(warm).parent))
     scan_video(warm)
     ready.wait()
 
@@ -192,7 +200,8 @@ def cluster(clips: list[dict[str, Any]], warm: str, workers: int, store_dir: str
     from bench.clusterai_jobs import config
 
     os.environ["CLUSTERAI_ARTIFACTS"] = str(Path(store_dir, "artifacts"))  # the workers inherit it
-    conf = config(store_dir).with_overrides(**{"cluster.workers": workers, "tasks": ["bench.video"]})
+    conf = config(store_dir).with_overrides(**{"cluster.workers": workers, "tasks": ["bench.video"],
+                                               "media.sources": [str(Path(warm).parent)]})
     connect_started = time.perf_counter()
     with clusterai.connect(conf) as c:
         connect_s = time.perf_counter() - connect_started
@@ -249,6 +258,7 @@ def run_section(kind: str, workers: int, manifest: Path, out: Path) -> None:
     import json
 
     batch = json.loads(manifest.read_text(encoding="utf-8"))
+    _allow(str(manifest.parent))
     if kind == "direct":
         result = direct(batch["clips"], batch["warm"])
     elif kind == "pool":

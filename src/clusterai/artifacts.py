@@ -43,6 +43,23 @@ class ArtifactCorrupt(ClusterAIError):
     """The artifact's bytes differ from its reference (size or sha256): changed or damaged since."""
 
 
+def private_dirs(folder: str | os.PathLike[str]) -> None:
+    """Make a local `folder` and any missing parents, each 0700 whatever the umask (artifacts and
+    logs say what was computed for whom); folders that exist are left as they are (one may be a
+    folder the operator shares)."""
+    path = Path(os.path.abspath(folder))
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by another writer
+            continue
+        os.chmod(made, 0o700)  # mkdir's mode is filtered by the umask; this is not
+
+
 def default_root() -> str:
     """$CLUSTERAI_ARTIFACTS, else .clusterai/artifacts under the current directory, as a URL."""
     return normalise_root(os.environ.get(ENV_ROOT) or DEFAULT_ROOT)
@@ -144,6 +161,12 @@ class ArtifactStore:
         """The URL an artifact has (or would have) in this store."""
         return f"{self.root}/{safe_namespace(namespace)}/{safe_name(name)}"
 
+    def locate(self, ref_or_url: Ref | str) -> tuple[str, str]:
+        """(namespace, name) of a reference or URL inside this store, checked like a read."""
+        path = self._resolve(ref_or_url)
+        namespace, _, name = path[len(self._root_path) + 1:].rpartition("/")
+        return namespace, name
+
     def _path(self, namespace: str, name: str) -> str:
         return f"{self._root_path}/{safe_namespace(namespace)}/{safe_name(name)}"
 
@@ -207,8 +230,9 @@ class ArtifactStore:
         try:
             if self._local:
                 self._no_symlink_escape(final, f"{namespace}/{name}")
-                os.makedirs(directory, exist_ok=True)
-                with open(tmp, "xb") as out:
+                private_dirs(directory)
+                # 0600 from the start, whatever the umask allows
+                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
                     for chunk in chunks:
                         out.write(chunk)
                         digest.update(chunk)

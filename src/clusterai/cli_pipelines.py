@@ -11,8 +11,9 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from clusterai.cli_common import EXIT_FAILED, client, err, errors_to_exit_codes, out
+from clusterai.cli_common import EXIT_FAILED, client, err, errors_to_exit_codes, out, settings
 from clusterai.errors import BadInput
+from clusterai.media_policy import SourcePolicy
 from clusterai.tasks import parse_payload_text
 from clusterai.workloads.sources import is_url
 
@@ -41,6 +42,18 @@ def source_items(args: list[str], glob: str) -> list[dict[str, Any]]:
             stat = f.stat()
             items.append({"source": str(f.resolve()), "version": f"{stat.st_size}-{stat.st_mtime_ns}"})
     return items
+
+
+def check_allowed(items: list[dict[str, Any]], sources: list[str]) -> None:
+    """Say up front when a local file is outside `media.sources`, rather than make jobs that die; the
+    workers check again (that check is the one that counts: they may see other folders)."""
+    policy = SourcePolicy.parse(sources)
+    outside = [item["source"] for item in items if not is_url(item["source"])
+               and policy.local_file(item["source"]) is None]
+    if outside:
+        more = f" and {len(outside) - 1} more" if len(outside) > 1 else ""
+        raise BadInput(f"{outside[0]}{more}: outside the folders media.sources allows ({', '.join(sources)}); "
+                       "add the folder to media.sources in cluster.yaml, or move the files into one of those")
 
 
 def _progress_table(status: dict[str, Any]) -> Table:
@@ -121,7 +134,9 @@ def pipeline_run(
         key = found[name].get("args")
         if not key:
             raise BadInput(f"pipeline {name!r} takes no positional sources; give --input")
-        run_input[key] = [*run_input.get(key, []), *source_items(sources, glob)]
+        items = source_items(sources, glob)
+        check_allowed(items, settings.config().media.sources)
+        run_input[key] = [*run_input.get(key, []), *items]
     status = c.pipelines.run(name, run_input, fresh=fresh)
     if not wait:
         out.print_json(json.dumps(status)) if as_json else out.print(f"pipeline run {status['id']} started")

@@ -243,10 +243,29 @@ class DefaultsSection(_Section):
 
 
 class LoglineSection(_Section):
-    """Signed log lines (clusterai.logline): where the HMAC key lives."""
+    """Signed log lines (clusterai.logline): where the HMAC key and the logs live."""
 
     key_file: str = Field(".clusterai/logline.key", description="HMAC-SHA256 key; made (32 random bytes, "
                           "mode 0600) by the first signing, never a default key")
+    dir: str = Field(".clusterai/loglines", min_length=1, description="the folder video.logline writes in "
+                     "(relative: to each worker's working directory); a task names a log, NAME.log in it")
+
+
+class MediaSection(_Section):
+    """What video.scan and camera.count may open: checked on the worker, where the source is opened."""
+
+    sources: list[str] = Field(default_factory=lambda: [".clusterai/media"], description="local folders "
+                               "(relative: to each worker's working directory) and URL patterns "
+                               "scheme://HOST-or-IP-or-CIDR[:port] (http, https, rtsp, rtsps, rtmp), e.g. "
+                               "rtsp://10.0.0.0/8 or http://cam1.local:8080; default: the cluster's own folder")
+
+    @pydantic.field_validator("sources")
+    @classmethod
+    def _valid_entries(cls, value: list[str]) -> list[str]:
+        from clusterai.media_policy import SourcePolicy
+
+        SourcePolicy.parse(value)  # ValueError naming the entry
+        return value
 
 
 class ClusterConfig(_Section):
@@ -259,6 +278,7 @@ class ClusterConfig(_Section):
     alerts: AlertsSection = AlertsSection()
     defaults: DefaultsSection = DefaultsSection()
     logline: LoglineSection = LoglineSection()
+    media: MediaSection = MediaSection()
     gateway: GatewaySection = GatewaySection()
     queues: dict[str, QueueSection] = Field(default_factory=dict)
     pipelines: dict[str, dict[str, Any]] = Field(

@@ -192,6 +192,10 @@ class Coordinator:
         lease_until = now + self.settings.lease_seconds
         try:
             started = {job.id: job for job in self.store.start_attempts(assignments, now, lease_until)}
+            # which run made each job whose task signs for it (video.logline): from the store, since a
+            # payload says whatever its submitter wrote
+            wanted = [job.id for job in started.values() if _wants_provenance(job.task)]
+            runs = self.store.runs_of(wanted) if wanted else {}
         except StoreUnavailable:
             for batch in plan.batches:
                 batch.release()
@@ -199,7 +203,7 @@ class Coordinator:
         for batch in plan.batches:
             batch.keep([started[job.id] for job in batch.jobs if job.id in started])
             if batch.jobs:
-                task = asyncio.create_task(self._run_batch(batch))
+                task = asyncio.create_task(self._run_batch(batch, runs))
                 self._batches.add(task)
                 task.add_done_callback(self._batches.discard)
             else:
@@ -217,12 +221,16 @@ class Coordinator:
             self._waiting.update(changed)
             self.store.set_waiting(changed)
 
-    async def _run_batch(self, batch: Batch) -> None:
+    async def _run_batch(self, batch: Batch, runs: dict[int, int] | None = None) -> None:
         slot, jobs = batch.slot, batch.jobs
         for job in jobs:
             self._inflight[job.id] = job
-        items: list[dict[str, Any]] = [{"id": j.id, "attempt": j.attempt, "task": j.task,
+        # the owner travels with every attempt: a task that says who asked for it learns it from here
+        items: list[dict[str, Any]] = [{"id": j.id, "attempt": j.attempt, "task": j.task, "owner": j.owner,
                                         "payload": canonical_json(j.payload), "timeout": j.timeout} for j in jobs]
+        for item, job in zip(items, jobs):
+            if _wants_provenance(job.task):
+                item["run"] = (runs or {}).get(job.id)
         if self.gateway_access is not None:
             credential = self.gateway_credential
             access = ({**self.gateway_access, "token": credential(slot.address)} if credential is not None
@@ -415,5 +423,12 @@ class Coordinator:
 def _calls_gateway(task_name: str) -> bool:
     try:
         return get_task(task_name).gateway
+    except UnknownTaskError:
+        return False
+
+
+def _wants_provenance(task_name: str) -> bool:
+    try:
+        return get_task(task_name).provenance
     except UnknownTaskError:
         return False

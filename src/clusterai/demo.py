@@ -137,9 +137,9 @@ def run_demo(config: ClusterConfig, *, jobs: int = 300, keep_running: bool = Tru
                           f"token in {config.api.token_file})")
         video = demo_video.available()
         if video:
-            clips, camera = demo_video.make_demo_clips(Path(".clusterai/demo/clips"))
-            console.print(f"made {len(clips)} synthetic clips with known crossings in .clusterai/demo/clips "
-                          "and a longer street-camera clip")
+            clips, camera = demo_video.make_demo_clips(demo_video.CLIPS_DIR)
+            console.print(f"made {len(clips)} synthetic clips with known crossings in {demo_video.CLIPS_DIR} "
+                          "and a longer street-camera clip (inside media.sources' default folder)")
             run, camera_job = demo_video.start_video_work(client, clips, camera)
             console.print(f"started pipeline run {run['id']} (video-analysis: scan, count, summarize, logline, "
                           f"report) and camera job {camera_job}")
@@ -216,8 +216,8 @@ def _serve_until_interrupted(runtime: BackgroundRuntime, config: ClusterConfig, 
     console.print(f"    {cli} status      # jobs per state, workers, throughput")
     console.print(f"    {cli} jobs list   # recent jobs;  {cli} jobs show ID")
     console.print(f"    {cli} pipeline list;  {cli} pipeline status 1;  {cli} counts")
-    console.print(f"    {cli} pipeline run video-analysis .clusterai/demo/clips   # again: every stage reused")
-    console.print(f"    {cli} logline verify {demo_video.LOG}")
+    console.print(f"    {cli} pipeline run video-analysis {demo_video.CLIPS_DIR}   # again: every stage reused")
+    console.print(f"    {cli} logline verify {demo_video.LOG_NAME}   # who asked for each line, and about what")
     console.print(f"    {cli} submit primes.count --payload '{{\"limit\": 100000}}' --wait",
                   markup=False)
     if api is not None:

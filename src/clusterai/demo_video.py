@@ -15,6 +15,7 @@ from rich.table import Table
 
 from clusterai import logline as loglines
 from clusterai.client import Client
+from clusterai.media_policy import DEFAULT_MEDIA_DIR
 
 if TYPE_CHECKING:
     from clusterai.workloads.synth import ClipTruth
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
 CLIPS = (("lobby", 8, 3, 0.0), ("gate", 10, 5, 0.0), ("platform", 8, 2, 0.0), ("corridor", 12, 6, 0.0),
          ("yard-noisy", 10, 4, 0.06))
 CAMERA = ("street-camera", 40, 10)
-LOG = ".clusterai/loglines/video.log"
+# inside media.sources' default folder, so the workers may open them
+CLIPS_DIR = Path(DEFAULT_MEDIA_DIR) / "demo" / "clips"
+LOG_NAME = "video"  # the log video.logline writes by default: NAME.log in logline.dir
 KEY = ".clusterai/logline.key"
 
 
@@ -122,14 +125,30 @@ def video_tables(client: Client, run_id: int, camera_job: int, clips: list[ClipT
     cam.add_row("time series points stored", str(len(series)))
     cam.add_row("series", " ".join(f"{p['video_time']:.0f}s:{p['total']}" for p in series[:12]))
     accurate &= result.get("total") == camera.crossings
-    report = loglines.verify(LOG, loglines.load_key(KEY)) if Path(LOG).exists() and Path(KEY).exists() else None
+    return [per_video, *texts, cam, *_log_tables(client, run_id, outputs["logline"])], accurate
+
+
+def _log_tables(client: Client, run_id: int, written: dict[int, Any]) -> list[Table]:
+    """The signed log, verified: how many lines check out, and who and what this run's lines stand for."""
+    log = loglines.log_path(LOG_NAME, client.config.logline.dir)
+    report = loglines.verify(log, loglines.load_key(KEY)) if log.exists() and Path(KEY).exists() else None
     logs = Table(title="Signed log lines")
     logs.add_column("measure")
     logs.add_column("value", justify="right")
-    logs.add_row("file", LOG)
-    logs.add_row("lines written by this run", str(len(outputs["logline"])))
-    if report is not None:
-        logs.add_row("lines verified (HMAC-SHA256, chained)", f"{report.ok} of {report.lines}")
-        logs.add_row("tampering found", "none" if report.valid else
-                     "; ".join(f"line {n}: {why}" for n, why in report.problems[:3]))
-    return [per_video, *texts, cam, logs], accurate
+    logs.add_row("file", str(log))
+    logs.add_row("lines written by this run", str(len(written)))
+    if report is None:
+        return [logs]
+    logs.add_row("lines verified (HMAC-SHA256, chained)", f"{report.ok} of {report.lines}")
+    logs.add_row("tampering found", "none" if report.valid else
+                 "; ".join(f"line {n}: {why}" for n, why in report.problems[:3]))
+    mine = Table(title=f"Verified lines of run {run_id}: who asked, about what")
+    for column in ("line", "job", "owner", "run", "source", "source sha256"):
+        mine.add_column(column)
+    for line in loglines.check_lines(log, loglines.load_key(KEY)):
+        record = line.record or {}
+        if record.get("run") == run_id:
+            mine.add_row(str(line.number), str(record.get("job")), str(record.get("owner") or "local"),
+                         str(record.get("run")), Path(str(record.get("source"))).name,
+                         str(record.get("source_digest") or "-")[:16] + "…")
+    return [logs, mine]

@@ -5,6 +5,10 @@ HMAC-SHA256 over the canonical JSON of everything but `sig`. Editing any byte br
 signature or canonical form; deleting, reordering or inserting lines breaks the chain. What a chain
 cannot show by itself is whole lines cut off the end: keep `VerifyReport.last_sig` somewhere else
 (a job result, a ticket) to anchor it.
+
+Tasks write logs by *name* only: NAME.log in the log folder (`logline.dir`, set on every worker by
+the clusterai worker plugin), never a path a submitter chose. Folders made here are 0700 and logs
+0600: a line says who asked for what.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clusterai.artifacts import private_dirs
 from clusterai.errors import BadInput, ConfigError
 
 GENESIS = ""  # the `prev` of a log's first line
@@ -27,11 +33,27 @@ MIN_KEY_BYTES = 16
 RESERVED = ("prev", "sig")
 _SIG = re.compile(r"[0-9a-f]{64}")
 _TAIL_CHUNK = 4096
+DEFAULT_DIR = ".clusterai/loglines"
+SUFFIX = ".log"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+NAME_PATTERN = f"^{_NAME.pattern}$"  # for a JSON schema; here fullmatch (a '$' would let a newline through)
+NAME_RULE = ("a log name is 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit "
+             "(one file in logline.dir, NAME.log; no '/', '..', '~' or control characters)")
 
 try:  # serialises appenders on POSIX; elsewhere one appender at a time is the caller's business
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class LineCheck:
+    """One line of a log as verify() found it: its record (without prev and sig) when it verified."""
+
+    number: int  # from 1
+    record: dict[str, Any] | None  # None when the line is bad
+    problem: str | None  # None when the line verified
+    sig: str | None
 
 
 @dataclass
@@ -73,10 +95,42 @@ def sign(record: dict[str, Any], key: bytes, prev: str = GENESIS) -> str:
         raise BadInput(f"a log record must be plain JSON (no NaN, no objects of other types): {exc}") from None
 
 
+# -- where tasks write -----------------------------------------------------------------------------
+
+_log_dir = DEFAULT_DIR
+
+
+def set_log_dir(folder: str | os.PathLike[str]) -> None:
+    """The folder named logs live in, in this process (the worker plugin sets logline.dir)."""
+    global _log_dir
+    _log_dir = os.fspath(folder)
+
+
+def log_dir() -> str:
+    return _log_dir
+
+
+def check_name(name: Any) -> str:
+    """A log's name, checked (a trailing .log is dropped: `video` and `video.log` are one log);
+    BadInput saying what is allowed."""
+    if not isinstance(name, str):
+        raise BadInput(f"{NAME_RULE}; got {type(name).__name__}")
+    base = name[: -len(SUFFIX)] if name.endswith(SUFFIX) and len(name) > len(SUFFIX) else name
+    if not _NAME.fullmatch(base) or ".." in base:
+        raise BadInput(f"{NAME_RULE}; got {name!r}")
+    return base
+
+
+def log_path(name: str, folder: str | os.PathLike[str] | None = None) -> Path:
+    """FOLDER/NAME.log for a checked name (folder: the one in force)."""
+    return Path(folder if folder is not None else _log_dir) / f"{check_name(name)}{SUFFIX}"
+
+
 def append(path: str | os.PathLike[str], record: dict[str, Any], key: bytes) -> str:
-    """Append one signed record, chained to the file's last line; returns the line written."""
-    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    """Append one signed record, chained to the file's last line; returns the line written. A new
+    log (and any folder made for it) is readable by its owner only."""
+    private_dirs(os.path.dirname(os.fspath(path)) or ".")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         if fcntl is not None:
             # without the lock two appenders could both chain to the same last line
@@ -122,8 +176,20 @@ def _last_sig(fd: int, shown: str) -> str:
 
 def verify(path: str | os.PathLike[str], key: bytes) -> VerifyReport:
     """Check every line: its JSON, canonical form, signature and link to the line before."""
-    _check_key(key)
     report = VerifyReport()
+    for line in check_lines(path, key):
+        report.lines = line.number
+        if line.problem is None:
+            report.ok += 1
+        else:
+            report.problems.append((line.number, line.problem))
+        report.last_sig = line.sig
+    return report
+
+
+def check_lines(path: str | os.PathLike[str], key: bytes) -> Iterator[LineCheck]:
+    """Every line checked, in order, with the record of each good one (what it stands for)."""
+    _check_key(key)
     expected: str | None = GENESIS  # the prev the next line must carry; None when unknowable
     try:
         f = open(path, "rb")  # noqa: SIM115 - a with block would make the errors below harder to tell apart
@@ -133,7 +199,6 @@ def verify(path: str | os.PathLike[str], key: bytes) -> VerifyReport:
         raise BadInput(f"{os.fspath(path)}: a directory, not a log file") from None
     with f:
         for number, raw in enumerate(f, start=1):
-            report.lines = number
             reason, sig, prev = _check_line(raw, key)
             if reason is None and expected is not None and prev != expected:
                 reason = ("broken chain: the first line must have an empty prev (lines removed before it?)"
@@ -141,13 +206,11 @@ def verify(path: str | os.PathLike[str], key: bytes) -> VerifyReport:
                           "(a line removed, inserted or moved?)")
             if reason is None and not raw.endswith(b"\n"):
                 reason = "no newline at the end (truncated?)"
+            record = None
             if reason is None:
-                report.ok += 1
-            else:
-                report.problems.append((number, reason))
+                record = {k: v for k, v in json.loads(raw).items() if k not in RESERVED}
+            yield LineCheck(number, record, reason, sig)
             expected = sig  # the next line chains to what this one claims, verified or not
-            report.last_sig = sig
-    return report
 
 
 def _check_line(raw: bytes, key: bytes) -> tuple[str | None, str | None, str | None]:

@@ -69,6 +69,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_server: str | None) 
         "store": "sqlite:///.clusterai/clusterai.db", "tasks": ["testtasks"],
         "cluster": {"workers": 2, "dashboard": False, "memory_limit": "2GiB", "death_timeout": 5},
         "api": {"port": 0}, "gateway": {"backends": backends, "health_interval": 1},
+        "media": {"sources": ["clips"]},  # what the workers (in workdir) may open
     }))
     up, url = start_up(workdir)
     admin = (workdir / ".clusterai" / "admin.token").read_text().strip()
@@ -203,7 +204,7 @@ def test_a_payload_with_script_stays_inert(browser, cluster: Cluster) -> None:
 def test_a_pipeline_run_and_a_camera_count_show_up_live(browser, cluster: Cluster) -> None:
     from clusterai.workloads.synth import make_clip
 
-    clip = make_clip(cluster.workdir / "gate.avi", seconds=4, crossings=2, seed=3)
+    clip = make_clip(cluster.workdir / "clips" / "gate.avi", seconds=4, crossings=2, seed=3)
     page = sign_in(browser, cluster, cluster.admin)
     page.click("nav a[href='#pipelines']")
     page.wait_for_selector("#live.on")

@@ -116,8 +116,9 @@ def test_coordinator_killed_mid_pipeline_then_restarted(tmp_path: Path):
 def test_counting_job_resumes_from_its_checkpoint_after_its_worker_is_killed(tmp_path: Path, monkeypatch,
                                                                              start_cluster):
     monkeypatch.setenv("CLUSTERAI_ARTIFACTS", str(tmp_path / "artifacts"))  # before the workers start
-    truth = make_clip(tmp_path / "street.avi", seconds=60, fps=15, size=(640, 480), crossings=12, seed=7)
-    client = start_cluster(make_config(tmp_path, lease_seconds=3))
+    truth = make_clip(tmp_path / "media" / "street.avi", seconds=60, fps=15, size=(640, 480), crossings=12, seed=7)
+    client = start_cluster(make_config(tmp_path, lease_seconds=3).with_overrides(
+        **{"media.sources": [str(tmp_path / "media")]}))
     job = client.submit("camera.count", {"source": truth.path, "checkpoint_every": 2.0, "camera": "street"})
     wait_for(lambda: client.camera_counts(job=job.id)["points"], 60, "the first checkpoint")
     running = client.get(job)

@@ -33,6 +33,7 @@ def workdir(tmp_path: Path) -> Path:
         "tasks": ["testtasks"],
         "cluster": {"workers": 2, "dashboard": False, "memory_limit": "2GiB", "death_timeout": 5},
         "api": {"port": 0},
+        "media": {"sources": ["clips"]},  # what the workers (in workdir) may open
     }))
     return tmp_path
 
@@ -137,7 +138,9 @@ def test_pipeline_run_over_a_folder_then_status_counts_and_reuse(workdir):
     make_corrupt(clips / "broken.avi")
     up, url = start_up(workdir)
     try:
-        first = run_cli("pipeline", "run", "video-analysis", "clips", "--json", cwd=workdir, timeout=180)
+        # both runs over the API, as one owner (the admin token): stage jobs are reused within an owner
+        first = run_cli("--url", url, "pipeline", "run", "video-analysis", "clips", "--json", cwd=workdir,
+                        timeout=180)
         assert first.returncode == 1, first.stderr  # one video is broken: the run says so
         status = json.loads(first.stdout)
         assert status["state"] == "failed"
@@ -145,7 +148,7 @@ def test_pipeline_run_over_a_folder_then_status_counts_and_reuse(workdir):
         assert report["videos"] == 4 and report["analysed"] == 3
         assert report["crossings"] == sum(t.crossings for t in truths)
         assert report["failed"] == [str((clips / "broken.avi").resolve())]
-        assert "broken.avi" in first.stderr and "cannot open video source" in first.stderr
+        assert "broken.avi' cannot be read: not found, not a readable video file" in first.stderr
 
         counts = run_cli("counts", "--json", cwd=workdir)
         series = {Path(s["camera"]).name: s["total"] for s in json.loads(counts.stdout)["series"]}
@@ -166,6 +169,8 @@ def test_pipeline_run_over_a_folder_then_status_counts_and_reuse(workdir):
         assert "video-analysis" in listed.stdout and "succeeded" in listed.stdout
         for args, message in [(["pipeline", "run", "nope"], "no pipeline named 'nope'"),
                               (["pipeline", "run", "video-analysis", "missing-folder"], "no such file or folder"),
+                              (["pipeline", "run", "video-analysis", "cluster.yaml"],
+                               "outside the folders media.sources allows (clips)"),
                               (["pipeline", "status", "999"], "no pipeline run with id 999"),
                               (["pipeline", "run", "video-analysis", "--input", "[1]"], "must be a JSON object")]:
             bad = run_cli(*args, cwd=workdir)

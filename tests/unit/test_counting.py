@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import pytest
 
+from clusterai.media_policy import use_policy
 from clusterai.workloads.counting import (
     LEFT_TO_RIGHT,
     RIGHT_TO_LEFT,
@@ -54,6 +55,13 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ClipTruth]:
     root = tmp_path_factory.mktemp("clips")
     specs: dict[str, dict[str, Any]] = {**CLEAN, **NOISY}
     return {name: make_clip(root / f"{name}.avi", **spec) for name, spec in specs.items()}
+
+
+@pytest.fixture(autouse=True)
+def allowed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """media.sources: every folder these tests write clips in, as a worker's cluster.yaml would say."""
+    with use_policy([str(tmp_path_factory.getbasetemp())]):
+        yield
 
 
 def _count(truth: ClipTruth, **kwargs: Any) -> dict[str, Any]:
@@ -249,13 +257,13 @@ def test_truncated_clip_fails_fast(clips: dict[str, ClipTruth], tmp_path: Path) 
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no such file"):
+    with pytest.raises(ValueError, match="nope.avi' cannot be read: not found, not a readable video file"):
         count_stream(tmp_path / "nope.avi", checkpoint_every_s=1.0)
 
 
 def test_url_passwords_stay_out_of_errors() -> None:
-    # port 9 (discard) on loopback: refused at once
-    with pytest.raises(ValueError) as caught:
+    # port 9 (discard) on loopback, allowed: the open is tried and refused at once
+    with use_policy(["http://127.0.0.1:9"]), pytest.raises(ValueError) as caught:
         count_stream("http://user:secret@127.0.0.1:9/stream.mjpg", checkpoint_every_s=1.0, open_timeout_s=2.0)
     assert "secret" not in str(caught.value) and "127.0.0.1:9" in str(caught.value)
 
@@ -312,9 +320,10 @@ def test_mjpeg_over_http_counts_like_the_file(clips: dict[str, ClipTruth], mjpeg
     from_file = _count(truth)
     states: list[dict[str, Any]] = []
     # the stream does not know its frame rate: say it, so the time series lines up with the file's
-    streamed = count_stream(
-        mjpeg_server, line=truth.line, fps=truth.fps, checkpoint_every_s=2.0, on_checkpoint=states.append
-    )
+    with use_policy([mjpeg_server.rsplit("/", 1)[0]]):  # http://127.0.0.1:PORT
+        streamed = count_stream(
+            mjpeg_server, line=truth.line, fps=truth.fps, checkpoint_every_s=2.0, on_checkpoint=states.append
+        )
     assert _outcome(streamed) == _outcome(from_file)
     assert streamed["source"] == mjpeg_server
     assert [s["frame_index"] for s in states] == [30, 60, 90]

@@ -262,3 +262,24 @@ def test_cli_sign_bad_input_exits_2(tmp_path: Path, payload: str, message: str):
                                       "--key-file", str(tmp_path / "k.key")])
     assert result.exit_code == 2, result.output
     assert message in flat(result.output)
+
+
+def test_cli_verify_takes_a_log_name_and_shows_what_each_line_stands_for(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLUSTERAI_CONFIG", raising=False)
+    (tmp_path / "cluster.yaml").write_text("logline:\n  dir: logs\n  key_file: k.key\n")
+    (tmp_path / "k.key").write_bytes(KEY)
+    record = {"job": 7, "owner": "alice", "run": 3, "source": "/media/gate\x1b[2J.avi", "source_digest": "ab" * 32,
+              "summary": "cd" * 32, "text": "t"}
+    append(tmp_path / "logs" / "gate.log", record, KEY)
+    append(tmp_path / "logs" / "gate.log", {"note": "an operator's own record"}, KEY)
+    result = CliRunner().invoke(app, ["logline", "verify", "gate"])
+    assert result.exit_code == 0, result.output
+    assert (f"logs/gate.log:1: ok: job 7, owner alice, run 3, source {json.dumps(record['source'])}, "
+            f"source sha256 {'ab' * 32}, summary sha256 {'cd' * 32}") in result.output  # no raw escape shown
+    assert '''logs/gate.log:2: ok: {"note":"an operator's own record"}''' in result.output
+    assert "2 lines verified in logs/gate.log" in result.output
+    assert CliRunner().invoke(app, ["logline", "verify", "gate.log"]).exit_code == 0  # the same log
+    missing = CliRunner().invoke(app, ["logline", "verify", "other"])
+    assert missing.exit_code == 2 and "logs/other.log: no such file" in flat(missing.output)

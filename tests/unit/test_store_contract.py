@@ -984,6 +984,19 @@ def test_run_jobs_are_shared_by_key_and_a_dead_one_is_queued_again(store: JobSto
     assert store.run_jobs(second) == [] and len(store.run_jobs(first)) == 3 and backend.count() == 3
 
 
+def test_runs_of_names_the_run_that_made_each_job(store: JobStore):
+    # what video.logline's lines say about who asked: read by the head, never from a payload
+    first = store.create_run("p", {}, {}, T0)
+    second = store.create_run("p", {}, {}, T0 + 1)
+    entries = [("scan", i, spec(payload={"i": i}, idempotency_key=f"runs-of:{i}")) for i in range(2)]
+    made = store.add_run_jobs(first, entries, T0)
+    reused = store.add_run_jobs(second, [*entries, ("scan", 2, spec(payload={"i": 2}))], T0 + 1)
+    (alone,) = store.submit_many([spec()], T0)
+    ids = [j.id for j in reused]
+    assert store.runs_of([*ids, alone.id, 999_999]) == {made[0].id: first, made[1].id: first, ids[2]: second}
+    assert store.runs_of([]) == {}
+
+
 def test_counts_keep_the_first_report_of_a_frame(store: JobStore):
     from clusterai.jobs.model import CountPoint
 

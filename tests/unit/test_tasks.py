@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import pytest
 import unit_tasks
 
 from clusterai.errors import BadInput, ConfigError, NonRetryableError, PayloadError, UnknownTaskError
 from clusterai.jobs.model import Priority
-from clusterai.tasks import get_task, import_task_modules, known_tasks, parse_payload_text, task
+from clusterai.tasks import Check, Length, Range, get_task, import_task_modules, known_tasks, parse_payload_text, task
 
 # -- validation from type hints ---------------------------------------------------------------
 
@@ -214,3 +216,65 @@ def test_parse_payload_text_broken_json_names_the_spot(text, line, column):
     message = str(info.value)
     assert message.startswith("payload is not valid JSON: ")
     assert message.endswith(f"at line {line} column {column}")
+
+
+# -- markers: Range, Length, Check (no pydantic needed in task modules) ---------------------------
+
+def _even(value: int) -> int:
+    if value % 2:
+        raise ValueError("an even number is needed")
+    return value
+
+
+@task("unit.marked")
+def _marked(width: Annotated[int, Range(16, 1920)] = 160,
+            ratio: Annotated[float, Range(gt=0, le=1)] | None = None,
+            line: Annotated[list[Annotated[float, Range(-10, 10)]], Length(4, 4)] | None = None,
+            even: Annotated[int, Check(_even, description="an even number")] = 2) -> int:
+    return width
+
+
+def _marked_task():
+    return get_task("unit.marked")
+
+
+BAD_MARKED = [({"width": 40000}, "width"), ({"width": 15}, "width"), ({"ratio": 0}, "ratio"),
+              ({"line": [1, 2, 3]}, "line"), ({"line": [1, 2, 3, 11]}, "line"), ({"even": 3}, "even")]
+
+
+@pytest.mark.parametrize(("payload", "field"), BAD_MARKED)
+def test_markers_are_payload_model_constraints(payload, field):
+    definition = _marked_task()
+    with pytest.raises(PayloadError, match=f"task 'unit.marked': {field}"):
+        definition.validate(payload)
+    assert definition.validate({"width": 16, "ratio": 1, "line": [0, 0, 10, -10], "even": 4})["width"] == 16
+
+
+@pytest.mark.parametrize(("payload", "field"), BAD_MARKED)
+def test_markers_are_checked_without_pydantic_too(payload, field):
+    import dataclasses
+
+    light = dataclasses.replace(_marked_task(), model=None)  # a light worker's view of the task
+    with pytest.raises(PayloadError, match=f"task 'unit.marked': {field}"):
+        light.validate(payload)
+    with pytest.raises(NonRetryableError, match=f"invalid payload: {field}"):
+        light.call(payload)
+    assert light.call({"width": 16, "ratio": None, "line": [0, 0, 10, -10], "even": 4}) == 16
+
+
+def test_markers_show_in_the_schema():
+    props = _marked_task().schema()["properties"]
+    assert (props["width"]["minimum"], props["width"]["maximum"]) == (16, 1920)
+    assert props["ratio"]["anyOf"][0]["exclusiveMinimum"] == 0
+    assert props["line"]["anyOf"][0]["minItems"] == props["line"]["anyOf"][0]["maxItems"] == 4
+    assert props["line"]["anyOf"][0]["items"]["maximum"] == 10
+    assert props["even"]["description"] == "an even number"
+
+
+def test_the_video_tasks_publish_their_bounds():
+    import_task_modules([])
+    scan = get_task("video.scan").schema()["properties"]
+    assert (scan["thumb_width"]["minimum"], scan["thumb_width"]["maximum"]) == (16, 1920)
+    count = get_task("camera.count").schema()["properties"]
+    assert count["checkpoint_every"]["minimum"] == 0.5 and count["line"]["anyOf"][0]["maxItems"] == 4
+    assert get_task("video.logline").provenance and not get_task("video.scan").provenance

@@ -1,13 +1,14 @@
 """clusterai.workloads.video: scan_video and summarize_scan on small clips the tests write themselves.
 
 Clips are 320x240 MJPG .avi at 10 fps, 4 s long, written with cv2.VideoWriter; the default sampling (2 fps)
-gives samples at 0.0, 0.5, ... 3.5 s.
+gives samples at 0.0, 0.5, ... 3.5 s. Their folder is what media.sources allows here.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from clusterai.media_policy import use_policy
 from clusterai.workloads import video
 from clusterai.workloads.video import scan_video, summarize_scan
 
@@ -93,13 +95,20 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def allowed(clips: dict[str, Path]) -> Iterator[None]:
+    """media.sources: the clips' folder, as a worker's cluster.yaml would say."""
+    with use_policy([str(clips["scenes"].parent)]):
+        yield
+
+
 @pytest.fixture(scope="module")
-def scenes_scan(clips: dict[str, Path]) -> video.ScanResult:
+def scenes_scan(clips: dict[str, Path], allowed: None) -> video.ScanResult:
     return scan_video(str(clips["scenes"]), thumb_width=96)
 
 
 @pytest.fixture(scope="module")
-def motion_scan(clips: dict[str, Path]) -> video.ScanResult:
+def motion_scan(clips: dict[str, Path], allowed: None) -> video.ScanResult:
     return scan_video(str(clips["motion"]), detect_people=False, detect_faces=False)
 
 
@@ -218,9 +227,12 @@ def test_corrupt_file_fails_fast(clips: dict[str, Path]) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_missing_file(tmp_path: Path) -> None:
-    missing = tmp_path / "nowhere.avi"
-    with pytest.raises(ValueError, match="nowhere.avi.*does not exist"):
+UNREADABLE = "cannot be read: not found, not a readable video file, or not allowed by media.sources"
+
+
+def test_missing_file(clips: dict[str, Path]) -> None:
+    missing = clips["scenes"].parent / "nowhere.avi"
+    with pytest.raises(ValueError, match=f"nowhere.avi.*{UNREADABLE}"):
         scan_video(str(missing))
 
 
@@ -234,7 +246,7 @@ def test_things_that_are_not_videos(clips: dict[str, Path], name: str, words: st
 def test_empty_file(tmp_path: Path) -> None:
     empty = tmp_path / "empty.avi"
     empty.touch()
-    with pytest.raises(ValueError, match="empty"):
+    with use_policy([str(tmp_path)]), pytest.raises(ValueError, match=f"empty.avi.*{UNREADABLE}"):
         scan_video(str(empty))
 
 

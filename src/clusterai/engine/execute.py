@@ -28,6 +28,9 @@ class JobContext:
     attempt: int
     worker: str
     gateway: dict[str, str] | None = None  # {"url", "token"} for tasks registered with gateway=True
+    # Told by the head, never read from the payload (which says whatever its submitter wrote):
+    owner: str | None = None  # the token name that submitted the job; None for the local client
+    run: int | None = None  # the pipeline run that made the job, for tasks registered with provenance=True
 
 
 _context = threading.local()
@@ -82,7 +85,8 @@ class _Watchdog:
 def run_one(item: dict[str, Any], worker: str) -> dict[str, Any]:
     reply: dict[str, Any] = {"id": item["id"], "attempt": item["attempt"]}
     started = time.perf_counter()
-    _context.job = JobContext(item["id"], item["attempt"], worker, item.get("gateway"))
+    _context.job = JobContext(item["id"], item["attempt"], worker, item.get("gateway"), item.get("owner"),
+                              item.get("run"))
     watchdog = _Watchdog(item["timeout"]) if item.get("timeout") else None
     try:
         try:

@@ -20,6 +20,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from clusterai import logline, media_policy
 from clusterai.engine.execute import run_batch, set_event_sink
 from clusterai.tasks import import_task_modules, known_tasks
 
@@ -41,12 +42,21 @@ class ClusterAIWorkerPlugin(WorkerPlugin):
     name = PLUGIN_NAME
 
     def __init__(self, task_modules: list[str] | tuple[str, ...] = (),
-                 profiles: dict[str, dict[str, Any]] | None = None):
+                 profiles: dict[str, dict[str, Any]] | None = None, *,
+                 media: list[str] | tuple[str, ...] | None = None, loglines: str | None = None):
         self.task_modules = list(task_modules)
         self.profiles = dict(profiles or {})
+        # the head's media.sources and logline.dir, as plain data: every worker, also one that joins
+        # later from another machine, checks sources and writes log lines by the head's rules
+        self.media = list(media) if media is not None else None
+        self.loglines = loglines
 
     def setup(self, worker: Any) -> None:
         _ignore_terminal_interrupts()
+        if self.media is not None:
+            media_policy.set_policy(media_policy.SourcePolicy.parse(self.media))
+        if self.loglines is not None:
+            logline.set_log_dir(self.loglines)
         import_task_modules(self.task_modules)
         self.worker = worker
         self.inflight = 0

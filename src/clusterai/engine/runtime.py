@@ -92,7 +92,8 @@ class ClusterRuntime:
         except OSError as exc:
             raise ConfigError(f"cluster.scheduler: cannot reach {c.scheduler!r}: {exc}") from None
         profiles = {str(i): p.model_dump() for i, p in enumerate(c.worker_profiles)}
-        await self.dask.register_plugin(ClusterAIWorkerPlugin(self.config.tasks, profiles))
+        await self.dask.register_plugin(ClusterAIWorkerPlugin(
+            self.config.tasks, profiles, media=self.config.media.sources, loglines=self.config.logline.dir))
         self.coordinator = Coordinator(self.store, self.dask, settings=self.config.coordinator,
                                        placement=self.config.placement, require_enrollment=self.head is not None)
         await self.coordinator.start()

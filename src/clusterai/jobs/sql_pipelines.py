@@ -74,6 +74,19 @@ class PipelineTables:
         return [(stage, item, job_id, State(state), error, created) for stage, item, job_id, state, error, created
                 in rows]
 
+    def runs_of(self, job_ids: Sequence[int]) -> dict[int, int]:
+        """job id -> the pipeline run that made it (the first run linked to it: a later run on the same
+        input finds the job again by key); jobs of no run are left out."""
+        out: dict[int, int] = {}
+        ids = list(dict.fromkeys(job_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for job_id, run_id in self._read(f"SELECT job_id, MIN(run_id) FROM pipeline_jobs WHERE job_id IN ({marks})"
+                                             " GROUP BY job_id", chunk):
+                out[job_id] = run_id
+        return out
+
     def job_results(self, job_ids: Sequence[int]) -> dict[int, Any]:
         out: dict[int, Any] = {}
         ids = list(dict.fromkeys(job_ids))

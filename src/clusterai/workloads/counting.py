@@ -369,7 +369,7 @@ def count_stream(
     config: CounterConfig | None = None,
     open_timeout_s: float = 10.0,
 ) -> dict[str, Any]:
-    """Count line crossings in `source` (a file path, or an http(s)/rtsp URL: the same OpenCV call).
+    """Count line crossings in `source` (a file path, or an http(s)/rtsp URL `media.sources` allows).
 
     `line` defaults to a vertical line at the middle. To resume, pass the last checkpoint as `state`: the
     source is positioned at its `frame_index` (seeking, or reading and dropping frames where it cannot seek)
@@ -383,7 +383,8 @@ def count_stream(
     `frame_index` (the counter's clock: frames counted in all runs), `video_seconds`, `end_of_stream`,
     `checkpoints` made, and `time_series`: [second, cumulative total] points, one per whole video second in
     which the count changed (at that second's end), from [0, 0] to [video_seconds, total].
-    Raises ValueError naming the source when it is missing, cannot be opened, or yields no frame.
+    Raises ValueError naming the source (without a URL's password): sources.unreadable's one message when
+    `media.sources` does not allow it, it is missing or it cannot be opened; its own when it yields no frame.
     """
     if checkpoint_every_s <= 0:
         raise ValueError("checkpoint_every_s must be positive")

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from cv2 import data as cv2_data
 
-from clusterai.workloads.sources import open_video
+from clusterai.workloads.sources import describe, open_video
 
 # Frames wider than this are shrunk before histograms and MOG2: detail beyond it only adds noise and cost.
 _ANALYSIS_WIDTH = 320
@@ -202,7 +202,8 @@ def scan_video(
     scene_threshold: float = 0.4,
     max_frames: int | None = None,
 ) -> ScanResult:
-    """Sample `source` (a file path or a URL FFmpeg can read) at `sample_fps` and describe what happens in it.
+    """Sample `source` (a file path or a URL that `media.sources` allows, see sources.py) at `sample_fps` and
+    describe what happens in it.
 
     Per sample: time, scene change (mean Bhattacharyya distance between the HSV histograms of a 3x3 grid of
     tiles of this sample and of the previous one, above `scene_threshold`), motion (fraction of the picture
@@ -212,8 +213,9 @@ def scan_video(
     `max_frames` caps the source frames decoded (so the scan covers at most max_frames / fps seconds), which
     is also how to bound a live stream. A damaged or truncated file is scanned as far as it decodes.
 
-    Raises ValueError, naming the source, when it is missing, cannot be opened, is not a video (text, a
-    single still image) or yields no frame.
+    Raises ValueError, naming the source (without a URL's password): one and the same message when it is not
+    allowed, missing or cannot be opened (sources.unreadable); its own when it opens but is not a video (text,
+    a single still image) or yields no frame.
 
     The timeline: {"source": {uri, fps, fps_assumed, codec, frames (decoded), reported_frames, duration,
     width, height}, "params": {...}, "samples": [...], "scenes": [{index, start, end, duration, samples,
@@ -258,7 +260,7 @@ def _scan(
 ) -> ScanResult:
     codec = _fourcc(cap)
     if codec in _NOT_VIDEO_CODECS:
-        raise ValueError(f"video source {source!r} is text, not a video")
+        raise ValueError(f"video source {describe(source)!r} is text, not a video")
     width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     reported = cap.get(cv2.CAP_PROP_FRAME_COUNT)
@@ -381,10 +383,10 @@ def _scan(
         )
 
     if not samples:
-        raise ValueError(f"video source {source!r} has no decodable frames")
+        raise ValueError(f"video source {describe(source)!r} has no decodable frames")
     stopped_at_max = max_frames is not None and index >= max_frames
     if index == 1 and not stopped_at_max and (reported_frames is None or reported_frames <= 1):
-        raise ValueError(f"video source {source!r} is a single still image, not a video")
+        raise ValueError(f"video source {describe(source)!r} is a single still image, not a video")
     duration = index / fps
     close_scene(duration)
     keyframes.sort(key=lambda k: (k.time, k.frame))
@@ -393,7 +395,7 @@ def _scan(
     face_counts = [s["faces"] for s in samples if s["faces"] is not None]
     timeline: dict[str, Any] = {
         "source": {
-            "uri": source,
+            "uri": describe(source),  # never a URL's password: the timeline is an artifact others read
             "fps": _r(fps, 3),
             "fps_assumed": fps_assumed,
             "codec": codec,
