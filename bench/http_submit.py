@@ -108,8 +108,8 @@ def serve(store_path: str, port: int, server: str, profile: Path | None, timer: 
 
     from clusterai.api.app import create_app
     from clusterai.config import parse_config
-    from clusterai.jobs.store import open_store
-    from clusterai.tasks import import_task_modules
+    from clusterai.core.tasks import import_task_modules
+    from clusterai.store.protocol import open_store
 
     loop, http_parser = server.split("+")
     import_task_modules([])  # registers bench.noop
@@ -356,8 +356,8 @@ def store_state(store_path: Path) -> tuple[int, int]:
 
 
 def add_tokens(store_path: Path, prefix: str, n: int) -> list[str]:
-    from clusterai.api.auth import new_token
-    from clusterai.jobs.store import open_store
+    from clusterai.service.access import new_token
+    from clusterai.store.protocol import open_store
 
     store = open_store(store_path)
     try:
@@ -485,10 +485,10 @@ def _layer_routes(app: Any, config: Any) -> None:
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
-    from clusterai.api.auth import Permission, Principal
     from clusterai.api.deps import require
     from clusterai.api.schemas import parse_submission
-    from clusterai.client import build_spec
+    from clusterai.sdk.local import build_spec
+    from clusterai.service.access import Permission, Principal
 
     answer = {"id": 1, "state": "queued"}
 
@@ -532,13 +532,13 @@ def breakdown(n: int = 1500) -> dict[str, Any]:
     from starlette.concurrency import run_in_threadpool
 
     from clusterai.api.app import create_app
-    from clusterai.api.auth import TokenVerifier, new_token
     from clusterai.api.schemas import parse_submission
-    from clusterai.client import build_spec
     from clusterai.config import parse_config
-    from clusterai.jobs.model import AuditEntry
-    from clusterai.jobs.store import open_store
-    from clusterai.tasks import import_task_modules
+    from clusterai.core.model import AuditEntry
+    from clusterai.core.tasks import import_task_modules
+    from clusterai.sdk.local import build_spec
+    from clusterai.service.access import TokenVerifier, new_token
+    from clusterai.store.protocol import open_store
 
     import_task_modules([])
     pieces: dict[str, float] = {}
@@ -766,7 +766,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.floor and args.clients:
         plan.append((f"healthz_c{max(args.clients)}", max(args.clients), 0))
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {s: {name: [] for name, _, _ in plan} for s in servers}
-    from clusterai.jobs.store import open_store
+    from clusterai.store.protocol import open_store
 
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         for round_ in range(args.repeats):

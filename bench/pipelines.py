@@ -87,7 +87,7 @@ def steps_by_hand(items: int, workers: int) -> dict[str, Any]:
 
 
 def steps_pipeline(items: int, workers: int, single_rounds: int) -> dict[str, Any]:
-    from clusterai.pipelines import Pipeline
+    from clusterai.core.pipelines import Pipeline
 
     pipeline = Pipeline.from_dict("steps", STEPS)
     with tempfile.TemporaryDirectory() as tmp:

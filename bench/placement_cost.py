@@ -19,10 +19,10 @@ import statistics
 import time
 from pathlib import Path
 
-from clusterai.jobs.model import Job, Priority, RetryPolicy, State
+from clusterai.core.model import Job, Priority, RetryPolicy, State
 from clusterai.placement import WorkerSlot, make_strategy
 from clusterai.placement.planner import Batch, Planner
-from clusterai.placement.registry import Constraints
+from clusterai.placement.slots import Constraints
 
 SIZES = (100, 1_000, 10_000)
 DECISIONS = 2_000

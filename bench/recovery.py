@@ -18,7 +18,7 @@ import psutil
 import clusterai
 from bench.clusterai_jobs import config
 from bench.common import WORKERS, log, wait_until
-from clusterai.jobs import Attempt, State
+from clusterai.core.model import Attempt, State
 
 ROUNDS = 3
 JOB_SECONDS = 2.0

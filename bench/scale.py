@@ -15,11 +15,11 @@ from typing import Any
 import clusterai
 from bench.clusterai_jobs import config
 from bench.common import RssSampler, log, rss_mb, sized
-from clusterai.client import build_spec
 from clusterai.config import ClusterConfig
-from clusterai.jobs import Job, JobStore, Outcome, open_store
-from clusterai.jobs.model import decide
-from clusterai.tasks import import_task_modules
+from clusterai.core.model import Job, Outcome, decide
+from clusterai.core.tasks import import_task_modules
+from clusterai.sdk.local import build_spec
+from clusterai.store import JobStore, open_store
 
 LARGE = sized(100_000)
 SMALL = sized(1_000)

@@ -80,7 +80,7 @@ def _pgserver() -> Any:
 
 def _no_events_lock() -> None:
     """EXPERIMENT ONLY: write events without the advisory lock (ids then no longer follow commits)."""
-    from clusterai.jobs import postgres
+    from clusterai.store import postgres
 
     def write_events(self: Any) -> None:
         wake = False
@@ -161,7 +161,7 @@ def floors(dbs: Databases) -> dict[str, Any]:
     """The cost of a read round trip and of committing a one-row update, per backend."""
     import psycopg
 
-    from clusterai.jobs import open_store
+    from clusterai.store import open_store
 
     out: dict[str, Any] = {}
     url = dbs.fresh("postgres")
@@ -285,7 +285,7 @@ def spawn_e2e(url: str, variant: str) -> dict[str, Any]:
 
 def _claimer(url: str, name: str, batch: int, no_events_lock: bool, start: Any, results: Any) -> None:
     """Claim `batch` at a time until nothing is left; report the ids taken and the timings."""
-    from clusterai.jobs import open_store
+    from clusterai.store import open_store
 
     if no_events_lock:
         _no_events_lock()
@@ -347,7 +347,7 @@ def claim_case(url: str, variant: str, claimers: int, batch: int, mode: str) -> 
     samples = [s for r in reports for s in r["samples"]]
     claimed_once = len(ids) == len(set(ids)) == QUEUED
     # the store's own account must agree: every job running once, one attempt each
-    from clusterai.jobs import open_store
+    from clusterai.store import open_store
 
     store = open_store(url)
     try:

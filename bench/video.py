@@ -148,7 +148,7 @@ def direct(clips: list[dict[str, Any]], warm: str) -> dict[str, Any]:
 
 def _allow(folder: str) -> None:
     """media.sources in this process: the clips' folder (a cluster.yaml would say it to the workers)."""
-    from clusterai.media_policy import SourcePolicy, set_policy
+    from clusterai.core.media_policy import SourcePolicy, set_policy
 
     set_policy(SourcePolicy.parse([folder]))
 

@@ -124,7 +124,7 @@ def quiet_server_errors() -> Iterator[None]:
 def start_up(workdir: Path) -> tuple[subprocess.Popen, str]:
     """`clusterai up` in its own session; returns the process and the API URL it printed."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "support"), "COLUMNS": "200"}
-    up = subprocess.Popen([sys.executable, "-m", "clusterai.cli", "up"], cwd=workdir, env=env,
+    up = subprocess.Popen([sys.executable, "-m", "clusterai.cli.main", "up"], cwd=workdir, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     assert up.stdout is not None
     seen = []
@@ -148,7 +148,7 @@ def start_coordinator(config: Path, log: Path) -> subprocess.Popen:
     """`clusterai --config CONFIG up` in its own session, its output appended to `log`."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "support"),
                                                         os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "clusterai.cli", "--config", str(config), "up"],
+    return subprocess.Popen([sys.executable, "-m", "clusterai.cli.main", "--config", str(config), "up"],
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 

@@ -12,9 +12,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Client": "clusterai.client",
-    "connect": "clusterai.client",
-    "current_job": "clusterai.engine.execute",
+    "Client": "clusterai.sdk.local",
+    "connect": "clusterai.sdk.local",
+    "current_job": "clusterai.worker.execute",
     "ClusterAIError": "clusterai.errors",
     "ConfigError": "clusterai.errors",
     "IdempotencyConflict": "clusterai.errors",
@@ -23,13 +23,13 @@ _EXPORTS = {
     "PayloadError": "clusterai.errors",
     "ResultTimeout": "clusterai.errors",
     "UnknownTaskError": "clusterai.errors",
-    "Job": "clusterai.jobs.model",
-    "Priority": "clusterai.jobs.model",
-    "State": "clusterai.jobs.model",
-    "Pipeline": "clusterai.pipelines",
-    "Stage": "clusterai.pipelines",
+    "Job": "clusterai.core.model",
+    "Priority": "clusterai.core.model",
+    "State": "clusterai.core.model",
+    "Pipeline": "clusterai.core.pipelines",
+    "Stage": "clusterai.core.pipelines",
     "RunNotFound": "clusterai.errors",
-    "task": "clusterai.tasks",
+    "task": "clusterai.core.tasks",
 }
 
 __all__ = sorted(_EXPORTS)

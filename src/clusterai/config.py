@@ -243,7 +243,7 @@ class DefaultsSection(_Section):
 
 
 class LoglineSection(_Section):
-    """Signed log lines (clusterai.logline): where the HMAC key and the logs live."""
+    """Signed log lines (clusterai.core.logline): where the HMAC key and the logs live."""
 
     key_file: str = Field(".clusterai/logline.key", description="HMAC-SHA256 key; made (32 random bytes, "
                           "mode 0600) by the first signing, never a default key")
@@ -262,7 +262,7 @@ class MediaSection(_Section):
     @pydantic.field_validator("sources")
     @classmethod
     def _valid_entries(cls, value: list[str]) -> list[str]:
-        from clusterai.media_policy import SourcePolicy
+        from clusterai.core.media_policy import SourcePolicy
 
         SourcePolicy.parse(value)  # ValueError naming the entry
         return value
@@ -282,13 +282,13 @@ class ClusterConfig(_Section):
     gateway: GatewaySection = GatewaySection()
     queues: dict[str, QueueSection] = Field(default_factory=dict)
     pipelines: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="named pipelines: stages of tasks (see clusterai.pipelines)")
+        default_factory=dict, description="named pipelines: stages of tasks (see clusterai.core.pipelines)")
 
     @pydantic.field_validator("pipelines")
     @classmethod
     def _pipelines_are_valid(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from clusterai.core.pipelines import Pipeline
         from clusterai.errors import BadInput
-        from clusterai.pipelines import Pipeline
 
         for name, data in value.items():
             try:

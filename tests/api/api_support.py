@@ -20,14 +20,14 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from clusterai.api.app import create_app
-from clusterai.api.auth import new_token
 from clusterai.api.server import UvicornServer
-from clusterai.client import build_spec
 from clusterai.config import ClusterConfig, parse_config
-from clusterai.jobs.model import Finish, Job, Outcome, State, WorkerRecord
-from clusterai.jobs.sqlite import SQLiteStore
-from clusterai.jobs.store import open_store
-from clusterai.tasks import import_task_modules
+from clusterai.core.model import Finish, Job, Outcome, State, WorkerRecord
+from clusterai.core.tasks import import_task_modules
+from clusterai.sdk.local import build_spec
+from clusterai.service.access import new_token
+from clusterai.store.protocol import open_store
+from clusterai.store.sqlite import SQLiteStore
 
 import_task_modules(["testtasks"])
 

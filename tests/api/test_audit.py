@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from api_support import WORKER, WORKER_ADDRESS, Api, ApiFactory
 
-from clusterai.jobs.model import Outcome, State
+from clusterai.core.model import Outcome, State
 
 
 def audit(api: Api, expect: int | None = None, **params: Any) -> list[dict[str, Any]]:

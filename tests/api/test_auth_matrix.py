@@ -18,8 +18,8 @@ from fastapi.routing import APIRoute
 from clusterai.api.app import create_app
 from clusterai.api.routes.system import PUBLIC_PATHS
 from clusterai.config import ClusterConfig
-from clusterai.jobs.model import Outcome, State
-from clusterai.jobs.store import open_store
+from clusterai.core.model import Outcome, State
+from clusterai.store.protocol import open_store
 
 PUBLIC = frozenset({"/healthz", "/readyz", "/login", "/logout", "/static/{name}", "/"})
 ALL = frozenset(ROLES)

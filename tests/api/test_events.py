@@ -9,7 +9,7 @@ import pytest
 from api_support import Api
 from sse_frames import Frame, frames, open_events
 
-from clusterai.jobs.model import Outcome, State
+from clusterai.core.model import Outcome, State
 
 
 def submit(c: httpx.Client, n: int = 1) -> list[int]:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from api_support import Api, ApiFactory
 
-from clusterai.jobs.model import Outcome, State
+from clusterai.core.model import Outcome, State
 
 LIMIT = 2048
 

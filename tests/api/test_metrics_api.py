@@ -10,8 +10,8 @@ from api_support import Api, ApiFactory
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from clusterai.jobs.model import Outcome, Priority, State, decide
-from clusterai.metrics import Metrics
+from clusterai.core.model import Outcome, Priority, State, decide
+from clusterai.head.metrics import Metrics
 from clusterai.placement import WorkerSlot
 
 SEED = ("cluster_active_workers", "cluster_total_tasks", "cluster_failed_tasks", "cluster_response_time",

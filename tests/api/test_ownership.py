@@ -8,7 +8,7 @@ from typing import Any
 from api_support import Api
 from sse_frames import open_events
 
-from clusterai.jobs.model import Outcome, State
+from clusterai.core.model import Outcome, State
 
 
 def submit(api: Api, who: str, n: int, task: str = "bench.noop") -> list[int]:

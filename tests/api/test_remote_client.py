@@ -10,6 +10,7 @@ import pytest
 from api_support import Api
 
 import clusterai
+from clusterai.core.model import Outcome, State
 from clusterai.errors import (
     BadInput,
     IdempotencyConflict,
@@ -20,8 +21,7 @@ from clusterai.errors import (
     StoreUnavailable,
     UnknownTaskError,
 )
-from clusterai.jobs.model import Outcome, State
-from clusterai.remote import AuthError, RemoteClient
+from clusterai.sdk.remote import AuthError, RemoteClient
 
 
 def remote(api: Api, who: str = "admin") -> RemoteClient:

@@ -80,7 +80,7 @@ def test_plain_http_to_the_tls_port_fails(tls_api: tuple[Api, Path]) -> None:
 
 def test_the_remote_client_trusts_the_given_ca_certificate(tls_api: tuple[Api, Path], tmp_path: Path) -> None:
     from clusterai.errors import BadInput, StoreUnavailable
-    from clusterai.remote import RemoteClient
+    from clusterai.sdk.remote import RemoteClient
 
     api, cert = tls_api
     with RemoteClient(api.url, api.tokens["submitter"], ca_cert=str(cert)) as c:

@@ -27,7 +27,7 @@ from nodes import (
     worker_token,
 )
 
-from clusterai.jobs.model import Outcome
+from clusterai.core.model import Outcome
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 

@@ -20,8 +20,8 @@ import pytest
 from conftest import read_executions, wait_for
 from nodes import Scheduler, Worker, job_client, not_exactly_once, stopping, with_attempts, worker_token
 
-from clusterai.client import Client
-from clusterai.jobs.model import Outcome, State
+from clusterai.core.model import Outcome, State
+from clusterai.sdk.local import Client
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 

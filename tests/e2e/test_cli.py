@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import start_up, stop_up, wait_for
 
-from clusterai.jobs.store import open_store
+from clusterai.store.protocol import open_store
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
@@ -22,7 +22,7 @@ SUPPORT = Path(__file__).resolve().parents[1] / "support"
 def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SUPPORT), "COLUMNS": "200"}
     env.pop("CLUSTERAI_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "clusterai.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "clusterai.cli.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -18,8 +18,8 @@ import pytest
 from conftest import wait_for
 from nodes import Scheduler, Worker, cli, job_client, kill_group, node_env, stopping, worker_token
 
-from clusterai.api.auth import new_token
-from clusterai.jobs.model import State
+from clusterai.core.model import State
+from clusterai.service.access import new_token
 
 EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_REFUSED = 2, 3, 4
 

@@ -92,7 +92,7 @@ def test_serve_model_refuses_bad_input_before_loading_anything(tmp_path: Path) -
 
     def serve_model(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         # the light entry point, as `clusterai serve-model` runs on a machine with only the llm extra
-        return subprocess.run([sys.executable, "-m", "clusterai.entry", "serve-model", *args], cwd=tmp_path,
+        return subprocess.run([sys.executable, "-m", "clusterai.cli.entry", "serve-model", *args], cwd=tmp_path,
                               env={**node_env(), **(env or {})}, capture_output=True, text=True, timeout=60)
 
     missing = serve_model(f"tiny={tmp_path / 'nothing'}")

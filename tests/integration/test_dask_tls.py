@@ -1,4 +1,4 @@
-"""Dask comms over TLS with certificates from clusterai.tls: a real scheduler, worker and client on
+"""Dask comms over TLS with certificates from clusterai.worker.tls: a real scheduler, worker and client on
 loopback talk, and every peer that is not part of the cluster is refused quickly instead of hanging.
 
 In-process Scheduler/Worker on one event loop: the comms are the same as across machines, and each
@@ -17,7 +17,7 @@ from distributed.comm.core import FatalCommClosedError
 from distributed.security import Security
 
 from clusterai.errors import ConfigError
-from clusterai.tls import create_certs, dask_security, node_security, require_tls_address
+from clusterai.worker.tls import create_certs, dask_security, node_security, require_tls_address
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(30)]
 

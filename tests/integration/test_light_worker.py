@@ -15,13 +15,13 @@ import psutil
 import pytest
 from conftest import wait_for
 
-from clusterai.jobs.model import JobSpec, State
-from clusterai.jobs.store import open_store
+from clusterai.core.model import JobSpec, State
+from clusterai.store.protocol import open_store
 
 pytestmark = pytest.mark.cluster
 
 SUPPORT = Path(__file__).parents[1] / "support"
-CLI = [sys.executable, "-m", "clusterai.entry"]
+CLI = [sys.executable, "-m", "clusterai.cli.entry"]
 
 
 def _spawn(args: list[str], cwd: Path, pythonpath: str) -> subprocess.Popen:

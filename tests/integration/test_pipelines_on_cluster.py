@@ -10,8 +10,8 @@ import pytest
 from conftest import make_config, read_executions, wait_for
 
 from clusterai.config import parse_config
+from clusterai.core.pipelines import Pipeline
 from clusterai.errors import BadInput, RunNotFound
-from clusterai.pipelines import Pipeline
 
 pytestmark = pytest.mark.cluster
 

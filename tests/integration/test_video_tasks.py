@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import make_config
 
-from clusterai import logline as loglines
-from clusterai.artifacts import ArtifactStore
-from clusterai.jobs.model import State
+from clusterai.core import logline as loglines
+from clusterai.core.artifacts import ArtifactStore
+from clusterai.core.model import State
 from clusterai.workloads.synth import make_clip, make_corrupt
 
 pytestmark = pytest.mark.cluster

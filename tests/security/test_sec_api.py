@@ -12,11 +12,11 @@ import pytest
 from api_support import Api, ApiFactory
 from typer.testing import CliRunner
 
-from clusterai.cli import app as cli_app
-from clusterai.client import build_spec
+from clusterai.cli.main import app as cli_app
+from clusterai.core.model import Outcome, State
+from clusterai.core.nesting import MAX_DEPTH
 from clusterai.errors import BadInput
-from clusterai.jobs.model import Outcome, State
-from clusterai.nesting import MAX_DEPTH
+from clusterai.sdk.local import build_spec
 
 JSON = {"Content-Type": "application/json"}
 

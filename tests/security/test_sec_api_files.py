@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from clusterai.api.server import ensure_admin_token
-from clusterai.jobs.model import JobSpec
-from clusterai.jobs.sqlite import SQLiteStore
+from clusterai.core.model import JobSpec
+from clusterai.store.sqlite import SQLiteStore
 
 
 def mode(path: Path) -> int:

@@ -24,7 +24,7 @@ from distributed.core import rpc
 from distributed.protocol import pickle
 from nodes import Node, Scheduler, Worker, cli, stopping, worker_token
 
-from clusterai.tls import node_security
+from clusterai.worker.tls import node_security
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(180)]
 

@@ -20,7 +20,7 @@ from distributed.protocol import pickle
 from distributed.security import Security
 from nodes import Node, api_get, job_client, stopping
 
-from clusterai.tls import create_certs, node_security
+from clusterai.worker.tls import create_certs, node_security
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(150)]
 

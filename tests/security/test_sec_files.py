@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from sec_cluster import SecCluster, sec_cluster
 
-from clusterai import logline as loglines
-from clusterai.artifacts import ArtifactStore
+from clusterai.core import logline as loglines
+from clusterai.core.artifacts import ArtifactStore
+from clusterai.core.model import JobSpec
+from clusterai.core.tasks import get_task, import_task_modules
 from clusterai.errors import BadInput, NonRetryableError
-from clusterai.jobs.model import JobSpec
-from clusterai.tasks import get_task, import_task_modules
 from clusterai.workloads import media
 from clusterai.workloads.synth import make_clip
 

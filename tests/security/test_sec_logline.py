@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sec_cluster import SecCluster, sec_cluster, sha256_of
 
-from clusterai import logline as loglines
+from clusterai.core import logline as loglines
 from clusterai.workloads.synth import make_clip
 
 pytestmark = pytest.mark.cluster
@@ -47,7 +47,7 @@ def summarized(cluster: SecCluster) -> dict[str, Any]:
 def cli(cluster: SecCluster, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SUPPORT), "COLUMNS": "250"}
     env.pop("CLUSTERAI_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "clusterai.cli", "--config", str(cluster.config_file), *args],
+    return subprocess.run([sys.executable, "-m", "clusterai.cli.main", "--config", str(cluster.config_file), *args],
                           cwd=cluster.root, env=env, capture_output=True, text=True, timeout=60)
 
 

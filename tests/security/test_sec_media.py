@@ -18,10 +18,10 @@ import cv2
 import pytest
 from sec_cluster import Recorder, SecCluster, recording_server, sec_cluster
 
-from clusterai import media_policy
 from clusterai.config import parse_config
+from clusterai.core import media_policy
+from clusterai.core.media_policy import SourcePolicy, use_policy
 from clusterai.errors import ConfigError
-from clusterai.media_policy import SourcePolicy, use_policy
 from clusterai.workloads import sources
 from clusterai.workloads.synth import make_clip, make_corrupt
 
@@ -342,7 +342,7 @@ def test_the_cli_refuses_a_folder_outside_media_sources_up_front(cluster: SecClu
     env = {**os.environ, "PYTHONPATH": str(SUPPORT), "COLUMNS": "250"}
     runs = len(cluster.api.store.list_runs())
     for args in ([str(cluster.outside)], [str(cluster.outside / "secret.avi")], [str(cluster.media / "link.avi")]):
-        result = subprocess.run([sys.executable, "-m", "clusterai.cli", "--config", str(cluster.config_file),
+        result = subprocess.run([sys.executable, "-m", "clusterai.cli.main", "--config", str(cluster.config_file),
                                  "pipeline", "run", "video-analysis", *args], cwd=cluster.root, env=env,
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stdout + result.stderr

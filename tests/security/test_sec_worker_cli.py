@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from nodes import node_env
 
-from clusterai.api.auth import new_token
+from clusterai.service.access import new_token
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def worker(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "clusterai.cli", "worker", "tcp://127.0.0.1:9", *args,
+    return subprocess.run([sys.executable, "-m", "clusterai.cli.main", "worker", "tcp://127.0.0.1:9", *args,
                            "--death-timeout", "1"], cwd=cwd, env={**node_env(), **env}, capture_output=True,
                           text=True, timeout=45)
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import httpx
 
-from clusterai.client import Client
 from clusterai.config import parse_config
+from clusterai.core.model import Job, Outcome, State
+from clusterai.core.tasks import import_task_modules
 from clusterai.errors import StoreUnavailable
-from clusterai.jobs.model import Job, Outcome, State
-from clusterai.jobs.store import open_store
-from clusterai.tasks import import_task_modules
+from clusterai.sdk.local import Client
+from clusterai.store.protocol import open_store
 
 SUPPORT = Path(__file__).resolve().parent
 _CLEAN_ENV = ("CLUSTERAI_CONFIG", "CLUSTERAI_STORE", "CLUSTERAI_URL", "CLUSTERAI_TOKEN", "CLUSTERAI_ENROLLMENT_TOKEN",
@@ -39,7 +39,7 @@ def node_env() -> dict[str, str]:
 
 def cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """One short `clusterai` command; bounded in time."""
-    return subprocess.run([sys.executable, "-m", "clusterai.cli", *args], cwd=cwd, env=node_env(),
+    return subprocess.run([sys.executable, "-m", "clusterai.cli.main", *args], cwd=cwd, env=node_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -70,7 +70,8 @@ class Node:
         self.log = log
         cwd.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
-            self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "clusterai.cli", *self.args], cwd=cwd,
+            self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "clusterai.cli.main", *self.args],
+                                         cwd=cwd,
                                          env={**node_env(), **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.proc.pid

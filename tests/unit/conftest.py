@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterai.jobs.sqlite import SQLiteStore
+from clusterai.store.sqlite import SQLiteStore
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from clusterai.jobs.model import Job
-from clusterai.placement.registry import WorkerSlot
+from clusterai.core.model import Job
+from clusterai.placement.slots import WorkerSlot
 
 
 class Fixed:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from clusterai.jobs.model import Job, Priority, RetryPolicy, State
-from clusterai.placement.registry import WorkerSlot
+from clusterai.core.model import Job, Priority, RetryPolicy, State
+from clusterai.placement.slots import WorkerSlot
 
 NOW = 1_000.0
 TASK = "unit.t"

@@ -15,7 +15,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from clusterai.artifacts import (
+from clusterai.core.artifacts import (
     TMP_PREFIX,
     ArtifactCorrupt,
     ArtifactNotFound,

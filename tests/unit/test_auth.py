@@ -6,10 +6,10 @@ import hmac
 
 import pytest
 
-from clusterai.api import auth
-from clusterai.api.auth import Permission, RateLimiter, TokenVerifier, new_token, split_token
 from clusterai.errors import BadInput
-from clusterai.jobs.store import open_store
+from clusterai.service import access as auth
+from clusterai.service.access import Permission, RateLimiter, TokenVerifier, new_token, split_token
+from clusterai.store.protocol import open_store
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from distributed.security import Security
 from typer.testing import CliRunner
 
-from clusterai.cli import app
+from clusterai.cli.main import app
 from clusterai.errors import ConfigError
-from clusterai.tls import create_certs, dask_security, node_security, require_tls_address
+from clusterai.worker.tls import create_certs, dask_security, node_security, require_tls_address
 
 
 def mode(path: Path) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clusterai.engine.counts import CountCollector
 from clusterai.errors import StoreUnavailable
-from clusterai.jobs.sqlite import SQLiteStore
+from clusterai.head.camera_counts import CountCollector
+from clusterai.store.sqlite import SQLiteStore
 
 
 def report(job: int, attempt: int, frame: int, total: int) -> tuple[float, dict]:

@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import pytest
 
-from clusterai.media_policy import use_policy
+from clusterai.core.media_policy import use_policy
 from clusterai.workloads.counting import (
     LEFT_TO_RIGHT,
     RIGHT_TO_LEFT,

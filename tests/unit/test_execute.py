@@ -1,4 +1,4 @@
-"""clusterai.engine.execute: running one attempt inside a worker, JSON in and JSON out."""
+"""clusterai.worker.execute: running one attempt inside a worker, JSON in and JSON out."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 import pytest
 import unit_tasks  # noqa: F401 - registers the unit.* tasks
 
-from clusterai.engine.execute import MAX_ERROR_CHARS, current_job, run_batch, run_one
-from clusterai.tasks import import_task_modules
+from clusterai.core.tasks import import_task_modules
+from clusterai.worker.execute import MAX_ERROR_CHARS, current_job, run_batch, run_one
 
 
 def item(task: str, payload: dict | None = None, *, id: int = 11, attempt: int = 1,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from distributed.comm.core import CommClosedError
 
-from clusterai.engine.gate import HARMLESS, WORKER_TO_SCHEDULER, Gate, GatedHandlers
-from clusterai.tls import Identity
+from clusterai.worker.gate import HARMLESS, WORKER_TO_SCHEDULER, Gate, GatedHandlers
+from clusterai.worker.tls import Identity
 
 
 class FakeComm:

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from clusterai.gateway.router import Backend, NoBackend, Overloaded, Router
+from clusterai.llm.gateway.router import Backend, NoBackend, Overloaded, Router
 from clusterai.placement.breaker import CircuitBreaker
 
 

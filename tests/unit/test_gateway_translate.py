@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from clusterai.gateway.translate import (
+from clusterai.llm.gateway.translate import (
     TRANSLATED,
     StreamToNdjson,
     Untranslatable,

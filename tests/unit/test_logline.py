@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from clusterai.cli import app
+from clusterai.cli.main import app
 from clusterai.config import ClusterConfig
+from clusterai.core.logline import GENESIS, append, canonical, load_key, load_or_create_key, sign, verify
 from clusterai.errors import BadInput, ConfigError
-from clusterai.logline import GENESIS, append, canonical, load_key, load_or_create_key, sign, verify
 
 KEY = b"k" * 32
 OTHER = b"o" * 32

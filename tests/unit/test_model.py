@@ -1,4 +1,4 @@
-"""clusterai.jobs.model: state machine, priorities, retry policy, and decide()."""
+"""clusterai.core.model: state machine, priorities, retry policy, and decide()."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from itertools import product
 
 import pytest
 
-from clusterai.errors import BadInput, InvalidTransition
-from clusterai.jobs.model import (
+from clusterai.core.model import (
     TRANSITIONS,
     Job,
     JobSpec,
@@ -21,6 +20,7 @@ from clusterai.jobs.model import (
     check_transition,
     decide,
 )
+from clusterai.errors import BadInput, InvalidTransition
 
 NOW = 1_000.0
 

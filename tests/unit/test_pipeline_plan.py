@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from clusterai.core.model import State
+from clusterai.core.pipelines import MAX_ITEMS, JobView, Pipeline, RunState, Stage, input_key, plan
 from clusterai.errors import BadInput
-from clusterai.jobs.model import State
-from clusterai.pipelines import MAX_ITEMS, JobView, Pipeline, RunState, Stage, input_key, plan
 
 
 def chain() -> Pipeline:

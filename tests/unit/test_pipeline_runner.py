@@ -11,11 +11,11 @@ import pytest
 import unit_tasks  # noqa: F401 - registers the unit.* tasks
 
 from clusterai.config import parse_config
+from clusterai.core.model import Finish, Outcome, Priority, State
+from clusterai.core.pipelines import Pipeline
 from clusterai.errors import BadInput, InvalidTransition
-from clusterai.jobs.model import Finish, Outcome, Priority, State
-from clusterai.jobs.sqlite import SQLiteStore
-from clusterai.pipeline_runner import PipelineRunner, find_pipeline
-from clusterai.pipelines import Pipeline
+from clusterai.service.runs import PipelineRunner, find_pipeline
+from clusterai.store.sqlite import SQLiteStore
 
 SPEC = {"stages": [
     {"name": "add", "task": "unit.add", "each": "input.numbers", "inputs": {"a": "item"}, "params": {"b": 10},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from placement_support import NOW, TASK, make_job, make_jobs, make_slot
 
-from clusterai.jobs.model import Priority
+from clusterai.core.model import Priority
 from clusterai.placement.breaker import CircuitBreaker
 from clusterai.placement.planner import SHORT_SECONDS, Planner
 from clusterai.placement.strategies import LeastLoaded, RoundRobin, make_strategy

@@ -9,7 +9,7 @@ from placement_support import NOW, make_job, make_slot
 
 from clusterai.placement import make_strategy
 from clusterai.placement.planner import Planner
-from clusterai.placement.registry import Constraints
+from clusterai.placement.slots import Constraints
 
 
 def pool(n: int, **changes):

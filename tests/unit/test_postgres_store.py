@@ -1,4 +1,4 @@
-"""clusterai.jobs.postgres: what only the PostgreSQL store does (LISTEN/NOTIFY, credentials, the
+"""clusterai.store.postgres: what only the PostgreSQL store does (LISTEN/NOTIFY, credentials, the
 server going away). The shared JobStore contract runs on both backends in test_store_contract.py."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import psycopg
 import pytest
 from pgserver import PgServer, free_port
 
+from clusterai.core.model import AuditEntry, JobSpec, State
 from clusterai.errors import StoreUnavailable
-from clusterai.jobs import postgres as postgres_module
-from clusterai.jobs.migrations import POSTGRES_MIGRATIONS
-from clusterai.jobs.model import AuditEntry, JobSpec, State
-from clusterai.jobs.postgres import PostgresStore, redact
-from clusterai.jobs.store import open_store
+from clusterai.store import postgres as postgres_module
+from clusterai.store.migrations import POSTGRES_MIGRATIONS
+from clusterai.store.postgres import PostgresStore, redact
+from clusterai.store.protocol import open_store
 
 T0 = 1_000.0
 

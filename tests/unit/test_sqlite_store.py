@@ -1,4 +1,4 @@
-"""clusterai.jobs.sqlite (and open_store's SQLite spellings): what only the SQLite store does. The
+"""clusterai.store.sqlite (and open_store's SQLite spellings): what only the SQLite store does. The
 JobStore contract itself runs against SQLite and PostgreSQL in test_store_contract.py."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from clusterai.core.model import JobSpec, State
 from clusterai.errors import ConfigError, StoreUnavailable
-from clusterai.jobs import sqlite as sqlite_module
-from clusterai.jobs.migrations import SQLITE_MIGRATIONS
-from clusterai.jobs.model import JobSpec, State
-from clusterai.jobs.sqlite import SQLiteStore
-from clusterai.jobs.store import open_store
+from clusterai.store import sqlite as sqlite_module
+from clusterai.store.migrations import SQLITE_MIGRATIONS
+from clusterai.store.protocol import open_store
+from clusterai.store.sqlite import SQLiteStore
 
 T0 = 1_000.0
 

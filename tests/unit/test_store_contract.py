@@ -16,9 +16,7 @@ from typing import Any
 
 import pytest
 
-from clusterai.errors import IdempotencyConflict, InvalidTransition, JobNotFound, RunNotFound
-from clusterai.jobs.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
-from clusterai.jobs.model import (
+from clusterai.core.model import (
     Attempt,
     Finish,
     Job,
@@ -30,8 +28,10 @@ from clusterai.jobs.model import (
     WorkerRecord,
     decide,
 )
-from clusterai.jobs.sqlite import SQLiteStore
-from clusterai.jobs.store import JobStore, open_store
+from clusterai.errors import IdempotencyConflict, InvalidTransition, JobNotFound, RunNotFound
+from clusterai.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
+from clusterai.store.protocol import JobStore, open_store
+from clusterai.store.sqlite import SQLiteStore
 
 T0 = 1_000.0
 
@@ -998,7 +998,7 @@ def test_runs_of_names_the_run_that_made_each_job(store: JobStore):
 
 
 def test_counts_keep_the_first_report_of_a_frame(store: JobStore):
-    from clusterai.jobs.model import CountPoint
+    from clusterai.core.model import CountPoint
 
     def point(job: int, frame: int, total: int, at: float, camera: str = "gate") -> CountPoint:
         return CountPoint(job, camera, frame, frame / 15, at, total, total, 0)

@@ -9,8 +9,8 @@ import pytest
 from placement_support import TASK, make_job, make_slot
 
 from clusterai.config import STRATEGIES
+from clusterai.core.model import Priority
 from clusterai.errors import ConfigError
-from clusterai.jobs.model import Priority
 from clusterai.placement.strategies import (
     BUILT_IN,
     DEFAULT_HYBRID,

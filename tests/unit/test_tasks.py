@@ -1,4 +1,4 @@
-"""clusterai.tasks: the registry, payload validation from signatures and models, payload text."""
+"""clusterai.core.tasks: the registry, payload validation from signatures and models, payload text."""
 
 from __future__ import annotations
 
@@ -7,9 +7,18 @@ from typing import Annotated
 import pytest
 import unit_tasks
 
+from clusterai.core.model import Priority
+from clusterai.core.tasks import (
+    Check,
+    Length,
+    Range,
+    get_task,
+    import_task_modules,
+    known_tasks,
+    parse_payload_text,
+    task,
+)
 from clusterai.errors import BadInput, ConfigError, NonRetryableError, PayloadError, UnknownTaskError
-from clusterai.jobs.model import Priority
-from clusterai.tasks import Check, Length, Range, get_task, import_task_modules, known_tasks, parse_payload_text, task
 
 # -- validation from type hints ---------------------------------------------------------------
 

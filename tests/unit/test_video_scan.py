@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from clusterai.media_policy import use_policy
+from clusterai.core.media_policy import use_policy
 from clusterai.workloads import video
 from clusterai.workloads.video import scan_video, summarize_scan
 

@@ -1,4 +1,4 @@
-"""clusterai.placement.registry.WorkerSlot and WorkerRegistry.apply: what a worker can do, and how
+"""clusterai.placement.slots.WorkerSlot and WorkerRegistry.apply: what a worker can do, and how
 its snapshot becomes slot fields."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 from placement_support import NOW, TASK, make_job, make_slot
 
 from clusterai.config import BreakerSection
+from clusterai.head.registry import WorkerRegistry
 from clusterai.placement.breaker import CircuitBreaker
-from clusterai.placement.registry import Constraints
-from clusterai.workers import WorkerRegistry
+from clusterai.placement.slots import Constraints
 
 
 def why_not(slot, job):

@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from clusterai.engine.execute import current_job
+from clusterai.core.tasks import task
 from clusterai.errors import NonRetryableError, PayloadError
-from clusterai.tasks import task
+from clusterai.worker.execute import current_job
 
 
 @task("unit.add")

@@ -18,7 +18,6 @@ from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException
 
 from clusterai import __version__
-from clusterai.api.auth import RateLimiter, TokenVerifier, retry_after_header
 from clusterai.api.deps import ApiContext
 from clusterai.api.edges import AuditAndCount, BodyEdges
 from clusterai.api.quota import QueuedQuota, StreamSlots
@@ -35,10 +34,10 @@ from clusterai.api.routes import (
     system,
     workers,
 )
+from clusterai.api.routes import gateway as gateway_routes
 from clusterai.api.schemas import MalformedJSON, RequestInvalid, validation_message
 from clusterai.api.throttle import AuthThrottle
 from clusterai.api.writer import SubmissionWriter
-from clusterai.client import Client
 from clusterai.config import ClusterConfig
 from clusterai.errors import (
     BadInput,
@@ -50,11 +49,12 @@ from clusterai.errors import (
     StoreUnavailable,
     UnknownTaskError,
 )
-from clusterai.gateway import routes as gateway_routes
-from clusterai.gateway.metrics import GatewayCollector
-from clusterai.gateway.service import Gateway
-from clusterai.jobs.store import JobStore
-from clusterai.metrics import StoreCollector
+from clusterai.head.metrics import StoreCollector
+from clusterai.llm.gateway.metrics import GatewayCollector
+from clusterai.llm.gateway.service import Gateway
+from clusterai.sdk.local import Client
+from clusterai.service.access import RateLimiter, TokenVerifier, retry_after_header
+from clusterai.store.protocol import JobStore
 
 log = logging.getLogger("clusterai.api")
 

@@ -13,15 +13,15 @@ from fastapi import Depends, HTTPException, Request
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
-from clusterai.api.auth import Permission, Principal, RateLimiter, TokenVerifier, retry_after_header
 from clusterai.api.credentials import WorkerCredentials
 from clusterai.api.quota import QueuedQuota, StreamSlots
 from clusterai.api.throttle import AuthThrottle, client_key
 from clusterai.api.writer import SubmissionWriter
-from clusterai.client import Client
 from clusterai.config import ClusterConfig
 from clusterai.errors import StoreUnavailable
-from clusterai.jobs.store import JobStore
+from clusterai.sdk.local import Client
+from clusterai.service.access import Permission, Principal, RateLimiter, TokenVerifier, retry_after_header
+from clusterai.store.protocol import JobStore
 
 log = logging.getLogger("clusterai.api")
 

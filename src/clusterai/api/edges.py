@@ -16,9 +16,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clusterai.core.model import AuditEntry
 from clusterai.errors import StoreUnavailable
-from clusterai.jobs.model import AuditEntry
-from clusterai.jobs.store import JobStore
+from clusterai.store.protocol import JobStore
 
 log = logging.getLogger("clusterai.api")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})

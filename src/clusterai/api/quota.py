@@ -10,7 +10,7 @@ import time
 from starlette.concurrency import run_in_threadpool
 
 from clusterai.errors import BadInput, LimitReached
-from clusterai.jobs.store import JobStore
+from clusterai.store.protocol import JobStore
 
 
 class StreamSlots:

@@ -6,9 +6,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from clusterai import nesting
+from clusterai.core import nesting
+from clusterai.core.model import KEY_PATTERN, NAME_PATTERN, VALUE_PATTERN
 from clusterai.errors import BadInput, NestedTooDeep
-from clusterai.jobs.model import KEY_PATTERN, NAME_PATTERN, VALUE_PATTERN
 
 M = TypeVar("M", bound=BaseModel)
 Name = Annotated[str, Field(min_length=1, max_length=200)]

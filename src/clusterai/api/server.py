@@ -15,12 +15,12 @@ from typing import Any
 import uvicorn
 
 from clusterai.api.app import create_app
-from clusterai.api.auth import new_token
 from clusterai.api.deps import ApiContext
 from clusterai.config import ClusterConfig
+from clusterai.core.private_files import private_folder
 from clusterai.errors import ConfigError
-from clusterai.jobs.store import JobStore, open_store
-from clusterai.private_files import private_folder
+from clusterai.service.access import new_token
+from clusterai.store.protocol import JobStore, open_store
 
 log = logging.getLogger("clusterai.api")
 

@@ -23,8 +23,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from clusterai.api.auth import split_token
-from clusterai.jobs.model import AuditEntry
+from clusterai.core.model import AuditEntry
+from clusterai.service.access import split_token
 
 ACTOR = "(unauthenticated)"
 _TOKEN_ID = re.compile(r"[0-9a-f]{12}")

@@ -14,8 +14,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from clusterai.client import Client
-from clusterai.jobs.model import AuditEntry, Job, JobSpec
+from clusterai.core.model import AuditEntry, Job, JobSpec
+from clusterai.sdk.local import Client
 
 _IDLE_EXIT = 5.0  # an idle writer thread ends; the next submission starts another
 

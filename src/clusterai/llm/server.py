@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from clusterai import __version__, nesting
+from clusterai import __version__
+from clusterai.core import nesting
 from clusterai.errors import BadInput
 from clusterai.llm.models import EMBED, GENERATE, Options, ServedModel, Usage
 from clusterai.llm.protocol import error_body, load_answer, loads_only, stream_error, timestamp

@@ -7,8 +7,8 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from clusterai.jobs.model import Job
-from clusterai.placement.registry import Constraints, WorkerSlot
+from clusterai.core.model import Job
+from clusterai.placement.slots import Constraints, WorkerSlot
 from clusterai.placement.strategies import PriorityReserve, Strategy
 
 _EWMA_ALPHA = 0.2

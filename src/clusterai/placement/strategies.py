@@ -12,9 +12,9 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from clusterai.core.model import Job, Priority
 from clusterai.errors import ConfigError
-from clusterai.jobs.model import Job, Priority
-from clusterai.placement.registry import Constraints, WorkerSlot
+from clusterai.placement.slots import Constraints, WorkerSlot
 
 _PLAIN_RESOURCES = ("CPU", "MEMORY")
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 from pydantic import Field
 
-from clusterai.engine.execute import current_job
-from clusterai.tasks import task
+from clusterai.core.tasks import task
+from clusterai.worker.execute import current_job
 
 _SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=np.float32)
 

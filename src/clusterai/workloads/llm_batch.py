@@ -14,9 +14,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from clusterai.engine.execute import current_job
+from clusterai.core.tasks import task
 from clusterai.errors import NonRetryableError
-from clusterai.tasks import task
+from clusterai.worker.execute import current_job
 
 URL_ENV = "CLUSTERAI_GATEWAY_URL"
 TOKEN_ENV = "CLUSTERAI_GATEWAY_TOKEN"

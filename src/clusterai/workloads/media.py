@@ -20,13 +20,13 @@ import os
 import re
 from typing import Annotated, Any
 
-from clusterai import logline as loglines
-from clusterai.artifacts import ArtifactCorrupt, ArtifactStore
-from clusterai.engine import counts
-from clusterai.engine.execute import current_job
+from clusterai.core import logline as loglines
+from clusterai.core.artifacts import ArtifactCorrupt, ArtifactStore
+from clusterai.core.pipelines import Pipeline, register_pipeline
+from clusterai.core.tasks import Check, Length, Range, task
 from clusterai.errors import BadInput, NonRetryableError
-from clusterai.pipelines import Pipeline, register_pipeline
-from clusterai.tasks import Check, Length, Range, task
+from clusterai.worker import counts
+from clusterai.worker.execute import current_job
 from clusterai.workloads import counting, sources, video
 from clusterai.workloads.sources import describe
 

@@ -1,6 +1,6 @@
 """Opening a video source (a file, or an http(s)/rtsp/rtmp URL) for the video and camera workloads:
 the one place where a source named by a submitter is checked against `media.sources`
-(clusterai.media_policy) and handed to FFmpeg, with the timeouts that keep a dead camera from
+(clusterai.core.media_policy) and handed to FFmpeg, with the timeouts that keep a dead camera from
 hanging a worker.
 
 FFmpeg never sees the submitter's string. A local source is given as the real path that passed the
@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from clusterai.media_policy import SourcePolicy, current_policy, set_policy, use_policy
+from clusterai.core.media_policy import SourcePolicy, current_policy, set_policy, use_policy
 
 if TYPE_CHECKING:
     import cv2

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from clusterai.api.auth import Permission, Principal, new_token
 from clusterai.api.deps import authenticate, context, require
 from clusterai.api.schemas import MAX_ID, TokenRequest, body_schema, parse_body
+from clusterai.service.access import Permission, Principal, new_token
 
 router = APIRouter(prefix="/api/v1", tags=["access"])
 

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import context, require
 from clusterai.api.schemas import MAX_ID
+from clusterai.service.access import Permission, Principal
 
 router = APIRouter(prefix="/api/v1/counts", tags=["counts"])
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from clusterai.api.auth import Principal
 from clusterai.api.deps import SESSION_COOKIE, check_address, verify
 from clusterai.api.schemas import parse_json
+from clusterai.service.access import Principal
 
 STATIC = Path(__file__).resolve().parents[2] / "dashboard" / "static"
 router = APIRouter(tags=["dashboard"], include_in_schema=False)

@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import context, require
 from clusterai.api.schemas import MAX_ID, RequeueRequest, body_schema, parse_body
-from clusterai.jobs.model import State
+from clusterai.core.model import State
+from clusterai.service.access import Permission, Principal
 
 router = APIRouter(prefix="/api/v1/dlq", tags=["dead letters"])
 

@@ -10,8 +10,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from clusterai.api.auth import Principal
 from clusterai.api.deps import authenticate
+from clusterai.service.access import Principal
 
 router = APIRouter(tags=["docs"])
 _METHODS = ("get", "post", "put", "patch", "delete")

@@ -22,10 +22,10 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import ApiContext, context, presented_token, require
 from clusterai.api.schemas import MAX_ID
 from clusterai.errors import StoreUnavailable
+from clusterai.service.access import Permission, Principal
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 PAGE = 500

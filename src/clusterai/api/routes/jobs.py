@@ -12,12 +12,12 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import ApiContext, context, require
 from clusterai.api.schemas import MAX_ID, BatchRequest, RequestInvalid, parse_json, parse_submission, submission_schema
-from clusterai.client import spec_factory
+from clusterai.core.model import AuditEntry, Job, JobSpec, State
 from clusterai.errors import BadInput, JobNotFound
-from clusterai.jobs.model import AuditEntry, Job, JobSpec, State
+from clusterai.sdk.local import spec_factory
+from clusterai.service.access import Permission, Principal
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 JobId = Path(ge=1, le=MAX_ID)

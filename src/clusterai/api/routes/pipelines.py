@@ -10,11 +10,11 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import context, require
 from clusterai.api.schemas import MAX_ID, PipelineRunRequest, body_schema, parse_body
+from clusterai.core.pipelines import Pipeline
 from clusterai.errors import BadInput, RunNotFound
-from clusterai.pipelines import Pipeline
+from clusterai.service.access import Permission, Principal
 
 router = APIRouter(prefix="/api/v1/pipelines", tags=["pipelines"])
 RunId = Path(ge=1, le=MAX_ID)

@@ -9,10 +9,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import context, require
+from clusterai.core.tasks import describe_tasks
 from clusterai.errors import StoreUnavailable
-from clusterai.tasks import describe_tasks
+from clusterai.service.access import Permission, Principal
 
 router = APIRouter(tags=["system"])
 

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from clusterai.api.auth import Permission, Principal
 from clusterai.api.deps import context, require
-from clusterai.jobs.model import WorkerRecord
+from clusterai.core.model import WorkerRecord
+from clusterai.service.access import Permission, Principal
 
 router = APIRouter(prefix="/api/v1/workers", tags=["workers"])
 

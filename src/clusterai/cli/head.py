@@ -1,0 +1,106 @@
+"""`clusterai scheduler`: a head node — Dask scheduler + coordinator + REST API on a shared store.
+A second one on the same store stands by and takes over when the first dies (leader.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from clusterai.cli.common import err, errors_to_exit_codes, settings
+from clusterai.errors import BadInput
+from clusterai.worker.cli import serve_model_main, worker_main
+
+EXIT_LEAD_LOST = 5
+
+
+def scheduler(
+    store: str | None = typer.Option(None, "--store", help="job store URL shared by the heads, e.g. "
+                                     "postgresql://user:password@db:5432/clusterai", envvar="CLUSTERAI_STORE"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address workers reach this head on (0.0.0.0: all)"),
+    port: int = typer.Option(8786, "--port", min=0, max=65535, help="Dask scheduler port (0: any free one)"),
+    api_host: str | None = typer.Option(None, "--api-host", help="REST API bind address (default 127.0.0.1)"),
+    api_port: int | None = typer.Option(None, "--api-port", min=0, max=65535, help="REST API port"),
+    no_api: bool = typer.Option(False, "--no-api", help="do not serve the REST API"),
+    tls_dir: Path | None = typer.Option(None, "--tls-dir", help="folder with ca.pem and this node's certificate: "
+                                        "workers must then connect with TLS; plain tcp is refused"),
+    tls_node: str = typer.Option("head", "--tls-node", help="which certificate in --tls-dir"),
+    dashboard_address: str | None = typer.Option(None, "--dask-dashboard", help="serve Dask's dashboard here, "
+                                                 "e.g. 127.0.0.1:8787 (needs bokeh)"),
+    standby_poll: float = typer.Option(1.0, "--standby-poll", min=0.1, max=60,
+                                       help="while standing by, how often to try to take the lead (seconds)"),
+    allow_plain_tcp: bool = typer.Option(False, "--allow-plain-tcp", help="listen beyond loopback without TLS "
+                                         "(only on a network where everyone who can reach the port is trusted)"),
+) -> None:
+    """Run a head node: Dask scheduler + coordinator + REST API on a shared store (PostgreSQL for a
+    standby). A second one on the same store stands by and takes over when the first dies."""
+    @errors_to_exit_codes
+    def run() -> None:
+        from clusterai.head.runtime import HeadSettings
+        from clusterai.store.protocol import open_store
+
+        if store:
+            settings.store = store
+        conf = settings.config(**{"api.host": api_host, "api.port": api_port,
+                                  "api.enabled": False if no_api else None})
+        security = None
+        if tls_dir is not None:
+            from clusterai.worker.tls import node_security
+
+            security = node_security(tls_dir, tls_node)
+        else:
+            from clusterai.api.server import is_loopback
+
+            if not is_loopback(host) and not allow_plain_tcp:
+                # Dask's protocol carries pickled functions: whoever can open a plain-TCP connection
+                # to a scheduler can run code on every worker. Mutual TLS is what keeps them out.
+                raise BadInput(f"--host {host} without TLS would let anyone who can reach port {port} run code "
+                               "on the cluster (Dask's protocol carries pickled functions). Use --tls-dir "
+                               "(make certificates with `clusterai certs create`), or --allow-plain-tcp on a "
+                               "network where everyone is trusted")
+            if not is_loopback(host):
+                err.print("[yellow]warning:[/] workers reach this head over the network without TLS: anyone "
+                          "who can reach the port can run code on the cluster, and tokens and job data travel "
+                          "in clear text.")
+            else:
+                err.print("[yellow]note:[/] without --tls-dir, every user of this machine can connect to the "
+                          "scheduler's port and run code as you; give --tls-dir to let in certificate holders only")
+        head = HeadSettings(host=host, port=port, security=security,
+                            dashboard_address=dashboard_address)
+        open_store(conf.store).close()  # a wrong URL or password fails here, before standing by
+        asyncio.run(_lead_then_serve(conf, head, standby_poll))
+
+    run()
+
+
+async def _lead_then_serve(conf: Any, head: Any, poll: float) -> None:
+    from clusterai.cli.main import serve
+    from clusterai.head.runtime import ClusterRuntime
+    from clusterai.store.leader import leadership_for
+
+    leadership = leadership_for(conf.store)
+    if not await asyncio.to_thread(leadership.try_acquire):
+        print("standing by: another scheduler leads on this store; taking over when it stops", flush=True)
+        while not await asyncio.to_thread(leadership.try_acquire):
+            await asyncio.sleep(poll)
+        print("taking over as the active scheduler", flush=True)
+    try:
+        lost = await serve(ClusterRuntime(conf, head=head), leadership=leadership, poll=poll)
+    finally:
+        leadership.release()
+    if lost:
+        raise typer.Exit(EXIT_LEAD_LOST)
+
+
+def worker(ctx: typer.Context) -> None:
+    """Join a head node as a worker: clusterai worker ADDRESS --token T [--name --label k=v --resources GPU=1
+    --nthreads --memory-limit --death-timeout --tls-dir] (--help for all)."""
+    raise typer.Exit(worker_main(list(ctx.args)))
+
+
+def serve_model(ctx: typer.Context) -> None:
+    """Serve models over the Ollama and OpenAI APIs on their own: clusterai serve-model NAME=SPEC...
+    [--host --port --token-env] (--help for all)."""
+    raise typer.Exit(serve_model_main(list(ctx.args)))

@@ -1,1 +1,0 @@
-"""The Dask engine: cluster start/connect, the worker plugin, and running batches on workers."""

@@ -1,0 +1,46 @@
+"""The gateway's Prometheus metrics, read from the router's backends at scrape time: requests,
+errors, time to first byte, generated tokens and their seconds (tokens/s = their ratio), requests
+in flight and waiting, and each backend's breaker (0 closed, 1 half-open, 2 open)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.registry import Collector
+
+from clusterai.head.metrics import BREAKER_VALUES
+
+
+class GatewayCollector(Collector):
+    def __init__(self, gateway: Any):
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        backends = list(self.gateway.router.backends)
+        labels = ["backend"]
+        requests = CounterMetricFamily("gateway_requests", "Live requests sent to a backend", labels=labels)
+        errors = CounterMetricFamily("gateway_errors", "Requests a backend failed (before or during the answer)",
+                                     labels=labels)
+        first = SummaryMetricFamily("gateway_time_to_first_byte_seconds", "From the request to the backend's "
+                                    "first byte", labels=labels)
+        tokens = CounterMetricFamily("gateway_generated_tokens", "Tokens generated, as backends report them",
+                                     labels=labels)
+        seconds = CounterMetricFamily("gateway_generation_seconds", "Seconds spent generating those tokens",
+                                      labels=labels)
+        inflight = GaugeMetricFamily("gateway_in_flight", "Requests in flight on a backend", labels=labels)
+        breaker = GaugeMetricFamily("gateway_breaker_state", "0 closed, 1 half-open, 2 open", labels=labels)
+        now = time.time()
+        for b in backends:
+            requests.add_metric([b.name], b.requests)
+            errors.add_metric([b.name], b.errors)
+            first.add_metric([b.name], count_value=b.answered, sum_value=b.first_byte_seconds)
+            tokens.add_metric([b.name], b.tokens)
+            seconds.add_metric([b.name], b.token_seconds)
+            inflight.add_metric([b.name], b.inflight)
+            breaker.add_metric([b.name], BREAKER_VALUES[b.breaker.state(now).value])
+        queued = GaugeMetricFamily("gateway_queued", "Requests waiting for a free backend")
+        queued.add_metric([], self.gateway.router.queued)
+        yield from (requests, errors, first, tokens, seconds, inflight, breaker, queued)

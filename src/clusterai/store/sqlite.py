@@ -1,0 +1,127 @@
+"""SQLite job store: WAL mode, a busy timeout, and every write in one BEGIN IMMEDIATE transaction.
+
+The hot queries name their partial index (INDEXED BY): without statistics the planner picks
+the (state, id) index and sorts every queued row, which costs 4x at 100,000 queued jobs.
+
+BEGIN IMMEDIATE takes the write lock up front, so two processes never deadlock on a
+read-to-write upgrade (the cause of most "database is locked" errors); the busy timeout then
+makes a second writer wait its turn instead of failing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from clusterai.core.private_files import private_file, private_folder, tighten
+from clusterai.errors import StoreUnavailable
+from clusterai.store.migrations import SQLITE_MIGRATIONS
+from clusterai.store.sql_store import SqlStore
+
+# Locked past the busy timeout, a disk error, a file that is no database: the store is unavailable
+# (an API answers 503), never an internal error. Constraint violations are bugs and stay loud.
+_UNAVAILABLE = (sqlite3.OperationalError, sqlite3.DatabaseError)
+
+
+def _make_private(path: Path) -> None:
+    """The database file 0600 before SQLite opens it: SQLite makes its -wal and -shm files with the
+    database file's mode, so they are private too (ones left looser by an older version are tightened);
+    its folder 0700 when it is made here (private_files.py)."""
+    try:
+        private_folder(path.parent)
+        private_file(path)
+        for suffix in ("-wal", "-shm", "-journal"):
+            tighten(f"{path}{suffix}")
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot make the SQLite store {str(path)!r} private: {exc}") from None
+
+
+class SQLiteStore(SqlStore):
+    """One connection per store object, guarded by a lock: SQLite has a single writer anyway."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0, synchronous: str = "NORMAL"):
+        self.path = str(path)
+        self.url = f"sqlite:///{self.path}"
+        if self.path not in (":memory:", "") and not self.path.startswith("file:"):
+            _make_private(Path(self.path))
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from None
+        self._data_version = -1
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._db.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except _UNAVAILABLE as exc:
+                raise StoreUnavailable(f"SQLite store {self.path!r} is unavailable: {exc}") from None
+            try:
+                yield cur
+            except sqlite3.IntegrityError:
+                self._db.rollback()
+                raise
+            except _UNAVAILABLE as exc:
+                self._db.rollback()
+                raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from None
+            except BaseException:
+                self._db.rollback()
+                raise
+            else:
+                try:
+                    cur.execute("COMMIT")
+                except _UNAVAILABLE as exc:
+                    self._db.rollback()
+                    raise StoreUnavailable(f"commit failed on {self.path!r}: {exc}") from None
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except _UNAVAILABLE as exc:
+                raise StoreUnavailable(f"SQLite store {self.path!r} is unavailable: {exc}") from None
+
+    def _migrate(self) -> None:
+        with self._write() as cur:
+            self._apply_migrations(cur, SQLITE_MIGRATIONS)
+
+    def changed(self) -> bool:
+        """True when another connection committed since the last call (cheap: no table read)."""
+        version = self._read("PRAGMA data_version")[0][0]
+        changed, self._data_version = version != self._data_version, version
+        return changed
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _insert_ids(self, cur: sqlite3.Cursor, sql: str, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+        if len(rows) == 1:
+            row = cur.execute(sql + " RETURNING id", rows[0]).fetchone()
+            return [row[0]] if row else []
+        cur.executemany(sql, rows)
+        # this transaction is the only writer and ids autoincrement, so the rows got consecutive ids
+        last = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
+        return list(range(last - len(rows) + 1, last + 1))
+
+    def _events_high(self) -> int:
+        rows = self._read("SELECT seq FROM sqlite_sequence WHERE name='events'")
+        return int(rows[0][0]) if rows else 0
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """SQLite has no notifications: the coordinator polls `changed()` instead."""
