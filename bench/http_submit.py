@@ -487,8 +487,8 @@ def _layer_routes(app: Any, config: Any) -> None:
 
     from clusterai.api.deps import require
     from clusterai.api.schemas import parse_submission
-    from clusterai.sdk.local import build_spec
     from clusterai.service.access import Permission, Principal
+    from clusterai.service.submission import build_spec
 
     answer = {"id": 1, "state": "queued"}
 
@@ -536,8 +536,8 @@ def breakdown(n: int = 1500) -> dict[str, Any]:
     from clusterai.config import parse_config
     from clusterai.core.model import AuditEntry
     from clusterai.core.tasks import import_task_modules
-    from clusterai.sdk.local import build_spec
     from clusterai.service.access import TokenVerifier, new_token
+    from clusterai.service.submission import build_spec
     from clusterai.store.protocol import open_store
 
     import_task_modules([])

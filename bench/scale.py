@@ -18,7 +18,7 @@ from bench.common import RssSampler, log, rss_mb, sized
 from clusterai.config import ClusterConfig
 from clusterai.core.model import Job, Outcome, decide
 from clusterai.core.tasks import import_task_modules
-from clusterai.sdk.local import build_spec
+from clusterai.service.submission import build_spec
 from clusterai.store import JobStore, open_store
 
 LARGE = sized(100_000)

@@ -292,7 +292,7 @@ def _claimer(url: str, name: str, batch: int, no_events_lock: bool, start: Any, 
     try:
         store = open_store(url)
         try:
-            store.counts()  # a connection made and the table read once: we time claims, not a cold start
+            store.job_counts()  # a connection made and the table read once: we time claims, not a cold start
             start.wait(60)
             ids = array("q")
             samples = []
@@ -351,7 +351,7 @@ def claim_case(url: str, variant: str, claimers: int, batch: int, mode: str) -> 
 
     store = open_store(url)
     try:
-        counts = store.counts()
+        counts = store.job_counts()
         attempts = store._read("SELECT COUNT(*), COUNT(DISTINCT job_id) FROM attempts")[0]
     finally:
         store.close()

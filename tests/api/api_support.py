@@ -24,8 +24,8 @@ from clusterai.api.server import UvicornServer
 from clusterai.config import ClusterConfig, parse_config
 from clusterai.core.model import Finish, Job, Outcome, State, WorkerRecord
 from clusterai.core.tasks import import_task_modules
-from clusterai.sdk.local import build_spec
 from clusterai.service.access import new_token
+from clusterai.service.submission import build_spec
 from clusterai.store.protocol import open_store
 from clusterai.store.sqlite import SQLiteStore
 

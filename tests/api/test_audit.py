@@ -119,7 +119,7 @@ def test_no_job_is_stored_when_its_audit_row_cannot_be(api: Api) -> None:
     r = api.client("submitter").post("/api/v1/jobs", json={"task": "bench.noop"})
     assert r.status_code == 500, r.text  # a constraint failure is a bug, and stays loud
     assert "audit refused" not in r.text  # the reason is in the server log, not the answer
-    assert sum(api.store.counts().values()) == 0
+    assert sum(api.store.job_counts().values()) == 0
     assert api.store.event_bounds() == events
     [entry] = audit(api, expect=1)
     assert (entry["action"], entry["status"], entry["detail"]) == ("POST /api/v1/jobs", 500, None)

@@ -19,7 +19,7 @@ LIMIT = 2048
 
 
 def job_count(api: Api) -> int:
-    return sum(api.store.counts().values())
+    return sum(api.store.job_counts().values())
 
 
 def chunks(data: bytes, size: int = 512) -> Iterator[bytes]:
@@ -388,10 +388,15 @@ def test_integers_at_the_store_limit_are_fine(api: Api) -> None:
 
 
 def test_errors_have_one_shape(api: Api) -> None:
-    """Every error is {"error": message}: the router's 404 and 405 too, not FastAPI's {"detail": ...}."""
+    """Every error is {"error": message, "code": stable code, ...details}: the router's 404 and 405
+    too, not FastAPI's {"detail": ...}."""
     c = api.client("viewer")
-    for r, status in [(c.get("/api/v1/no-such-thing"), 404), (c.put("/api/v1/jobs"), 405),
-                      (c.get("/api/v1/jobs/1"), 404), (api.client().get("/api/v1/jobs"), 401),
-                      (c.post("/api/v1/jobs", json={}), 403)]:
+    for r, status, code in [(c.get("/api/v1/no-such-thing"), 404, "not_found"),
+                            (c.put("/api/v1/jobs"), 405, "method_not_allowed"),
+                            (c.get("/api/v1/jobs/1"), 404, "job_not_found"),
+                            (api.client().get("/api/v1/jobs"), 401, "auth_refused"),
+                            (c.post("/api/v1/jobs", json={}), 403, "auth_refused")]:
         assert r.status_code == status
-        assert set(r.json()) == {"error"} and r.json()["error"], r.text
+        body = r.json()
+        assert body["code"] == code and body["error"], r.text
+        assert "detail" not in body

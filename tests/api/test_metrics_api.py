@@ -54,8 +54,8 @@ def test_job_gauges_equal_the_store(api: Api) -> None:
     c = api.client("viewer")
     _, samples = scrape(c)
     jobs = values(samples, "clusterai_jobs", "state")
-    assert {k[0]: v for k, v in jobs.items()} == api.store.counts()
-    assert api.store.counts() == {"pending": 2, "queued": 4, "running": 1, "succeeded": 2, "dead": 1,
+    assert {k[0]: v for k, v in jobs.items()} == api.store.job_counts()
+    assert api.store.job_counts() == {"pending": 2, "queued": 4, "running": 1, "succeeded": 2, "dead": 1,
                                   "cancelled": 1}
     depth = values(samples, "clusterai_queue_depth", "queue", "priority", "state")
     want = {(q, Priority(p).name.lower(), s): float(n) for q, p, s, n in api.store.queue_depths()}

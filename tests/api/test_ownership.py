@@ -75,7 +75,7 @@ def test_another_owners_job_is_not_found(api: Api) -> None:
         r = c.get(f"/api/v1/jobs/{job_id}")
         assert r.status_code == 404, r.text
         # exactly what a job that does not exist gets: nothing tells them apart
-        assert r.json() == {"error": f"no job with id {job_id}"}
+        assert r.json() == {"error": f"no job with id {job_id}", "code": "job_not_found", "job": job_id}
         assert c.get(f"/api/v1/jobs/{job_id}", params={"wait": 0.2}).status_code == 404
     assert c.get("/api/v1/jobs/999999").json() == {"error": "no job with id 999999"}
     viewer = api.client("viewer")

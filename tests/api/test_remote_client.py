@@ -12,16 +12,17 @@ from api_support import Api
 import clusterai
 from clusterai.core.model import Outcome, State
 from clusterai.errors import (
+    AuthRefused,
     BadInput,
     IdempotencyConflict,
     InvalidTransition,
     JobFailed,
     JobNotFound,
     ResultTimeout,
-    StoreUnavailable,
     UnknownTaskError,
+    Unreachable,
 )
-from clusterai.sdk.remote import AuthError, RemoteClient
+from clusterai.sdk.remote import RemoteClient
 
 
 def remote(api: Api, who: str = "admin") -> RemoteClient:
@@ -81,11 +82,13 @@ def test_http_errors_become_clusterai_errors(api: Api) -> None:
         with pytest.raises(IdempotencyConflict) as conflict:
             c.submit("primes.count", {"limit": 3}, idempotency_key="once")
         assert (conflict.value.key, conflict.value.job_id) == ("once", first.id)
-    with remote(api, "viewer") as viewer, pytest.raises(AuthError, match="403"):
+    with remote(api, "viewer") as viewer, pytest.raises(AuthRefused) as refused:
         viewer.submit("bench.noop")
-    with pytest.raises(AuthError, match="401"):
+    assert refused.value.status == 403
+    with pytest.raises(AuthRefused) as refused:
         RemoteClient(api.url, "cai_000000000000_wrong").counts()
-    with pytest.raises(StoreUnavailable, match="cannot reach"):
+    assert refused.value.status == 401
+    with pytest.raises(Unreachable, match="cannot reach"):
         RemoteClient("http://127.0.0.1:9", "t").counts()  # nothing listens on the discard port
     with pytest.raises(BadInput):
         RemoteClient("ftp://example", "t")
@@ -98,7 +101,7 @@ def test_tokens_and_audit_over_http(api: Api) -> None:
         with RemoteClient(api.url, made["token"]) as ci:
             assert ci.submit("bench.noop").owner == "ci"
         admin.revoke_token(made["id"])
-        with RemoteClient(api.url, made["token"]) as ci, pytest.raises(AuthError, match="revoked"):
+        with RemoteClient(api.url, made["token"]) as ci, pytest.raises(AuthRefused, match="revoked"):
             ci.submit("bench.noop")
         assert any(t["id"] == made["id"] and t["revoked_at"] for t in admin.list_tokens())
         actions = [e["action"] for e in admin.audit(actor="admin")]

@@ -85,5 +85,5 @@ def test_the_generated_requests_reached_the_server(served: Api) -> None:
         pytest.skip("the generated tests did not run in this session")
     assert len(CALLS) > 300
     assert any(200 <= s < 300 for s in CALLS) and any(400 <= s < 500 for s in CALLS)
-    assert served.store.counts()["queued"] > 3  # some generated submissions were valid jobs
+    assert served.store.job_counts()["queued"] > 3  # some generated submissions were valid jobs
 

@@ -62,7 +62,7 @@ def test_up_serves_https_on_its_loop_with_the_admin_token(tmp_path: Path) -> Non
 
     asyncio.run(scenario())
     assert woken  # a submission wakes the coordinator
-    assert store.counts()["queued"] == 1
+    assert store.job_counts()["queued"] == 1
     store.close()
 
 

@@ -79,13 +79,13 @@ def test_plain_http_to_the_tls_port_fails(tls_api: tuple[Api, Path]) -> None:
 
 
 def test_the_remote_client_trusts_the_given_ca_certificate(tls_api: tuple[Api, Path], tmp_path: Path) -> None:
-    from clusterai.errors import BadInput, StoreUnavailable
+    from clusterai.errors import BadInput, Unreachable
     from clusterai.sdk.remote import RemoteClient
 
     api, cert = tls_api
     with RemoteClient(api.url, api.tokens["submitter"], ca_cert=str(cert)) as c:
         assert c.submit("bench.noop").owner == "submitter"
-    with RemoteClient(api.url, api.tokens["submitter"]) as untrusted, pytest.raises(StoreUnavailable):
+    with RemoteClient(api.url, api.tokens["submitter"]) as untrusted, pytest.raises(Unreachable):
         untrusted.submit("bench.noop")  # the system CAs do not know this certificate
     with pytest.raises(BadInput, match="cannot be used"):
         RemoteClient(api.url, "t", ca_cert=str(tmp_path / "missing.pem"))

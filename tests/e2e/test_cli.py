@@ -41,7 +41,7 @@ def workdir(tmp_path: Path) -> Path:
 def job_count(workdir: Path) -> int:
     store = open_store(workdir / ".clusterai" / "clusterai.db")
     try:
-        return sum(store.counts().values())
+        return sum(store.job_counts().values())
     finally:
         store.close()
 

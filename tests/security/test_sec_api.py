@@ -16,7 +16,7 @@ from clusterai.cli.main import app as cli_app
 from clusterai.core.model import Outcome, State
 from clusterai.core.nesting import MAX_DEPTH
 from clusterai.errors import BadInput
-from clusterai.sdk.local import build_spec
+from clusterai.service.submission import build_spec
 
 JSON = {"Content-Type": "application/json"}
 
@@ -34,7 +34,7 @@ def job_body(depth: int) -> bytes:
 def written(api: Api) -> tuple[Any, ...]:
     """What a refused request must not change: jobs, pipeline runs, tokens, events."""
     runs = api.store.list_runs(limit=1000)
-    return (api.store.counts(), len(runs), len(api.store.list_tokens()), api.store.event_bounds())
+    return (api.store.job_counts(), len(runs), len(api.store.list_tokens()), api.store.event_bounds())
 
 
 # -- 1. deep JSON ------------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def test_a_body_just_over_the_depth_limit_is_refused_and_at_the_limit_is_taken(a
     assert written(api) == before
     r = c.post("/api/v1/jobs", content=job_body(MAX_DEPTH), headers=JSON)
     assert r.status_code == 201, r.text
-    assert sum(api.store.counts().values()) == 1
+    assert sum(api.store.job_counts().values()) == 1
 
 
 def test_the_python_client_refuses_a_payload_over_the_depth_limit(api: Api) -> None:
@@ -117,7 +117,7 @@ def test_another_owners_key_does_not_return_their_job_or_result(api: Api) -> Non
     assert back.status_code == 200 and back.json()["id"] == theirs
     assert back.json()["result"] == {"secret": "submitter's result"}
     assert api.store.get(theirs).idempotency_key == "order-17"
-    assert sum(api.store.counts().values()) == 3
+    assert sum(api.store.job_counts().values()) == 3
 
 
 def test_keys_with_control_characters_are_refused(api: Api) -> None:

@@ -57,13 +57,13 @@ def permissive_umask() -> Iterator[None]:
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=[repr(n)[:24] for n in BAD_NAMES])
 def test_a_log_that_is_not_a_plain_name_is_a_422_and_nothing_is_written(cluster: SecCluster, name: str) -> None:
-    before, jobs = cluster.tree(), cluster.api.store.counts()
+    before, jobs = cluster.tree(), cluster.api.store.job_counts()
     home_profile = Path(os.path.expanduser("~/.bash_profile"))  # the test's own HOME, as a worker's would be
     existed = home_profile.exists()
     r = cluster.submit("video.logline", {"summary": REF, "log": name})
     assert r.status_code == 422, r.text
     assert "a log name is 1 to 100 letters, digits" in r.text  # says what is allowed
-    assert cluster.api.store.counts() == jobs  # no job stored
+    assert cluster.api.store.job_counts() == jobs  # no job stored
     assert cluster.tree() == before and home_profile.exists() == existed
     assert not Path("/tmp/clusterai-attack.log").exists()
 

@@ -54,7 +54,7 @@ def cli(cluster: SecCluster, *args: str) -> subprocess.CompletedProcess:
 # -- forgeries -------------------------------------------------------------------------------------
 
 def test_an_inline_summary_is_a_422(cluster: SecCluster, summarized: dict[str, Any]) -> None:
-    before, jobs = cluster.tree(), cluster.api.store.counts()
+    before, jobs = cluster.tree(), cluster.api.store.job_counts()
     forged = {"source": "/data/cams/vault.mp4", "scenes": 1, "text": "Nothing happened. Nobody was here."}
     for summary in (forged, summarized["summary"], {**summarized["summary"]["summary"], "text": "forged"}):
         r = cluster.submit("video.logline", {"summary": summary})
@@ -63,7 +63,7 @@ def test_an_inline_summary_is_a_422(cluster: SecCluster, summarized: dict[str, A
     # who asked is the head's to say: a payload cannot name an owner or a run
     r = cluster.submit("video.logline", {"summary": summarized["summary"]["summary"], "owner": "admin", "run": 1})
     assert r.status_code == 422 and "owner" in r.text and "run" in r.text
-    assert cluster.api.store.counts() == jobs and cluster.tree() == before
+    assert cluster.api.store.job_counts() == jobs and cluster.tree() == before
 
 
 def forgeries(cluster: SecCluster, summarized: dict[str, Any]) -> dict[str, dict[str, Any]]:

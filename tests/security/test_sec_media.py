@@ -328,10 +328,10 @@ BAD_NUMBERS = [("video.scan", {"thumb_width": 40000}, "thumb_width: Input should
 @pytest.mark.parametrize(("task", "params", "message"), BAD_NUMBERS)
 def test_numbers_out_of_bounds_are_a_422(cluster: SecCluster, task: str, params: dict[str, Any],
                                          message: str) -> None:
-    jobs = cluster.api.store.counts()
+    jobs = cluster.api.store.job_counts()
     r = cluster.submit(task, {"source": str(cluster.media / "ok.avi"), **params})
     assert r.status_code == 422 and message in r.text, r.text
-    assert cluster.api.store.counts() == jobs
+    assert cluster.api.store.job_counts() == jobs
     schema = next(t for t in cluster.http().get("/api/v1/tasks").json()["tasks"] if t["name"] == task)
     props = schema["payload_schema"]["properties"]
     assert props["thumb_width" if task == "video.scan" else "checkpoint_every"].get("maximum") is not None

@@ -1,4 +1,4 @@
-"""clusterai.sdk.local.build_spec: validation and option precedence call > @task > queue config > defaults."""
+"""clusterai.service.submission.build_spec: validation and option precedence call > @task > queue config > defaults."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import unit_tasks  # noqa: F401 - registers the unit.* tasks
 from clusterai.config import ClusterConfig, parse_config
 from clusterai.core.model import Priority, RetryPolicy
 from clusterai.errors import BadInput, PayloadError, UnknownTaskError
-from clusterai.sdk.local import build_spec
+from clusterai.service.submission import build_spec
 
 CONFIG = parse_config({
     "defaults": {"retries": 1, "backoff": 0.1, "max_backoff": 11.0, "jitter": 0.2, "timeout": 60.0},

@@ -24,26 +24,26 @@ def test_reports_from_the_lease_holder_only_and_malformed_ones_ignored(tmp_path:
     collector.on_event(report(8, 1, 30, 9))  # a job this coordinator does not run
     collector.on_event((0.0, {"job_id": 7, "attempt": 2, "frame": "x"}))
     collector.on_event((0.0, "not a mapping"))
-    assert [(p.frame, p.total) for p in store.list_counts()] == [(30, 1)]
+    assert [(p.frame, p.total) for p in store.list_count_points()] == [(30, 1)]
     store.close()
 
 
 def test_reports_wait_in_memory_while_the_store_is_down(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "jobs.db")
-    real = store.add_counts
+    real = store.add_count_points
     down = True
 
-    def add_counts(points):  # type: ignore[no-untyped-def]
+    def add_count_points(points):  # type: ignore[no-untyped-def]
         if down:
             raise StoreUnavailable("down")
         real(points)
 
-    store.add_counts = add_counts  # type: ignore[method-assign]
+    store.add_count_points = add_count_points  # type: ignore[method-assign]
     collector = CountCollector(store, lambda job, attempt: True)
     collector.on_event(report(7, 1, 30, 1))
     collector.on_event(report(7, 1, 60, 2))
-    assert store.list_counts() == []
+    assert store.list_count_points() == []
     down = False
     collector.flush()
-    assert [p.total for p in store.list_counts()] == [1, 2]
+    assert [p.total for p in store.list_count_points()] == [1, 2]
     store.close()

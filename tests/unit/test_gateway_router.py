@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from clusterai.llm.gateway.router import Backend, NoBackend, Overloaded, Router
+from clusterai.errors import BackendsBusy, ModelNotFound
+from clusterai.llm.gateway.router import Backend, Router
 from clusterai.placement.breaker import CircuitBreaker
 
 
@@ -29,7 +30,7 @@ def test_never_a_backend_without_the_model_and_loaded_ones_first() -> None:
     assert {r.pick("llama").name for _ in range(50)} == {"a", "b"}
     assert {r.pick("qwen").name for _ in range(50)} == {"b"}  # loaded beats merely present
     assert r.pick("llama:latest") is not None  # the :latest tag is the same model
-    with pytest.raises(NoBackend, match="model 'mistral' not found on any backend; models: llama, qwen"):
+    with pytest.raises(ModelNotFound, match="model 'mistral' not found on any backend; models: llama, qwen"):
         r.pick("mistral")
 
 
@@ -83,7 +84,7 @@ def test_the_queue_is_bounded_and_serves_the_highest_priority_first() -> None:
         await asyncio.sleep(0.01)
         high = asyncio.create_task(ask("high", 3))
         await asyncio.sleep(0.01)
-        with pytest.raises(Overloaded, match="queue is full") as full:
+        with pytest.raises(BackendsBusy, match="queue is full") as full:
             await r.acquire("m")
         assert full.value.retry_after >= 1
         r.release(held, ok=True)
@@ -98,7 +99,7 @@ def test_a_wait_past_the_timeout_is_overloaded() -> None:
         only = backend("a", {"m"}, cap=1)
         r = router(only, queue=5, timeout=0.2)
         await r.acquire("m")
-        with pytest.raises(Overloaded, match="came free within 0.2 s"):
+        with pytest.raises(BackendsBusy, match="came free within 0.2 s"):
             await r.acquire("m")
 
     asyncio.run(scenario())

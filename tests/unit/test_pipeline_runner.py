@@ -103,7 +103,7 @@ def test_bad_starts_store_nothing(runner: PipelineRunner):
         runner.start(bad_option, {})
     with pytest.raises(BadInput, match="no pipeline named 'nope'; known: adds"):
         runner.start("nope", {})
-    assert runner.store.list_runs() == [] and runner.store.counts().get("queued", 0) == 0
+    assert runner.store.list_runs() == [] and runner.store.job_counts().get("queued", 0) == 0
 
 
 def test_a_refused_payload_is_a_problem_and_the_run_fails_when_nothing_else_can_run(runner: PipelineRunner):

@@ -229,10 +229,10 @@ def test_write_blocked_past_lock_timeout_is_store_unavailable(pg_url: str):
         with pytest.raises(StoreUnavailable, match="lock timeout"):
             submit(s)
         assert time.monotonic() - began < 5
-        assert s.counts()["queued"] == 1  # reads go on
+        assert s.job_counts()["queued"] == 1  # reads go on
         blocker.rollback()
         submit(s)  # usable again once the lock is gone
-        assert s.counts()["queued"] == 2
+        assert s.job_counts()["queued"] == 2
     finally:
         blocker.close()
         s.close()
@@ -252,7 +252,7 @@ def test_store_survives_a_server_restart_and_is_unavailable_while_halted(pg_serv
             (b,) = submit(s)
             assert s.get(a).state is State.QUEUED
             server.restart()
-            assert s.counts()["queued"] == 2  # a read first, this time
+            assert s.job_counts()["queued"] == 2  # a read first, this time
             assert [j.id for j in s.claim("w1", 1, T0, T0 + 30)] == [a]
 
             server.halt()

@@ -97,10 +97,10 @@ def test_write_blocked_past_busy_timeout_is_store_unavailable(db_path: Path):
         blocker.execute("BEGIN IMMEDIATE")
         with pytest.raises(StoreUnavailable, match="is unavailable: database is locked"):
             submit(s)
-        assert s.counts()["queued"] == 1  # WAL: reads go on while another connection writes
+        assert s.job_counts()["queued"] == 1  # WAL: reads go on while another connection writes
         blocker.execute("ROLLBACK")
         submit(s)  # usable again once the lock is gone
-        assert s.counts()["queued"] == 2
+        assert s.job_counts()["queued"] == 2
     finally:
         blocker.close()
         s.close()

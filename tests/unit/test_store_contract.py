@@ -527,7 +527,7 @@ def test_requeue_succeeded_and_cancelled_jobs(store: JobStore):
     store.cancel(cancelled, T0)
     assert store.requeue(done, T0 + 1).result is None
     assert store.requeue(cancelled, T0 + 1).state is State.QUEUED
-    assert store.counts()["queued"] == 2
+    assert store.job_counts()["queued"] == 2
 
 
 @pytest.mark.parametrize("state", [State.RUNNING, State.QUEUED, State.PENDING])
@@ -568,11 +568,11 @@ def test_renew_leases_ignores_finished_jobs(store: JobStore):
 
 
 def test_counts_lists_every_state(store: JobStore):
-    assert store.counts() == {s.value: 0 for s in State}
+    assert store.job_counts() == {s.value: 0 for s in State}
     a, b, _ = submit(store, spec(), spec(), spec(run_at=T0 + 9))
     start(store, a)
     store.cancel(b, T0)
-    assert store.counts() == {"pending": 1, "queued": 0, "running": 1, "succeeded": 0, "dead": 0,
+    assert store.job_counts() == {"pending": 1, "queued": 0, "running": 1, "succeeded": 0, "dead": 0,
                               "cancelled": 1}
 
 
@@ -740,7 +740,7 @@ def test_claim_takes_ready_jobs_in_priority_order_up_to_the_limit(store: JobStor
     assert store.claim("w3", 100, T0 + 3, T0 + 33) == []
     assert store.get(pending).state is State.PENDING
     assert store.get(pending).attempts == ()
-    assert store.counts()["running"] == len(levels)
+    assert store.job_counts()["running"] == len(levels)
     assert backend.count("attempts") == len(levels)
 
 
@@ -835,7 +835,7 @@ def test_concurrent_claimers_take_every_job_exactly_once(backend: Backend):
         owner = {j.id: f"c{i}" for i, got in enumerate(taken) for j in got}
         assert all(j.state is State.RUNNING and j.attempt == 1 and j.worker == owner[j.id]
                    for got in taken for j in got)
-        assert setup.counts() == {**{s.value: 0 for s in State}, "running": jobs}
+        assert setup.job_counts() == {**{s.value: 0 for s in State}, "running": jobs}
         assert all(j.state is State.RUNNING and j.attempt == 1 and j.worker == owner[j.id]
                    for j in setup.get_many(ids))
         # one attempt per job, by the claimer that got it
@@ -924,7 +924,7 @@ def test_event_ids_follow_commit_order_under_concurrent_writers(backend: Backend
     try:
         writers = [submitter(i) for i in range(submitters)] + [claimer(i) for i in range(claimers)]
         assert run_threads([read, *writers], timeout=100) == []
-        assert reader.counts()["queued"] == 0
+        assert reader.job_counts()["queued"] == 0
         final = [e["id"] for e in all_events(reader)]
         assert len(final) == sum(written)  # every write's events are there
         missed = sorted(set(final) - set(seen))
@@ -1003,13 +1003,13 @@ def test_counts_keep_the_first_report_of_a_frame(store: JobStore):
     def point(job: int, frame: int, total: int, at: float, camera: str = "gate") -> CountPoint:
         return CountPoint(job, camera, frame, frame / 15, at, total, total, 0)
 
-    store.add_counts([point(1, 75, 2, T0), point(1, 150, 3, T0 + 5), point(2, 75, 9, T0 + 1, "door")])
-    store.add_counts([point(1, 150, 99, T0 + 9)])  # a resumed attempt reports its checkpoint again
-    assert [(p.frame, p.total) for p in store.list_counts(job_id=1)] == [(75, 2), (150, 3)]
-    assert [p.job_id for p in store.list_counts(camera="door")] == [2]
-    assert [p.frame for p in store.list_counts(job_id=1, since=T0 + 1)] == [150]
-    assert [p.frame for p in store.list_counts(until=T0 + 1)] == [75]
-    assert len(store.list_counts(limit=2)) == 2
+    store.add_count_points([point(1, 75, 2, T0), point(1, 150, 3, T0 + 5), point(2, 75, 9, T0 + 1, "door")])
+    store.add_count_points([point(1, 150, 99, T0 + 9)])  # a resumed attempt reports its checkpoint again
+    assert [(p.frame, p.total) for p in store.list_count_points(job_id=1)] == [(75, 2), (150, 3)]
+    assert [p.job_id for p in store.list_count_points(camera="door")] == [2]
+    assert [p.frame for p in store.list_count_points(job_id=1, since=T0 + 1)] == [150]
+    assert [p.frame for p in store.list_count_points(until=T0 + 1)] == [75]
+    assert len(store.list_count_points(limit=2)) == 2
     latest = {s["job_id"]: (s["total"], s["points"]) for s in store.count_series()}
     assert latest == {1: (3, 2), 2: (9, 1)}
 

@@ -35,25 +35,27 @@ from clusterai.api.routes import (
     workers,
 )
 from clusterai.api.routes import gateway as gateway_routes
-from clusterai.api.schemas import MalformedJSON, RequestInvalid, validation_message
 from clusterai.api.throttle import AuthThrottle
 from clusterai.api.writer import SubmissionWriter
 from clusterai.config import ClusterConfig
 from clusterai.errors import (
-    BadInput,
-    IdempotencyConflict,
-    InvalidTransition,
-    JobNotFound,
+    AuthRefused,
+    BackendsBusy,
+    ClusterAIError,
     LimitReached,
-    RunNotFound,
+    MalformedRequest,
+    NotFound,
+    RequestInvalid,
     StoreUnavailable,
-    UnknownTaskError,
+    error_body,
 )
 from clusterai.head.metrics import StoreCollector
 from clusterai.llm.gateway.metrics import GatewayCollector
 from clusterai.llm.gateway.service import Gateway
-from clusterai.sdk.local import Client
 from clusterai.service.access import RateLimiter, TokenVerifier, retry_after_header
+from clusterai.service.jobs import JobService
+from clusterai.service.pipelines import Pipelines
+from clusterai.service.runs import PipelineRunner
 from clusterai.store.protocol import JobStore
 
 log = logging.getLogger("clusterai.api")
@@ -69,8 +71,13 @@ class _Forward(Collector):
         yield from self.registry.collect()
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+def _error(status_code: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status_code, headers=headers)
+
+
+# the code of an answer that Starlette or an auth dependency made (an HTTPException, no error class)
+_HTTP_CODES = {401: AuthRefused.code, 403: AuthRefused.code, 404: NotFound.code, 405: "method_not_allowed",
+               413: "body_too_large", 415: "unsupported_media_type", 429: LimitReached.code}
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -78,60 +85,34 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         fields = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
         if any(e.get("type") == "json_invalid" for e in exc.errors()):
-            return _error(400, "malformed JSON body: " + "; ".join(f["message"] for f in fields), fields=fields)
-        return _error(422, validation_message(fields), fields=fields)
+            return await clusterai_error(request, MalformedRequest(
+                "malformed JSON body: " + "; ".join(f["message"] for f in fields)))
+        return await clusterai_error(request, RequestInvalid(fields))
 
-    @app.exception_handler(MalformedJSON)
-    async def malformed(request: Request, exc: MalformedJSON) -> JSONResponse:
-        return _error(400, str(exc))
+    @app.exception_handler(ClusterAIError)
+    async def clusterai_error(request: Request, exc: ClusterAIError) -> JSONResponse:
+        """Every clusterai error, by its class (errors.py): status, code and details."""
+        body, headers = error_body(exc), {}
+        if isinstance(exc, (LimitReached, BackendsBusy)):
+            headers["Retry-After"] = retry_after_header(exc.retry_after)
+        if isinstance(exc, StoreUnavailable):
+            log.warning("store unavailable: %s", exc)
+            body["error"] = "the job store is unavailable; try again shortly"
+            headers["Retry-After"] = "2"
+        return JSONResponse(body, status_code=exc.http_status, headers=headers or None)
 
-    @app.exception_handler(RequestInvalid)
-    async def invalid_body(request: Request, exc: RequestInvalid) -> JSONResponse:
-        return _error(422, str(exc), fields=exc.fields)
-
-    @app.exception_handler(UnknownTaskError)
-    async def unknown_task(request: Request, exc: UnknownTaskError) -> JSONResponse:
-        return _error(422, str(exc), known_tasks=exc.known)
-
-    @app.exception_handler(IdempotencyConflict)
-    async def conflict(request: Request, exc: IdempotencyConflict) -> JSONResponse:
-        return _error(409, str(exc), job=exc.job_id)
-
-    @app.exception_handler(InvalidTransition)
-    async def transition(request: Request, exc: InvalidTransition) -> JSONResponse:
-        return _error(409, str(exc))
-
-    @app.exception_handler(LimitReached)
-    async def limit_reached(request: Request, exc: LimitReached) -> JSONResponse:
-        return _error(429, str(exc), headers={"Retry-After": retry_after_header(exc.retry_after)})
-
-    @app.exception_handler(BadInput)
-    async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
-        return _error(422, str(exc))
-
-    @app.exception_handler(JobNotFound)
-    async def not_found(request: Request, exc: JobNotFound) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(RunNotFound)
-    async def run_not_found(request: Request, exc: RunNotFound) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(StoreUnavailable)
-    async def unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
-        log.warning("store unavailable: %s", exc)
-        return _error(503, "the job store is unavailable; try again shortly", headers={"Retry-After": "2"})
-
-    # Starlette's class, not FastAPI's subclass: the 404/405 of the router and FastAPI's own 400 for a
-    # body it cannot read are Starlette HTTPExceptions, and answer in the same {"error": ...} shape
+    # Starlette's class, not FastAPI's subclass: the 404/405 of the router, FastAPI's own 400 for a
+    # body it cannot read and the auth dependencies' 401/403/429 answer in the same shape
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+        code = _HTTP_CODES.get(exc.status_code, MalformedRequest.code if exc.status_code == 400 else "http_error")
+        extra: dict[str, Any] = {"status": exc.status_code} if code == AuthRefused.code else {}
+        return _error(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}), code=code, **extra)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+        return _error(500, f"internal error ({type(exc).__name__}); see the server log", code="internal")
 
 
 def _declare_bearer_auth(app: FastAPI) -> None:
@@ -165,10 +146,11 @@ def create_app(
     if coordinator_registry is not None:
         registry.register(_Forward(coordinator_registry))
     api = config.api
-    client = Client(store, config, runtime=None)
+    jobs_service = JobService(store, config, wake=wake or (lambda: None))
     ctx = ApiContext(store=store, config=config, verifier=TokenVerifier(store),
-                     limiter=RateLimiter(api.rate_limit, api.rate_burst), client=client, registry=registry,
-                     writer=SubmissionWriter(client), wake=wake or (lambda: None), dask_dashboard=dask_dashboard,
+                     limiter=RateLimiter(api.rate_limit, api.rate_burst), jobs=jobs_service, registry=registry,
+                     pipelines=Pipelines(PipelineRunner(store, config, wake=jobs_service.wake)),
+                     writer=SubmissionWriter(jobs_service), wake=wake or (lambda: None), dask_dashboard=dask_dashboard,
                      gateway=Gateway(config.gateway, worker_slots=worker_slots), worker_slots=worker_slots,
                      throttle=AuthThrottle(api.auth_failures, api.auth_failure_window),
                      streams=StreamSlots(api.max_streams_per_token),

@@ -19,8 +19,9 @@ from clusterai.api.throttle import AuthThrottle, client_key
 from clusterai.api.writer import SubmissionWriter
 from clusterai.config import ClusterConfig
 from clusterai.errors import StoreUnavailable
-from clusterai.sdk.local import Client
 from clusterai.service.access import Permission, Principal, RateLimiter, TokenVerifier, retry_after_header
+from clusterai.service.jobs import JobService
+from clusterai.service.pipelines import Pipelines
 from clusterai.store.protocol import JobStore
 
 log = logging.getLogger("clusterai.api")
@@ -32,7 +33,8 @@ class ApiContext:
     config: ClusterConfig
     verifier: TokenVerifier
     limiter: RateLimiter
-    client: Client
+    jobs: JobService  # the job operations (service/jobs.py), shared with the Python client and the CLI
+    pipelines: Pipelines
     registry: CollectorRegistry
     writer: SubmissionWriter
     wake: Callable[[], None] = lambda: None

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clusterai.core import nesting
 from clusterai.core.model import KEY_PATTERN, NAME_PATTERN, VALUE_PATTERN
-from clusterai.errors import BadInput, NestedTooDeep
+from clusterai.errors import MalformedRequest, NestedTooDeep, RequestInvalid
 
 M = TypeVar("M", bound=BaseModel)
 Name = Annotated[str, Field(min_length=1, max_length=200)]
@@ -85,20 +85,6 @@ def field_errors(exc: ValidationError, prefix: str = "body") -> list[dict[str, s
     return [{"field": ".".join([prefix, *(str(p) for p in e["loc"])]), "message": e["msg"]} for e in exc.errors()]
 
 
-def validation_message(fields: list[dict[str, str]]) -> str:
-    shown = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:10])
-    more = f" (and {len(fields) - 10} more)" if len(fields) > 10 else ""
-    return f"invalid request: {shown}{more}"
-
-
-class RequestInvalid(BadInput):
-    """A body that does not match its schema; carries the fields at fault."""
-
-    def __init__(self, fields: list[dict[str, str]]):
-        self.fields = fields
-        super().__init__(validation_message(fields))
-
-
 def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     """openapi_extra for a route that reads its body itself (after its token check: FastAPI would
     parse a declared body first, and answer a malformed one 400 before saying 401)."""
@@ -111,9 +97,9 @@ def parse_json(body: bytes) -> Any:
     try:
         return nesting.loads(body)
     except NestedTooDeep as exc:
-        raise MalformedJSON(str(exc)) from None
+        raise MalformedRequest(str(exc)) from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedJSON(f"malformed JSON body: {exc}") from None
+        raise MalformedRequest(f"malformed JSON body: {exc}") from None
 
 
 def parse_body(body: bytes, model: type[M]) -> M:
@@ -121,10 +107,6 @@ def parse_body(body: bytes, model: type[M]) -> M:
         return model.model_validate(parse_json(body))
     except ValidationError as exc:
         raise RequestInvalid(field_errors(exc)) from None
-
-
-class MalformedJSON(BadInput):
-    """A body that is not JSON at all (400)."""
 
 
 def parse_submission(data: Any) -> JobRequest | BatchRequest:

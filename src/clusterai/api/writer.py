@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from clusterai.core.model import AuditEntry, Job, JobSpec
-from clusterai.sdk.local import Client
+from clusterai.service.jobs import JobService
 
 _IDLE_EXIT = 5.0  # an idle writer thread ends; the next submission starts another
 
@@ -29,8 +29,8 @@ class _Submission:
 
 
 class SubmissionWriter:
-    def __init__(self, client: Client, max_group_jobs: int = 5000):
-        self.client = client
+    def __init__(self, jobs: JobService, max_group_jobs: int = 5000):
+        self.jobs = jobs
         self.max_group_jobs = max_group_jobs
         self._queue: queue.SimpleQueue[_Submission] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -71,7 +71,7 @@ class SubmissionWriter:
 
     def _commit(self, group: list[_Submission]) -> None:
         try:
-            results = self.client.submit_groups([(s.specs, s.audit) for s in group])
+            results = self.jobs.submit_groups([(s.specs, s.audit) for s in group])
         except Exception as exc:  # noqa: BLE001 - handed to the callers, or isolated below
             if len(group) == 1:
                 _settle(group[0], error=exc)

@@ -10,45 +10,29 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from clusterai.config import ClusterConfig, load_config
 from clusterai.core.pairs import parse_pairs  # noqa: F401 - the commands import it from here
 from clusterai.core.tasks import import_task_modules
-from clusterai.errors import BadInput, ClusterAIError, JobFailed, JobNotFound, RunNotFound, StoreUnavailable
+from clusterai.errors import BadInput, ClusterAIError
 from clusterai.sdk.local import Client
-from clusterai.sdk.remote import AuthError, RemoteClient, read_token_file
+from clusterai.sdk.remote import RemoteClient, read_token_file
 from clusterai.store.protocol import open_store
 
 out = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_FAILED = 1  # the work itself failed (a job ended dead)
-EXIT_BAD_INPUT = 2  # usage errors, like Typer's own
-EXIT_UNAVAILABLE = 3
-EXIT_AUTH = 4  # the API refused the token (401) or its role (403)
-
-
 def errors_to_exit_codes(fn: F) -> F:
+    """A command's clusterai errors become a message and the exit code their class carries (errors.py)."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except AuthError as exc:
-            err.print(f"[red]refused:[/] {exc}", highlight=False)
-            raise typer.Exit(EXIT_AUTH) from None
-        except (BadInput, JobNotFound, RunNotFound) as exc:
-            err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-        except StoreUnavailable as exc:
-            err.print(f"[red]store unavailable:[/] {exc}", highlight=False)
-            raise typer.Exit(EXIT_UNAVAILABLE) from None
-        except JobFailed as exc:
-            err.print(f"[red]job failed:[/] {exc}", highlight=False)
-            raise typer.Exit(EXIT_FAILED) from None
         except ClusterAIError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(EXIT_FAILED) from None
+            err.print(f"[red]{exc.label}:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 

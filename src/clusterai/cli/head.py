@@ -10,10 +10,8 @@ from typing import Any
 import typer
 
 from clusterai.cli.common import err, errors_to_exit_codes, settings
-from clusterai.errors import BadInput
+from clusterai.errors import EXIT_LEAD_LOST, BadInput
 from clusterai.worker.cli import serve_model_main, worker_main
-
-EXIT_LEAD_LOST = 5
 
 
 def scheduler(

@@ -8,9 +8,9 @@ from typing import Any
 
 import typer
 
-from clusterai.cli.common import EXIT_FAILED, errors_to_exit_codes, settings
+from clusterai.cli.common import errors_to_exit_codes, settings
 from clusterai.core.logline import append, canonical, check_lines, check_name, load_key, load_or_create_key, log_path
-from clusterai.errors import BadInput
+from clusterai.errors import EXIT_FAILED, BadInput
 
 logline_app = typer.Typer(help="Signed one-line JSON records: logs where any edited line shows.",
                           no_args_is_help=True)

@@ -15,7 +15,6 @@ from rich.table import Table
 
 from clusterai.cli.certs import certs_app
 from clusterai.cli.common import (
-    EXIT_FAILED,
     client,
     err,
     errors_to_exit_codes,
@@ -31,8 +30,8 @@ from clusterai.cli.tokens import audit, token_app
 from clusterai.cli.workers import workers_app
 from clusterai.core.model import Job, State
 from clusterai.core.tasks import import_task_modules, parse_payload_text
-from clusterai.errors import BadInput, ClusterAIError
-from clusterai.sdk.local import build_spec
+from clusterai.errors import EXIT_FAILED, BadInput, ClusterAIError
+from clusterai.service.submission import build_spec
 
 app = typer.Typer(help="clusterai: pool your machines into one cluster and run AI work across it.",
                   no_args_is_help=True, add_completion=False)

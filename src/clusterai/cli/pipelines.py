@@ -11,10 +11,10 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from clusterai.cli.common import EXIT_FAILED, client, err, errors_to_exit_codes, out, settings
+from clusterai.cli.common import client, err, errors_to_exit_codes, out, settings
 from clusterai.core.media_policy import SourcePolicy
 from clusterai.core.tasks import parse_payload_text
-from clusterai.errors import BadInput
+from clusterai.errors import EXIT_FAILED, BadInput
 from clusterai.workloads.sources import is_url
 
 pipeline_app = typer.Typer(help="Pipelines: stages of tasks run as jobs across the cluster.", no_args_is_help=True)

@@ -11,9 +11,9 @@ import time
 import typer
 from rich.table import Table
 
-from clusterai.cli.common import EXIT_UNAVAILABLE, client, err, errors_to_exit_codes, out
+from clusterai.cli.common import client, err, errors_to_exit_codes, out
 from clusterai.core.model import WorkerRecord
-from clusterai.errors import BadInput
+from clusterai.errors import EXIT_UNAVAILABLE, BadInput
 
 workers_app = typer.Typer(help="Workers of the cluster.", no_args_is_help=True)
 

@@ -294,6 +294,10 @@ class TokenRecord:
                 "created_by": self.created_by, "expires_at": self.expires_at, "revoked_at": self.revoked_at}
 
 
+# what an operator can ask the coordinator to do to a worker (the API, the CLI, the Python client)
+WORKER_ACTIONS = ("drain", "undrain", "remove", "restart")
+
+
 @dataclass(frozen=True)
 class WorkerRecord:
     """A snapshot of one worker, written by the coordinator for every other reader."""

@@ -49,7 +49,7 @@ class CountCollector:
         if not self._buffer:
             return
         try:
-            self.store.add_counts(self._buffer)
+            self.store.add_count_points(self._buffer)
         except StoreUnavailable as exc:
             log.warning("store unavailable; keeping %d count reports: %s", len(self._buffer), exc)
             del self._buffer[:-_MAX_BUFFERED]

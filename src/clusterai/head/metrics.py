@@ -92,7 +92,7 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("clusterai_jobs", "Jobs in the store, by state", labels=["state"])
-        for state, n in self.store.counts().items():
+        for state, n in self.store.job_counts().items():
             jobs.add_metric([state], n)
         yield jobs
         depth = GaugeMetricFamily("clusterai_queue_depth", "Unfinished jobs by queue, priority and state",

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from clusterai.config import BreakerSection
-from clusterai.core.model import WorkerRecord
+from clusterai.core.model import WORKER_ACTIONS, WorkerRecord
 from clusterai.placement import CircuitBreaker, WorkerSlot
 from clusterai.store.protocol import JobStore
 from clusterai.worker.enroll import ENROLLED_KEY
 
 log = logging.getLogger("clusterai.head.registry")
 
-ACTIONS = ("drain", "undrain", "remove", "restart")
 
 
 class WorkerRegistry:
@@ -157,7 +156,7 @@ class WorkerRegistry:
             slot.status = "draining"
             self._removing[slot.address] = command_id
             return None  # finished once its jobs are done
-        return f"unknown action {action!r}; allowed: {', '.join(ACTIONS)}"
+        return f"unknown action {action!r}; allowed: {', '.join(WORKER_ACTIONS)}"
 
     @staticmethod
     def record(slot: WorkerSlot, now: float) -> WorkerRecord:

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from clusterai import __version__
 from clusterai.core import nesting
-from clusterai.errors import BadInput
+from clusterai.errors import BadInput, ModelNotFound
 from clusterai.llm.models import EMBED, GENERATE, Options, ServedModel, Usage
 from clusterai.llm.protocol import error_body, load_answer, loads_only, stream_error, timestamp
 
@@ -30,10 +30,6 @@ log = logging.getLogger("clusterai.llm")
 NDJSON = "application/x-ndjson"
 NO_BUFFERING = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
 MAX_BODY = 4 * 1024 * 1024
-
-
-class NotFound(Exception):
-    pass
 
 
 class ModelServer:
@@ -46,7 +42,7 @@ class ModelServer:
             raise BadInput("'model' is required")
         found = self.models.get(name) or self.models.get(name.removesuffix(":latest"))
         if found is None:
-            raise NotFound(f"model '{name}' not found; this server has: {', '.join(sorted(self.models))}")
+            raise ModelNotFound(f"model '{name}' not found; this server has: {', '.join(sorted(self.models))}")
         if kind is not None and found.kind != kind:
             what = "makes embeddings" if found.kind == EMBED else "generates text"
             raise BadInput(f"model '{name}' {what}; it cannot serve this request")
@@ -259,7 +255,7 @@ def create_app(server: ModelServer) -> Starlette:
                 return await handler(request)
             except BadInput as exc:
                 return error(400, str(exc))
-            except NotFound as exc:
+            except ModelNotFound as exc:
                 return error(404, str(exc))
             except Exception as exc:  # a generation that failed before its answer began
                 log.exception("model server: %s failed", request.url.path)

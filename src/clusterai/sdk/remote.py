@@ -5,7 +5,6 @@ uses one when given --url (or CLUSTERAI_URL)."""
 from __future__ import annotations
 
 import builtins
-import re
 import ssl
 import time
 from collections.abc import Sequence
@@ -15,33 +14,10 @@ from typing import Any
 import httpx
 
 from clusterai.core.model import Job, State, WorkerRecord, job_from_dict
-from clusterai.errors import (
-    BadInput,
-    ClusterAIError,
-    IdempotencyConflict,
-    InvalidTransition,
-    JobFailed,
-    JobNotFound,
-    ResultTimeout,
-    RunNotFound,
-    StoreUnavailable,
-    UnknownTaskError,
-)
+from clusterai.errors import AuthRefused, BadInput, JobFailed, JobNotFound, ResultTimeout, Unreachable, from_answer
 
 JobRef = int | Job
 _LONG_POLL = 30.0
-
-
-class RemoteError(ClusterAIError):
-    """The API refused or failed a call for a reason with no closer clusterai error."""
-
-    def __init__(self, status: int, message: str):
-        self.status = status
-        super().__init__(f"HTTP {status}: {message}")
-
-
-class AuthError(RemoteError):
-    """401 or 403: no token, a bad one, or a role that may not do this."""
 
 
 def _job_id(job: JobRef) -> int:
@@ -53,6 +29,7 @@ def _worker(data: dict[str, Any]) -> WorkerRecord:
 
 
 def _raise_for(response: httpx.Response) -> None:
+    """The clusterai error an answer stands for, rebuilt from its code (errors.py's one table)."""
     if response.status_code < 400:
         return
     try:
@@ -61,24 +38,9 @@ def _raise_for(response: httpx.Response) -> None:
     except ValueError:
         body, message = {}, response.text[:500]
     status = response.status_code
-    if status in (401, 403):
-        raise AuthError(status, message)
-    if status == 404 and "no job with id" in message:
-        raise JobNotFound(int(message.rsplit(" ", 1)[-1]))
-    if status == 404 and "no pipeline run with id" in message:
-        raise RunNotFound(int(message.rsplit(" ", 1)[-1]))
-    if status == 409 and body.get("job") is not None:
-        key = re.search(r"idempotency key '(.*)' already", message)
-        raise IdempotencyConflict(key.group(1) if key else "?", int(body["job"]))
-    if status == 409:
-        raise InvalidTransition(message)
-    if status == 422 and body.get("known_tasks") is not None:
-        raise UnknownTaskError(message.split("'")[1] if "'" in message else "?", list(body["known_tasks"]))
-    if status in (400, 404, 413, 415, 422):
-        raise BadInput(message)
-    if status == 503:
-        raise StoreUnavailable(message)
-    raise RemoteError(status, message)
+    if status in (401, 403) and body.get("code") is None:  # a proxy's, not ours: still a refusal
+        raise AuthRefused(message, status)
+    raise from_answer(body.get("code"), message, body if isinstance(body, dict) else {}, status)
 
 
 class RemoteClient:
@@ -104,7 +66,7 @@ class RemoteClient:
         try:
             response = self._http.request(method, path, timeout=timeout or self._http.timeout, **kwargs)
         except httpx.TransportError as exc:
-            raise StoreUnavailable(f"cannot reach the clusterai API at {self.url}: {exc}") from None
+            raise Unreachable(f"cannot reach the clusterai API at {self.url}: {exc}") from None
         _raise_for(response)
         return response.json() if response.content else None
 

@@ -18,6 +18,7 @@ from clusterai.core.model import JobSpec, RunRecord, State
 from clusterai.core.pipelines import JobView, Pipeline, Plan, RunState, dig, input_key, plan, registered_pipelines
 from clusterai.core.tasks import get_task
 from clusterai.errors import BadInput, InvalidTransition
+from clusterai.service.submission import spec_factory
 from clusterai.store.protocol import JobStore
 
 
@@ -213,8 +214,6 @@ class PipelineRunner:
 
 def _factory(config: ClusterConfig, task: str, options: Mapping[str, Any], owner: str | None = None
              ) -> Callable[..., JobSpec]:
-    from clusterai.sdk.local import spec_factory  # the client module imports the runtime, which imports this one
-
     opts = dict(options)
     if "retries" in opts or "backoff" in opts or "max_backoff" in opts:
         for key in ("retries", "backoff", "max_backoff"):

@@ -28,7 +28,7 @@ def cluster_status(store: JobStore, window: float, now: float | None = None,
     by_status: dict[str, int] = {}
     for w in live:
         by_status[w.status] = by_status.get(w.status, 0) + 1
-    counts = store.counts()
+    counts = store.job_counts()
     stats = store.stats(since)
     samples = store.recent_latencies(since)
     total = sorted(s[0] for s in samples)

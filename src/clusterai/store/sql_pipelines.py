@@ -141,7 +141,7 @@ class PipelineTables:
 
     # -- camera counts ------------------------------------------------------------------------
 
-    def add_counts(self, points: Sequence[CountPoint]) -> None:
+    def add_count_points(self, points: Sequence[CountPoint]) -> None:
         """A point already stored (a resumed job re-reporting a frame) is kept as it was."""
         if not points:
             return
@@ -153,7 +153,7 @@ class PipelineTables:
                  for p in points],
             )
 
-    def list_counts(self, *, job_id: int | None = None, camera: str | None = None, since: float | None = None,
+    def list_count_points(self, *, job_id: int | None = None, camera: str | None = None, since: float | None = None,
                     until: float | None = None, limit: int = 1000) -> list[CountPoint]:
         where: list[str] = []
         params: list[Any] = []

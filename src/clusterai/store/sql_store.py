@@ -269,7 +269,7 @@ class SqlStore(WorkerTables, EventTables, AccessTables, PipelineTables):
                 out[id_] = State(state)
         return out
 
-    def counts(self) -> dict[str, int]:
+    def job_counts(self) -> dict[str, int]:
         found = dict(self._read("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
         return {s.value: found.get(s.value, 0) for s in State}
 

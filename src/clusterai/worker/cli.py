@@ -14,10 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from clusterai.core.pairs import parse_pairs
-from clusterai.errors import BadInput, ClusterAIError, ConfigError
+from clusterai.errors import (
+    EXIT_AUTH,
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_UNAVAILABLE,
+    BadInput,
+    ClusterAIError,
+    ConfigError,
+)
 from clusterai.worker.enroll import TOKEN_ENV
-
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_REFUSED = 1, 2, 3, 4
 
 
 def _fail(code: int, message: str) -> int:
@@ -132,9 +138,9 @@ def worker_main(argv: list[str]) -> int:
     except (BadInput, ConfigError) as exc:
         return _fail(EXIT_BAD_INPUT, str(exc))
     except HeadUnreachable as exc:
-        return _fail(EXIT_UNREACHABLE, str(exc))
+        return _fail(EXIT_UNAVAILABLE, str(exc))
     except EnrollmentRefused as exc:
-        return _fail(EXIT_REFUSED, str(exc))
+        return _fail(EXIT_AUTH, str(exc))
     except (WorkerCrashing, ClusterAIError) as exc:
         return _fail(EXIT_FAILED, str(exc))
 

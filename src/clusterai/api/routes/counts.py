@@ -24,5 +24,5 @@ async def list_counts(
     limit: int = Query(1000, ge=1, le=100_000),
     principal: Principal = Depends(require(Permission.READ)),
 ) -> dict[str, Any]:
-    return await run_in_threadpool(context(request).client.camera_counts, job=job, camera=camera, since=since,
+    return await run_in_threadpool(context(request).jobs.camera_counts, job=job, camera=camera, since=since,
                                    until=until, limit=limit)

@@ -33,7 +33,7 @@ async def list_dead(
 async def requeue(request: Request, principal: Principal = Depends(require(Permission.OPERATE))) -> dict[str, Any]:
     ctx = context(request)
     body = parse_body(await request.body(), RequeueRequest)
-    ids = await run_in_threadpool(ctx.client.requeue_dead, body.ids, everything=body.all)
+    ids = await run_in_threadpool(ctx.jobs.requeue_dead, body.ids, everything=body.all)
     request.state.audit_target = f"{len(ids)} dead letters"
     ctx.wake()
     return {"requeued": ids}

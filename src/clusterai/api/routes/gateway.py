@@ -21,10 +21,16 @@ from clusterai.api.credentials import present
 from clusterai.api.deps import authenticate, check_address, check_rate, context, count_failure, require
 from clusterai.core import nesting
 from clusterai.core.model import Priority
-from clusterai.errors import NestedTooDeep, StoreUnavailable
+from clusterai.errors import (
+    BackendsBusy,
+    GatewayRefused,
+    ModelNotFound,
+    NestedTooDeep,
+    StoreUnavailable,
+    UpstreamFailed,
+)
 from clusterai.llm.gateway.redact import without_paths
-from clusterai.llm.gateway.router import NoBackend, Overloaded
-from clusterai.llm.gateway.service import Gateway, Refused, UpstreamFailed
+from clusterai.llm.gateway.service import Gateway
 from clusterai.llm.protocol import error_body
 from clusterai.service.access import Permission, Principal
 
@@ -115,14 +121,10 @@ async def _forward(request: Request, path: str, protocol: str) -> Response:
         answer = await gateway(request).forward(path, raw or b"{}", protocol=protocol, model=model, stream=stream,
                                                 parsed=body, priority=priority,
                                                 session=request.headers.get("x-clusterai-session"))
-    except NoBackend as exc:
-        return _error(protocol, 404, str(exc))
-    except Refused as exc:
-        return _error(protocol, 400, str(exc))
-    except Overloaded as exc:
-        return _error(protocol, 503, str(exc), {"Retry-After": str(max(1, round(exc.retry_after)))})
-    except UpstreamFailed as exc:
-        return _error(protocol, 502, str(exc))
+    except BackendsBusy as exc:
+        return _error(protocol, exc.http_status, str(exc), {"Retry-After": str(max(1, round(exc.retry_after)))})
+    except (ModelNotFound, GatewayRefused, UpstreamFailed) as exc:  # in the caller's protocol's shape
+        return _error(protocol, exc.http_status, str(exc))
     if answer.stream is None:
         content = answer.content
         if path == "/api/show" and content and not _principal(request).can(Permission.ADMIN):

@@ -16,8 +16,8 @@ from clusterai.api.deps import ApiContext, context, require
 from clusterai.api.schemas import MAX_ID, BatchRequest, RequestInvalid, parse_json, parse_submission, submission_schema
 from clusterai.core.model import AuditEntry, Job, JobSpec, State
 from clusterai.errors import BadInput, JobNotFound
-from clusterai.sdk.local import spec_factory
 from clusterai.service.access import Permission, Principal
+from clusterai.service.submission import spec_factory
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 JobId = Path(ge=1, le=MAX_ID)
@@ -154,7 +154,7 @@ async def cancel_job(request: Request, job_id: int = JobId,
                      principal: Principal = Depends(require(Permission.CANCEL))) -> dict[str, Any]:
     ctx = context(request)
     request.state.audit_target = f"job {job_id}"
-    job = await run_in_threadpool(ctx.client.cancel, job_id)
+    job = await run_in_threadpool(ctx.jobs.cancel, job_id)
     return job.to_dict()
 
 
@@ -163,6 +163,6 @@ async def retry_job(request: Request, job_id: int = JobId,
                     principal: Principal = Depends(require(Permission.OPERATE))) -> dict[str, Any]:
     ctx = context(request)
     request.state.audit_target = f"job {job_id}"
-    job = await run_in_threadpool(ctx.client.retry, job_id)
+    job = await run_in_threadpool(ctx.jobs.retry, job_id)
     ctx.wake()
     return job.to_dict()

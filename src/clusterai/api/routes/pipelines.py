@@ -28,7 +28,7 @@ def _may_see(principal: Principal, owner: str | None) -> bool:
 async def list_pipelines(request: Request,
                          principal: Principal = Depends(require(Permission.READ, Permission.READ_OWN))
                          ) -> dict[str, Any]:
-    return {"pipelines": await run_in_threadpool(context(request).client.pipelines.list)}
+    return {"pipelines": await run_in_threadpool(context(request).pipelines.list)}
 
 
 @router.get("/runs", summary="Pipeline runs, newest first")
@@ -39,7 +39,7 @@ async def list_runs(
     limit: int = Query(50, ge=1, le=1000),
     principal: Principal = Depends(require(Permission.READ, Permission.READ_OWN)),
 ) -> dict[str, Any]:
-    runs = await run_in_threadpool(context(request).client.pipelines.runs, name=name, state=state, limit=limit)
+    runs = await run_in_threadpool(context(request).pipelines.runs, name=name, state=state, limit=limit)
     return {"runs": [r for r in runs if _may_see(principal, r["owner"])]}
 
 
@@ -52,7 +52,7 @@ async def _start(request: Request, principal: Principal, name: str | None) -> JS
         raise BadInput("a 'pipeline' definition is required (or POST /api/v1/pipelines/NAME/runs)")
     target: Pipeline | str = name if name is not None else Pipeline.from_dict(
         str((body.pipeline or {}).get("name") or "inline"), body.pipeline)
-    status = await run_in_threadpool(ctx.client.pipelines.run, target, body.input, fresh=body.fresh,
+    status = await run_in_threadpool(ctx.pipelines.run, target, body.input, fresh=body.fresh,
                                      owner=principal.name)
     request.state.audit_target = f"pipeline run {status['id']}"
     ctx.wake()
@@ -73,7 +73,7 @@ async def start_named(request: Request, name: str = Path(max_length=200),
 
 
 async def _visible_status(request: Request, run_id: int, principal: Principal) -> dict[str, Any]:
-    status = await run_in_threadpool(context(request).client.pipelines.status, run_id)
+    status = await run_in_threadpool(context(request).pipelines.status, run_id)
     if not _may_see(principal, status["owner"]):
         raise RunNotFound(run_id)  # as if it did not exist: ids are not a way to probe others' runs
     return status
@@ -91,7 +91,7 @@ async def run_outputs(request: Request, run_id: int = RunId, stage: str | None =
                       principal: Principal = Depends(require(Permission.READ, Permission.READ_OWN))
                       ) -> dict[str, Any]:
     await _visible_status(request, run_id, principal)
-    outputs = await run_in_threadpool(context(request).client.pipelines.outputs, run_id, stage)
+    outputs = await run_in_threadpool(context(request).pipelines.outputs, run_id, stage)
     return {"run": run_id, "outputs": outputs}
 
 
@@ -105,10 +105,10 @@ async def _change(request: Request, run_id: int, action: Callable[[int], dict[st
 @router.delete("/runs/{run_id}", summary="Cancel a run: its unfinished stage jobs are cancelled")
 async def cancel_run(request: Request, run_id: int = RunId,
                      principal: Principal = Depends(require(Permission.CANCEL))) -> dict[str, Any]:
-    return await _change(request, run_id, context(request).client.pipelines.cancel)
+    return await _change(request, run_id, context(request).pipelines.cancel)
 
 
 @router.post("/runs/{run_id}/retry", summary="Run a finished run's failed stage jobs again")
 async def retry_run(request: Request, run_id: int = RunId,
                     principal: Principal = Depends(require(Permission.OPERATE))) -> dict[str, Any]:
-    return await _change(request, run_id, context(request).client.pipelines.retry)
+    return await _change(request, run_id, context(request).pipelines.retry)

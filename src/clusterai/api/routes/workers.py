@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -23,13 +21,7 @@ def worker_dict(w: WorkerRecord) -> dict[str, Any]:
 
 
 async def find_worker(request: Request, name: str) -> WorkerRecord:
-    workers = await run_in_threadpool(context(request).store.list_workers)
-    live = [w for w in workers if w.status != "gone"]
-    for w in live + workers:
-        if name in (w.name, w.address):
-            return w
-    known = ", ".join(w.name for w in live) or "(none)"
-    raise HTTPException(404, f"no worker named {name!r}; live workers: {known}")
+    return await run_in_threadpool(context(request).jobs.find_worker, name)
 
 
 @router.get("", summary="Workers: labels, resources, load, breaker; all=true includes those gone")
@@ -46,23 +38,8 @@ async def get_worker(request: Request, name: str,
 
 
 async def _command(request: Request, name: str, action: str, wait: float) -> JSONResponse:
-    ctx = context(request)
-    worker = await find_worker(request, name)
-    if worker.status == "gone":
-        raise HTTPException(409, f"worker {worker.name} has left the cluster; nothing to {action}")
+    worker, outcome = await context(request).jobs.command_worker_async(name, action, wait)
     request.state.audit_target = f"worker {worker.name} ({worker.address})"
-    command_id = await run_in_threadpool(ctx.store.add_worker_command, worker.address, action, time.time())
-    ctx.wake()
-    outcome = None
-    deadline = time.monotonic() + wait
-    while True:  # waits on the loop, not in a pool thread: many waiting callers cost no threads
-        _, _, done_at, answer = await run_in_threadpool(ctx.store.worker_command, command_id)
-        if done_at is not None:
-            outcome = answer
-            break
-        if time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(0.1)
     if outcome is None:
         return JSONResponse({"worker": worker.name, "action": action, "done": False,
                              "message": f"{action} requested; the coordinator has not acted on it within {wait:g} s"},

@@ -17,22 +17,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from clusterai.errors import BackendsBusy, ModelNotFound
 from clusterai.placement.breaker import BreakerState, CircuitBreaker
 
 AFFINITY_SESSIONS = 10_000
-
-
-class NoBackend(Exception):
-    """No backend has this model (404)."""
-
-
-class Overloaded(Exception):
-    """Every backend that has the model is busy or out of rotation, and the queue is full or the
-    wait ran out (503); `retry_after` in seconds."""
-
-    def __init__(self, message: str, retry_after: float):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass(eq=False)
@@ -100,7 +88,7 @@ class Router:
         having = [b for b in self.candidates(model) if b not in excluded]
         if not having:
             known = sorted({m for b in self.backends for m in b.models})
-            raise NoBackend(f"model '{model}' not found on any backend; models: {', '.join(known) or 'none'}")
+            raise ModelNotFound(f"model '{model}' not found on any backend; models: {', '.join(known) or 'none'}")
         now = time.time()
         free = [b for b in having if b.inflight < b.max_concurrency and b.breaker.allows(now)]
         if not free:
@@ -127,11 +115,11 @@ class Router:
                 self._take(backend, session)
                 return backend
             if self.queued >= self.queue_size:
-                raise Overloaded(f"every backend with model '{model}' is busy and the queue is full "
+                raise BackendsBusy(f"every backend with model '{model}' is busy and the queue is full "
                                  f"({self.queue_size} waiting)", retry_after=self._retry_after())
             left = deadline - time.monotonic()
             if left <= 0:
-                raise Overloaded(f"no backend with model '{model}' came free within {self.queue_timeout:g} s",
+                raise BackendsBusy(f"no backend with model '{model}' came free within {self.queue_timeout:g} s",
                                  retry_after=self._retry_after())
             waiter = _Waiter(-priority, next(self._seq), asyncio.get_running_loop().create_future())
             heapq.heappush(self._waiting, waiter)

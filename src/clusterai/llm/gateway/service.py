@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 
 from clusterai.config import GatewaySection
-from clusterai.llm.gateway.router import Backend, NoBackend, Router
+from clusterai.errors import GatewayRefused, ModelNotFound, UpstreamFailed
+from clusterai.llm.gateway.router import Backend, Router
 from clusterai.llm.gateway.translate import (
     TRANSLATED,
     StreamToNdjson,
@@ -43,14 +44,6 @@ class Answer:
     headers: dict[str, str]
     content: bytes | None = None
     stream: AsyncIterator[bytes] | None = None
-
-
-class UpstreamFailed(Exception):
-    """Every backend tried failed before sending a byte."""
-
-
-class Refused(Exception):
-    """A request no backend that has the model can take (400)."""
 
 
 class Gateway:
@@ -220,9 +213,9 @@ class Gateway:
             try:
                 backend = await self.router.acquire(model, session=session, priority=priority,
                                                     exclude=tried + skipped)
-            except NoBackend:
+            except ModelNotFound:
                 if skipped and any(b.has(model) for b in skipped):
-                    raise Refused(f"{untranslatable} (every backend with model '{model}' speaks OpenAI's "
+                    raise GatewayRefused(f"{untranslatable} (every backend with model '{model}' speaks OpenAI's "
                                   "API only)") from None
                 raise
             converting = protocol == "ollama" and backend.kind == "openai"
