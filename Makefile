@@ -26,6 +26,7 @@ bench: $(DEPS)
 lint: $(DEPS)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy src
+	$(VENV)/bin/lint-imports  # the one-way layers (pyproject.toml: tool.importlinter)
 
 clean:
 	rm -rf $(VENV) .clusterai .pytest_cache

@@ -80,7 +80,7 @@ def serve_clusterai(port: int, upstream: str, folder: Path, kind: str = "ollama"
     from clusterai.api.app import create_app
     from clusterai.config import parse_config
     from clusterai.service.access import new_token
-    from clusterai.store.protocol import open_store
+    from clusterai.store.open import open_store
 
     backend = {"name": "up", "url": upstream, "kind": kind, "max_concurrency": 256}
     config = parse_config({"store": f"sqlite:///{folder / 'bench.db'}", "api": {"rate_limit": 0},

@@ -109,7 +109,7 @@ def serve(store_path: str, port: int, server: str, profile: Path | None, timer: 
     from clusterai.api.app import create_app
     from clusterai.config import parse_config
     from clusterai.core.tasks import import_task_modules
-    from clusterai.store.protocol import open_store
+    from clusterai.store.open import open_store
 
     loop, http_parser = server.split("+")
     import_task_modules([])  # registers bench.noop
@@ -357,7 +357,7 @@ def store_state(store_path: Path) -> tuple[int, int]:
 
 def add_tokens(store_path: Path, prefix: str, n: int) -> list[str]:
     from clusterai.service.access import new_token
-    from clusterai.store.protocol import open_store
+    from clusterai.store.open import open_store
 
     store = open_store(store_path)
     try:
@@ -538,7 +538,7 @@ def breakdown(n: int = 1500) -> dict[str, Any]:
     from clusterai.core.tasks import import_task_modules
     from clusterai.service.access import TokenVerifier, new_token
     from clusterai.service.submission import build_spec
-    from clusterai.store.protocol import open_store
+    from clusterai.store.open import open_store
 
     import_task_modules([])
     pieces: dict[str, float] = {}
@@ -766,7 +766,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.floor and args.clients:
         plan.append((f"healthz_c{max(args.clients)}", max(args.clients), 0))
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {s: {name: [] for name, _, _ in plan} for s in servers}
-    from clusterai.store.protocol import open_store
+    from clusterai.store.open import open_store
 
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         for round_ in range(args.repeats):

@@ -30,7 +30,7 @@ from bench.common import RESULTS, ROOT, log, write_json
 from bench.jobs import _revision, machine
 from bench.pool_systems import CALIBRATION_UNITS, Spec, machine_cpu_seconds, run_system
 from bench.pool_tasks import SPEEDS
-from clusterai.config import STRATEGIES
+from clusterai.placement.strategies import BUILT_IN as STRATEGIES
 
 SEED = 20_260_807
 JOBS = 300

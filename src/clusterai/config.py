@@ -12,7 +12,10 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from clusterai.errors import ConfigError
+from clusterai.core.media_policy import SourcePolicy
+from clusterai.core.pipelines import Pipeline
+from clusterai.errors import BadInput, ConfigError
+from clusterai.placement.strategies import BUILT_IN, DEFAULT_HYBRID
 
 DEFAULT_CONFIG_FILE = "cluster.yaml"
 DEFAULT_STORE = "sqlite:///.clusterai/clusterai.db"
@@ -91,10 +94,10 @@ class BreakerSection(_Section):
 
 
 class PlacementSection(_Section):
-    strategy: str = Field("least_loaded", description="default for every queue (see STRATEGIES)")
+    strategy: str = Field("least_loaded", description="default for every queue (see placement/strategies.BUILT_IN)")
     queues: dict[str, str] = Field(default_factory=dict, description="strategy per queue")
     hybrid: list[str] = Field(
-        default_factory=lambda: ["priority", "capability", "least_loaded", "geographic"],
+        default_factory=lambda: list(DEFAULT_HYBRID),
         description="filters then scorers, in order",
     )
     reserve: int | None = Field(
@@ -113,13 +116,10 @@ class PlacementSection(_Section):
         return {queue: _check_strategy(name) for queue, name in queues.items()}
 
 
-STRATEGIES = ("round_robin", "least_loaded", "capability", "affinity", "geographic", "priority", "hybrid", "dask")
-
-
 def _check_strategy(name: str) -> str:
-    if name in STRATEGIES or "." in name or ":" in name:
+    if name in BUILT_IN or "." in name or ":" in name:
         return name
-    raise ValueError(f"unknown strategy {name!r}; allowed: {', '.join(STRATEGIES)}, or package.module:Class")
+    raise ValueError(f"unknown strategy {name!r}; allowed: {', '.join(BUILT_IN)}, or package.module:Class")
 
 
 class ApiSection(_Section):
@@ -262,8 +262,6 @@ class MediaSection(_Section):
     @pydantic.field_validator("sources")
     @classmethod
     def _valid_entries(cls, value: list[str]) -> list[str]:
-        from clusterai.core.media_policy import SourcePolicy
-
         SourcePolicy.parse(value)  # ValueError naming the entry
         return value
 
@@ -287,9 +285,6 @@ class ClusterConfig(_Section):
     @pydantic.field_validator("pipelines")
     @classmethod
     def _pipelines_are_valid(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from clusterai.core.pipelines import Pipeline
-        from clusterai.errors import BadInput
-
         for name, data in value.items():
             try:
                 Pipeline.from_dict(name, data)

@@ -26,7 +26,7 @@ from clusterai.core.model import Finish, Job, Outcome, State, WorkerRecord
 from clusterai.core.tasks import import_task_modules
 from clusterai.service.access import new_token
 from clusterai.service.submission import build_spec
-from clusterai.store.protocol import open_store
+from clusterai.store.open import open_store
 from clusterai.store.sqlite import SQLiteStore
 
 import_task_modules(["testtasks"])

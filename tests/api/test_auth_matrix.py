@@ -19,7 +19,7 @@ from clusterai.api.app import create_app
 from clusterai.api.routes.system import PUBLIC_PATHS
 from clusterai.config import ClusterConfig
 from clusterai.core.model import Outcome, State
-from clusterai.store.protocol import open_store
+from clusterai.store.open import open_store
 
 PUBLIC = frozenset({"/healthz", "/readyz", "/login", "/logout", "/static/{name}", "/"})
 ALL = frozenset(ROLES)

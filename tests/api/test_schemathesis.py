@@ -16,7 +16,7 @@ from schemathesis.checks import not_a_server_error
 
 from clusterai.api.app import create_app
 from clusterai.config import ClusterConfig
-from clusterai.store.protocol import open_store
+from clusterai.store.open import open_store
 
 
 @pytest.fixture(scope="module")

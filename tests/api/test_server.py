@@ -12,10 +12,11 @@ import httpx
 import pytest
 from test_tls import self_signed
 
-from clusterai.api.server import ApiServer, ensure_admin_token, is_loopback
+from clusterai.api.server import ApiServer, ensure_admin_token
 from clusterai.config import parse_config
+from clusterai.core.net import is_loopback
 from clusterai.errors import ConfigError
-from clusterai.store.protocol import open_store
+from clusterai.store.open import open_store
 
 
 def test_the_first_admin_token_is_made_once_and_only_its_owner_can_read_it(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import start_up, stop_up, wait_for
 
-from clusterai.store.protocol import open_store
+from clusterai.store.open import open_store
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 

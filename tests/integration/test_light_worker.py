@@ -16,7 +16,7 @@ import pytest
 from conftest import wait_for
 
 from clusterai.core.model import JobSpec, State
-from clusterai.store.protocol import open_store
+from clusterai.store.open import open_store
 
 pytestmark = pytest.mark.cluster
 

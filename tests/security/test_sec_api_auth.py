@@ -19,7 +19,7 @@ from api_support import Api, ApiFactory, running_api
 from clusterai.api.server import ApiServer
 from clusterai.api.throttle import ACTOR, AuthThrottle
 from clusterai.config import parse_config
-from clusterai.store.protocol import open_store
+from clusterai.store.open import open_store
 
 LIMIT = 10
 JSON = {"Content-Type": "application/json"}

@@ -21,7 +21,7 @@ from clusterai.core.model import Job, Outcome, State
 from clusterai.core.tasks import import_task_modules
 from clusterai.errors import StoreUnavailable
 from clusterai.sdk.local import Client
-from clusterai.store.protocol import open_store
+from clusterai.store.open import open_store
 
 SUPPORT = Path(__file__).resolve().parent
 _CLEAN_ENV = ("CLUSTERAI_CONFIG", "CLUSTERAI_STORE", "CLUSTERAI_URL", "CLUSTERAI_TOKEN", "CLUSTERAI_ENROLLMENT_TOKEN",

@@ -9,7 +9,7 @@ import pytest
 from clusterai.errors import BadInput
 from clusterai.service import access as auth
 from clusterai.service.access import Permission, RateLimiter, TokenVerifier, new_token, split_token
-from clusterai.store.protocol import open_store
+from clusterai.store.open import open_store
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from clusterai.core.model import AuditEntry, JobSpec, State
 from clusterai.errors import StoreUnavailable
 from clusterai.store import postgres as postgres_module
 from clusterai.store.migrations import POSTGRES_MIGRATIONS
+from clusterai.store.open import open_store
 from clusterai.store.postgres import PostgresStore, redact
-from clusterai.store.protocol import open_store
 
 T0 = 1_000.0
 

@@ -13,7 +13,7 @@ from clusterai.core.model import JobSpec, State
 from clusterai.errors import ConfigError, StoreUnavailable
 from clusterai.store import sqlite as sqlite_module
 from clusterai.store.migrations import SQLITE_MIGRATIONS
-from clusterai.store.protocol import open_store
+from clusterai.store.open import open_store
 from clusterai.store.sqlite import SQLiteStore
 
 T0 = 1_000.0

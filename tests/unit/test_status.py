@@ -8,7 +8,7 @@ from clusterai.config import AlertsSection, parse_config
 from clusterai.core.model import Finish, JobSpec, Outcome, State, WorkerRecord
 from clusterai.errors import ConfigError
 from clusterai.service.status import cluster_status, find_alerts, history
-from clusterai.store.protocol import open_store
+from clusterai.store.open import open_store
 
 
 def worker(name: str, status: str = "ready", cpu: float = 10.0, memory: float = 20.0,

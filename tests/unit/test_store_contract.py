@@ -30,7 +30,8 @@ from clusterai.core.model import (
 )
 from clusterai.errors import IdempotencyConflict, InvalidTransition, JobNotFound, RunNotFound
 from clusterai.store.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
-from clusterai.store.protocol import JobStore, open_store
+from clusterai.store.open import open_store
+from clusterai.store.protocol import JobStore
 from clusterai.store.sqlite import SQLiteStore
 
 T0 = 1_000.0

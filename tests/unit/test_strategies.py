@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from placement_support import TASK, make_job, make_slot
 
-from clusterai.config import STRATEGIES
+from clusterai.config import PlacementSection
 from clusterai.core.model import Priority
 from clusterai.errors import ConfigError
 from clusterai.placement.strategies import (
@@ -34,8 +34,11 @@ def names(slots) -> list[str]:
 # -- every built-in --------------------------------------------------------------------------------
 
 
-def test_built_in_names_match_the_config_whitelist():
-    assert set(BUILT_IN) == set(STRATEGIES)
+def test_cluster_yaml_takes_every_built_in_name_and_refuses_others():
+    for name in BUILT_IN:
+        assert PlacementSection(strategy=name).strategy == name
+    with pytest.raises(ValueError, match="unknown strategy 'fastest'"):
+        PlacementSection(strategy="fastest")
 
 
 def test_the_default_hybrid_chain_matches_the_seed_documents():

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from clusterai import __version__
 from clusterai.api.deps import ApiContext
 from clusterai.api.edges import AuditAndCount, BodyEdges
+from clusterai.api.metrics import StoreCollector
 from clusterai.api.quota import QueuedQuota, StreamSlots
 from clusterai.api.routes import (
     access,
@@ -49,7 +50,6 @@ from clusterai.errors import (
     StoreUnavailable,
     error_body,
 )
-from clusterai.head.metrics import StoreCollector
 from clusterai.llm.gateway.metrics import GatewayCollector
 from clusterai.llm.gateway.service import Gateway
 from clusterai.service.access import RateLimiter, TokenVerifier, retry_after_header

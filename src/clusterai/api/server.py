@@ -3,12 +3,12 @@ admin token written to a file only its owner can read."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ from clusterai.config import ClusterConfig
 from clusterai.core.private_files import private_folder
 from clusterai.errors import ConfigError
 from clusterai.service.access import new_token
-from clusterai.store.protocol import JobStore, open_store
+from clusterai.store.open import open_store
+from clusterai.store.protocol import JobStore
 
 log = logging.getLogger("clusterai.api")
 
@@ -39,15 +40,6 @@ class UvicornServer(uvicorn.Server):
         ctx = getattr(getattr(self.config.app, "state", None), "ctx", None)
         if ctx is not None and ctx.gateway is not None:
             await ctx.gateway.close()
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def ensure_admin_token(store: JobStore, token_file: str | Path) -> Path | None:
@@ -93,8 +85,6 @@ class ApiServer:
         self.owned_store: JobStore | None = None  # closed by stop()
 
     async def start(self) -> str:
-        import asyncio
-
         self._task = asyncio.create_task(self._serve())
         while not self.server.started:
             if self._task.done():
@@ -131,23 +121,21 @@ class ApiServer:
             self.owned_store.close()
 
 
-async def start_beside(config: ClusterConfig, coordinator: Any, *, dask_dashboard: str | None = None,
+async def start_beside(config: ClusterConfig, *, wake: Callable[[], None], coordinator_registry: Any = None,
+                       worker_slots: Callable[[], Iterable[Any]] | None = None, dask_dashboard: str | None = None,
                        ports: tuple[int, ...] = ()) -> tuple[ApiServer, Path | None]:
-    """The API for a running coordinator, listening on the first of `ports` it can bind (default:
+    """The API beside a running coordinator (`wake` tells it of new work; its metrics registry and
+    live worker slots are served too), listening on the first of `ports` it can bind (default:
     api.port); returns it and the admin token file it wrote, if it wrote one. The API gets its own
     store connection (its reads never wait on the coordinator's) with a short busy wait: a locked
     store answers 503 in seconds rather than holding requests for half a minute."""
     store = open_store(config.store, busy_timeout=5.0)
 
     async def listen(port: int) -> ApiServer:
-        api = ApiServer(config, store, wake=coordinator.wake, coordinator_registry=coordinator.metrics.registry,
-                        port=port, dask_dashboard=dask_dashboard, worker_slots=lambda: coordinator.slots.values())
+        api = ApiServer(config, store, wake=wake, coordinator_registry=coordinator_registry, port=port,
+                        dask_dashboard=dask_dashboard, worker_slots=worker_slots)
         await api.start()
         api.owned_store = store
-        # where workers reach the gateway; each worker's credential is its own (credential_for), so the
-        # coordinator adds it per batch: item["gateway"] = {**gateway_access, "token": credential(slot.address)}
-        coordinator.gateway_access = {"url": url_for_workers(api.url, coordinator.client.scheduler.address)}
-        coordinator.gateway_credential = api.credential_for
         return api
 
     try:

@@ -10,7 +10,7 @@ import typer
 
 from clusterai.cli.common import errors_to_exit_codes, settings
 from clusterai.errors import BadInput
-from clusterai.store.protocol import open_store
+from clusterai.store.open import open_store
 from clusterai.worker.tls import (
     CA_CERT,
     CA_KEY,

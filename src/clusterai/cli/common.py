@@ -18,7 +18,7 @@ from clusterai.core.tasks import import_task_modules
 from clusterai.errors import BadInput, ClusterAIError
 from clusterai.sdk.local import Client
 from clusterai.sdk.remote import RemoteClient, read_token_file
-from clusterai.store.protocol import open_store
+from clusterai.store.open import open_store
 
 out = Console()
 err = Console(stderr=True)

@@ -9,9 +9,15 @@ from typing import Any
 
 import typer
 
-from clusterai.cli.common import err, errors_to_exit_codes, settings
+from clusterai.cli.common import err, errors_to_exit_codes, out, settings
+from clusterai.core.net import is_loopback
 from clusterai.errors import EXIT_LEAD_LOST, BadInput
+from clusterai.head.runtime import ClusterRuntime, HeadSettings
+from clusterai.head.serve import serve
+from clusterai.store.leader import leadership_for
+from clusterai.store.open import open_store
 from clusterai.worker.cli import serve_model_main, worker_main
+from clusterai.worker.tls import node_security
 
 
 def scheduler(
@@ -36,21 +42,14 @@ def scheduler(
     standby). A second one on the same store stands by and takes over when the first dies."""
     @errors_to_exit_codes
     def run() -> None:
-        from clusterai.head.runtime import HeadSettings
-        from clusterai.store.protocol import open_store
-
         if store:
             settings.store = store
         conf = settings.config(**{"api.host": api_host, "api.port": api_port,
                                   "api.enabled": False if no_api else None})
         security = None
         if tls_dir is not None:
-            from clusterai.worker.tls import node_security
-
             security = node_security(tls_dir, tls_node)
         else:
-            from clusterai.api.server import is_loopback
-
             if not is_loopback(host) and not allow_plain_tcp:
                 # Dask's protocol carries pickled functions: whoever can open a plain-TCP connection
                 # to a scheduler can run code on every worker. Mutual TLS is what keeps them out.
@@ -74,10 +73,6 @@ def scheduler(
 
 
 async def _lead_then_serve(conf: Any, head: Any, poll: float) -> None:
-    from clusterai.cli.main import serve
-    from clusterai.head.runtime import ClusterRuntime
-    from clusterai.store.leader import leadership_for
-
     leadership = leadership_for(conf.store)
     if not await asyncio.to_thread(leadership.try_acquire):
         print("standing by: another scheduler leads on this store; taking over when it stops", flush=True)
@@ -85,7 +80,7 @@ async def _lead_then_serve(conf: Any, head: Any, poll: float) -> None:
             await asyncio.sleep(poll)
         print("taking over as the active scheduler", flush=True)
     try:
-        lost = await serve(ClusterRuntime(conf, head=head), leadership=leadership, poll=poll)
+        lost = await serve(ClusterRuntime(conf, head=head), out, err, leadership=leadership, poll=poll)
     finally:
         leadership.release()
     if lost:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
@@ -30,8 +27,13 @@ from clusterai.cli.tokens import audit, token_app
 from clusterai.cli.workers import workers_app
 from clusterai.core.model import Job, State
 from clusterai.core.tasks import import_task_modules, parse_payload_text
+from clusterai.demo.run import run_demo
 from clusterai.errors import EXIT_FAILED, BadInput, ClusterAIError
+from clusterai.head.runtime import ClusterRuntime
+from clusterai.head.serve import serve
 from clusterai.service.submission import build_spec
+from clusterai.store.leader import leadership_for
+from clusterai.store.postgres import redact
 
 app = typer.Typer(help="clusterai: pool your machines into one cluster and run AI work across it.",
                   no_args_is_help=True, add_completion=False)
@@ -89,87 +91,19 @@ def up(
     tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert"),
 ) -> None:
     """Start the cluster (Dask workers + coordinator + REST API) in the foreground until Ctrl-C."""
-    from clusterai.head.runtime import ClusterRuntime
-
     conf = settings.config(**{"cluster.workers": workers, "cluster.scheduler": scheduler, "api.host": api_host,
                               "api.port": api_port, "api.enabled": False if no_api else None,
                               "api.tls_cert": str(tls_cert) if tls_cert else None,
                               "api.tls_key": str(tls_key) if tls_key else None})
-    from clusterai.store.leader import leadership_for
-    from clusterai.store.postgres import redact
-
     # two coordinators on one store would both place its jobs: refuse the second
     leadership = leadership_for(conf.store)
     if not leadership.try_acquire():
         raise ClusterAIError(f"another clusterai coordinator is active on the store {redact(conf.store)}; stop it "
                              "first (or run `clusterai scheduler`, which stands by until it stops)")
     try:
-        asyncio.run(serve(ClusterRuntime(conf), leadership=leadership))
+        asyncio.run(serve(ClusterRuntime(conf), out, err, leadership=leadership))
     finally:
         leadership.release()
-
-
-async def serve(runtime: Any, *, leadership: Any = None, poll: float = 1.0) -> bool:
-    """Run until Ctrl-C/SIGTERM, or until another scheduler took the lead (then True)."""
-    from clusterai.api.server import is_loopback, start_beside
-    from clusterai.store.postgres import redact
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    conf = runtime.config
-    api = None
-    lost = False
-
-    async def keep_the_lead() -> None:
-        nonlocal lost
-        while True:
-            await asyncio.sleep(poll)
-            if await asyncio.to_thread(leadership.still_held) is False:
-                err.print("[red]another scheduler took the lead on this store; stopping this one[/]")
-                lost = True
-                stop.set()
-                return
-
-    await runtime.start()
-    watchdog = asyncio.create_task(keep_the_lead()) if leadership is not None else None
-    models = None
-    try:
-        if conf.api.enabled and conf.gateway.serve:
-            from clusterai.llm.serving import serve_for_head
-
-            names = ", ".join(spec.partition("=")[0] for spec in conf.gateway.serve)
-            models, conf = await asyncio.to_thread(serve_for_head, conf)  # loading takes seconds
-            assert models is not None
-            out.print(f"serving {names} to the gateway (backend 'head', {models.url})", highlight=False)
-        if conf.api.enabled:
-            api, written = await start_beside(conf, runtime.coordinator, dask_dashboard=runtime.dashboard_link)
-            url = api.url
-            out.print(f"REST API: {url}  (OpenAPI at {url}/docs, metrics at {url}/metrics)")
-            out.print(f"Dashboard: {url}/  (sign in with a token)")
-            if written:
-                out.print(f"first admin token written to {written} (readable by you only)")
-            if not is_loopback(api.host) and not api.tls:
-                err.print("[yellow]warning:[/] the API listens beyond this machine without TLS; tokens travel "
-                          "in clear text. Use --tls-cert/--tls-key.")
-        out.print(f"[bold green]clusterai is up[/]: store {redact(conf.store)}, scheduler {runtime.scheduler_address}",
-                  highlight=False)
-        if runtime.dashboard_link:
-            out.print(f"Dask dashboard: {runtime.dashboard_link}")
-        out.print("Ctrl-C to stop.")
-        sys.stdout.flush()
-        await stop.wait()
-    finally:
-        out.print("stopping...")
-        if watchdog is not None:
-            watchdog.cancel()
-        if api is not None:
-            await api.stop()
-        if models is not None:
-            models.stop()
-        await runtime.stop()
-    return lost
 
 
 @app.command()
@@ -181,8 +115,6 @@ def demo(
 ) -> None:
     """Run the demo: a video-analysis pipeline, a camera count, CPU-bound jobs and an embedding model
     behind the LLM gateway, across a local cluster."""
-    from clusterai.demo.run import run_demo
-
     conf = settings.config(**{"cluster.workers": workers})
     outcome = run_demo(conf, jobs=jobs, keep_running=not exit_when_done, console=out)
     if outcome["jobs"].get("succeeded", 0) != jobs:

@@ -11,7 +11,8 @@ from rich.table import Table
 
 from clusterai.cli.common import errors_to_exit_codes, out, remote_client, settings
 from clusterai.service.access import ROLES, new_token
-from clusterai.store.protocol import JobStore, open_store
+from clusterai.store.open import open_store
+from clusterai.store.protocol import JobStore
 
 token_app = typer.Typer(help="API tokens: create (shown once), list, revoke.", no_args_is_help=True)
 

@@ -17,13 +17,14 @@ and how far each stage is. The runner (pipeline_runner.py) calls it whenever a s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from types import ModuleType
 from typing import Any
 
 from clusterai.core.model import State, canonical_json
-from clusterai.errors import BadInput
+from clusterai.errors import BadInput, ConfigError
 
 MAX_ITEMS = 10_000
 _RESERVED = frozenset({"input", "item"})
@@ -241,17 +242,16 @@ def _domains(p: Pipeline) -> dict[str, str | None]:
     return domains
 
 
-_registered: dict[str, Pipeline] = {}
-
-
-def register_pipeline(pipeline: Pipeline) -> Pipeline:
-    """Make a pipeline available by name (task modules register their built-in pipelines)."""
-    _registered[pipeline.name] = pipeline
-    return pipeline
-
-
-def registered_pipelines() -> dict[str, Pipeline]:
-    return dict(_registered)
+def declared_pipelines(modules: Iterable[ModuleType]) -> dict[str, Pipeline]:
+    """The pipelines task modules declare as `PIPELINES = (Pipeline, ...)` (the built-in
+    video-analysis pipeline is workloads/media.py's), by name."""
+    found: dict[str, Pipeline] = {}
+    for module in modules:
+        for pipeline in getattr(module, "PIPELINES", ()):
+            if not isinstance(pipeline, Pipeline):
+                raise ConfigError(f"{module.__name__}.PIPELINES holds {pipeline!r}, not a Pipeline")
+            found[pipeline.name] = pipeline
+    return found
 
 
 def dig(value: Any, path: Sequence[str], what: str) -> Any:

@@ -11,6 +11,7 @@ import importlib
 import inspect
 import json
 import logging
+import sys
 import threading
 import types
 import typing
@@ -330,18 +331,29 @@ def known_tasks() -> list[str]:
     return sorted(_REGISTRY)
 
 
+_LOADED: dict[str, types.ModuleType] = {}  # the task modules imported so far, by name
+
+
 def import_task_modules(modules: Iterable[str]) -> None:
     """Import the built-in task modules and the given ones; a bad name is a config error."""
     for module in BUILTIN_TASK_MODULES:
         try:
-            importlib.import_module(module)
+            _LOADED[module] = importlib.import_module(module)
         except ImportError as exc:
             log.info("built-in tasks of %s not available here (%s)", module, exc)
     for module in modules:
         try:
-            importlib.import_module(module)
+            _LOADED[module] = importlib.import_module(module)
         except ImportError as exc:
             raise ConfigError(f"tasks: cannot import task module {module!r}: {exc}") from None
+
+
+def task_modules() -> list[types.ModuleType]:
+    """The task modules imported so far (a module also declares its built-in pipelines: PIPELINES)."""
+    for name in BUILTIN_TASK_MODULES:  # also when imported directly rather than through the config
+        if name not in _LOADED and name in sys.modules:
+            _LOADED[name] = sys.modules[name]
+    return list(_LOADED.values())
 
 
 def parse_payload_text(text: str) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 from rich.table import Table
 
 from clusterai.config import ClusterConfig
+from clusterai.llm.serving import serve_for_head
 from clusterai.sdk.local import Client
 
 MODEL = "minilm"
@@ -28,8 +29,6 @@ def serve_model(config: ClusterConfig) -> tuple[Any, ClusterConfig]:
     """Serve the model as the head does the models of `gateway.serve` in cluster.yaml, and the
     configuration whose gateway lists it."""
     from transformers.utils import logging as transformers_logging
-
-    from clusterai.llm.serving import serve_for_head
 
     transformers_logging.disable_progress_bar()  # the demo shows its own progress
     serve = [*config.gateway.serve, SPEC] if SPEC not in config.gateway.serve else config.gateway.serve

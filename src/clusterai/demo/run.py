@@ -24,6 +24,7 @@ from clusterai.core.model import Job, State
 from clusterai.demo import llm as demo_llm
 from clusterai.demo import video as demo_video
 from clusterai.head.runtime import BackgroundRuntime
+from clusterai.head.serve import start_api
 from clusterai.sdk.local import Client
 from clusterai.sdk.remote import read_token_file
 
@@ -191,11 +192,7 @@ def _cli_path() -> str:
 def _start_api(runtime: BackgroundRuntime, config: ClusterConfig) -> tuple[Any, Path | None]:
     """The REST API (and the dashboard, and the LLM gateway) beside the demo's cluster; on a free
     port if the configured one is taken. Started first: the LLM jobs find the gateway through it."""
-    from clusterai.api.server import start_beside
-
-    api, written = runtime.call(start_beside(config, runtime.runtime.coordinator,
-                                             dask_dashboard=runtime.runtime.dashboard_link,
-                                             ports=(config.api.port, 0)))
+    api, written = runtime.call(start_api(config, runtime.runtime, ports=(config.api.port, 0)))
     return api, written
 
 

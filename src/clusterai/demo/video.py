@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -16,9 +16,7 @@ from rich.table import Table
 from clusterai.core import logline as loglines
 from clusterai.core.media_policy import DEFAULT_MEDIA_DIR
 from clusterai.sdk.local import Client
-
-if TYPE_CHECKING:
-    from clusterai.workloads.synth import ClipTruth
+from clusterai.workloads.synth import ClipTruth, make_clip
 
 # (name, seconds, crossings, noise): clean clips are counted exactly, the noisy one within 1
 CLIPS = (("lobby", 8, 3, 0.0), ("gate", 10, 5, 0.0), ("platform", 8, 2, 0.0), ("corridor", 12, 6, 0.0),
@@ -40,8 +38,6 @@ def available() -> bool:
 
 
 def make_demo_clips(folder: Path) -> tuple[list[ClipTruth], ClipTruth]:
-    from clusterai.workloads.synth import make_clip
-
     folder.mkdir(parents=True, exist_ok=True)
     clips = [make_clip(folder / f"{name}.avi", seconds=seconds, crossings=crossings, noise=noise, seed=i)
              for i, (name, seconds, crossings, noise) in enumerate(CLIPS)]

@@ -12,27 +12,24 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from distributed.comm.core import CommClosedError
 
 from clusterai.config import CoordinatorSection, PlacementSection
 from clusterai.core.model import Finish, Job, Outcome, State, canonical_json, decide
-from clusterai.core.tasks import get_task
-from clusterai.errors import StoreUnavailable, UnknownTaskError
-from clusterai.head import camera_counts as counts
+from clusterai.errors import StoreUnavailable
 from clusterai.head.metrics import Metrics
+from clusterai.head.plugins import CoordinatorPlugin, FinishListener
 from clusterai.head.registry import WorkerRegistry
 from clusterai.placement import Strategy, WorkerSlot, make_strategy
 from clusterai.placement.planner import Batch, Planner
 from clusterai.store.protocol import JobStore
-from clusterai.worker.counts import TOPIC as COUNTS_TOPIC
 from clusterai.worker.execute import run_batch_anywhere
 
 log = logging.getLogger("clusterai.head.coordinator")
 
-Listener = Callable[[int, State], None]
 _WORKER_GONE = (CommClosedError, OSError, EOFError)
 _MAX_FETCH = 5000
 _RECENT_OUTCOMES = 10_000
@@ -49,25 +46,20 @@ class Coordinator:
         placement: PlacementSection | None = None,
         rng: random.Random | None = None,
         require_enrollment: bool = False,
+        plugins: Sequence[CoordinatorPlugin] = (),
     ):
         self.store = store
         self.client = dask_client
-        # where tasks that call the LLM gateway find it, and each worker's inference-only credential
-        # (both set by the API started beside this coordinator; kept in memory, sent with those
-        # tasks' attempts to that worker only)
-        self.gateway_access: dict[str, str] | None = None
-        self.gateway_credential: Callable[[str], str] | None = None
         self.settings = settings or CoordinatorSection()
         self.placement = placement or PlacementSection()
         self.planner = self._make_planner(self.settings, self.placement)
         self.registry = WorkerRegistry(store, dask_client, breaker=self.placement.breaker,
                                        on_change=self._wake_set, require_enrollment=require_enrollment)
         self.metrics = Metrics()
-        self.counts = counts.CountCollector(store, self._holds_lease)
+        self.plugins: list[CoordinatorPlugin] = list(plugins)
         self.rng = rng or random.Random()
         self._inflight: dict[int, Job] = {}
         self._accepted: OrderedDict[int, int] = OrderedDict()  # recent accepted outcomes: job -> attempt
-        self._listeners: list[Listener] = []
         self._loops: list[asyncio.Task[None]] = []
         self._batches: set[asyncio.Task[None]] = set()
         self._waiting: dict[int, str] = {}
@@ -97,7 +89,8 @@ class Coordinator:
         self._wake = asyncio.Event()
         await self._abandon_previous_attempts()
         self.store.watch(self.wake)  # PostgreSQL: woken by NOTIFY when work arrives from anywhere
-        self.client.subscribe_topic(COUNTS_TOPIC, self.counts.on_event)
+        for plugin in self.plugins:
+            await plugin.start(self)
         await self.registry.refresh()
         self._loops = [
             asyncio.create_task(self._dispatch_loop(), name="clusterai-dispatch"),
@@ -111,6 +104,11 @@ class Coordinator:
         for task in list(self._batches):
             task.cancel()
         await asyncio.gather(*self._loops, *self._batches, return_exceptions=True)
+        for plugin in self.plugins:
+            try:
+                await plugin.stop(self)
+            except Exception:  # noqa: BLE001 - one plugin's failure must not keep attempts from going back
+                log.exception("coordinator plugin %s failed to stop", type(plugin).__name__)
         # hand unfinished attempts back at once rather than waiting for their leases to expire
         now = time.time()
         finishes = [self._decide(job, Outcome.ABANDONED, now, error="coordinator stopped")
@@ -122,7 +120,7 @@ class Coordinator:
             except StoreUnavailable:
                 log.warning("store unavailable at shutdown; leases will expire instead")
 
-    def _holds_lease(self, job_id: int, attempt: int) -> bool:
+    def holds_lease(self, job_id: int, attempt: int) -> bool:
         """Whether reports from this attempt count: it runs now, or its outcome was just accepted
         (a task's last report travels through the scheduler and may arrive after its result)."""
         job = self._inflight.get(job_id)
@@ -135,9 +133,13 @@ class Coordinator:
         if self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    def add_listener(self, listener: Listener) -> None:
+    def add_plugin(self, plugin: CoordinatorPlugin) -> None:
+        """Hook a plugin in; one added after start() gets no start() call (its hooks start now)."""
+        self.plugins.append(plugin)
+
+    def add_listener(self, listener: Callable[[int, State], None]) -> None:
         """Called on the coordinator's loop whenever a job reaches a final state."""
-        self._listeners.append(listener)
+        self.add_plugin(FinishListener(listener))
 
     async def _abandon_previous_attempts(self) -> None:
         # Attempts marked running belong to a coordinator that died: nobody will renew their
@@ -193,10 +195,8 @@ class Coordinator:
         lease_until = now + self.settings.lease_seconds
         try:
             started = {job.id: job for job in self.store.start_attempts(assignments, now, lease_until)}
-            # which run made each job whose task signs for it (video.logline): from the store, since a
-            # payload says whatever its submitter wrote
-            wanted = [job.id for job in started.values() if _wants_provenance(job.task)]
-            runs = self.store.runs_of(wanted) if wanted else {}
+            for plugin in self.plugins:
+                plugin.attempts_started(list(started.values()))
         except StoreUnavailable:
             for batch in plan.batches:
                 batch.release()
@@ -204,7 +204,7 @@ class Coordinator:
         for batch in plan.batches:
             batch.keep([started[job.id] for job in batch.jobs if job.id in started])
             if batch.jobs:
-                task = asyncio.create_task(self._run_batch(batch, runs))
+                task = asyncio.create_task(self._run_batch(batch))
                 self._batches.add(task)
                 task.add_done_callback(self._batches.discard)
             else:
@@ -222,23 +222,16 @@ class Coordinator:
             self._waiting.update(changed)
             self.store.set_waiting(changed)
 
-    async def _run_batch(self, batch: Batch, runs: dict[int, int] | None = None) -> None:
+    async def _run_batch(self, batch: Batch) -> None:
         slot, jobs = batch.slot, batch.jobs
         for job in jobs:
             self._inflight[job.id] = job
         # the owner travels with every attempt: a task that says who asked for it learns it from here
         items: list[dict[str, Any]] = [{"id": j.id, "attempt": j.attempt, "task": j.task, "owner": j.owner,
                                         "payload": canonical_json(j.payload), "timeout": j.timeout} for j in jobs]
-        for item, job in zip(items, jobs):
-            if _wants_provenance(job.task):
-                item["run"] = (runs or {}).get(job.id)
-        if self.gateway_access is not None:
-            credential = self.gateway_credential
-            access = ({**self.gateway_access, "token": credential(slot.address)} if credential is not None
-                      else self.gateway_access)
+        for plugin in self.plugins:
             for item, job in zip(items, jobs):
-                if _calls_gateway(job.task):
-                    item["gateway"] = access
+                plugin.prepare_item(item, job, slot)
         hard_limit = None
         if all(j.timeout for j in jobs):
             hard_limit = sum(j.timeout or 0 for j in jobs) + self.settings.hard_timeout_grace
@@ -354,8 +347,8 @@ class Coordinator:
             if finish.state is State.PENDING and finish.run_at is not None:
                 self._next_due = min(self._next_due or finish.run_at, finish.run_at)
             if finish.state.terminal:
-                for listener in self._listeners:
-                    listener(finish.job_id, finish.state)
+                for plugin in self.plugins:
+                    plugin.job_finished(finish.job_id, finish.state)
 
     # -- liveness -----------------------------------------------------------------------------
 
@@ -411,7 +404,8 @@ class Coordinator:
                 await self.registry.refresh()
                 now = time.time()
                 self.metrics.observe_workers(self.slots.values(), now)
-                self.counts.flush()
+                for plugin in self.plugins:
+                    plugin.tick(now)
                 if now >= next_prune:
                     next_prune = now + 60.0
                     self.store.prune_events(now - self.settings.events_retention, self.settings.events_kept)
@@ -419,17 +413,3 @@ class Coordinator:
                 log.warning("store unavailable while saving the worker registry: %s", exc)
             except Exception as exc:  # noqa: BLE001 - a scheduler hiccup must not stop the loop
                 log.warning("could not refresh workers from the scheduler: %s", exc)
-
-
-def _calls_gateway(task_name: str) -> bool:
-    try:
-        return get_task(task_name).gateway
-    except UnknownTaskError:
-        return False
-
-
-def _wants_provenance(task_name: str) -> bool:
-    try:
-        return get_task(task_name).provenance
-    except UnknownTaskError:
-        return False

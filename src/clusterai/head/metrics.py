@@ -2,23 +2,19 @@
 
 Each coordinator owns one `CollectorRegistry` (no process-global state), updated from the
 registry refresh and from committed outcomes. Figures that the store holds (jobs per state, queue
-depth, dead letters) are read from it at scrape time by `StoreCollector`, so they agree with it.
-The REST API serves both at /metrics.
+depth, dead letters) are read from it at scrape time by api/metrics.StoreCollector, so they agree
+with it. The REST API serves both at /metrics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
-from clusterai.core.model import Finish, Job, Priority, State
-from clusterai.placement import BreakerState, WorkerSlot
-
-BREAKER_VALUES = {BreakerState.CLOSED.value: 0, BreakerState.HALF_OPEN.value: 1, BreakerState.OPEN.value: 2}
+from clusterai.core.model import Finish, Job, State
+from clusterai.placement import WorkerSlot
+from clusterai.placement.breaker import BREAKER_VALUES
 
 
 class Metrics:
@@ -81,29 +77,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class StoreCollector(Collector):
-    """Gauges read from the store when scraped: jobs per state, unfinished jobs per queue, priority
-    and state, and live workers per status."""
-
-    def __init__(self, store: Any):
-        self.store = store
-
-    def collect(self) -> Iterator[Metric]:
-        jobs = GaugeMetricFamily("clusterai_jobs", "Jobs in the store, by state", labels=["state"])
-        for state, n in self.store.job_counts().items():
-            jobs.add_metric([state], n)
-        yield jobs
-        depth = GaugeMetricFamily("clusterai_queue_depth", "Unfinished jobs by queue, priority and state",
-                                  labels=["queue", "priority", "state"])
-        for queue, priority, state, n in self.store.queue_depths():
-            depth.add_metric([queue, Priority(priority).name.lower(), state], n)
-        yield depth
-        workers = GaugeMetricFamily("clusterai_workers", "Workers known to the store, by status", labels=["status"])
-        by_status: dict[str, int] = {}
-        for w in self.store.list_workers():
-            by_status[w.status] = by_status.get(w.status, 0) + 1
-        for status, n in sorted(by_status.items()):
-            workers.add_metric([status], n)
-        yield workers

@@ -21,8 +21,11 @@ from clusterai.errors import ClusterAIError, ConfigError
 from clusterai.head.coordinator import Coordinator
 from clusterai.head.membership import Membership
 from clusterai.head.pipeline_driver import PipelineDriver
+from clusterai.head.plugins import CameraCounts, Provenance
+from clusterai.service.access import TokenVerifier
 from clusterai.service.runs import PipelineRunner
-from clusterai.store.protocol import JobStore, open_store
+from clusterai.store.open import open_store
+from clusterai.store.protocol import JobStore
 from clusterai.worker.enroll import WORKER_ROLES
 from clusterai.worker.gate import WORKER_TO_SCHEDULER, Gate, install, own_identity
 from clusterai.worker.plugin import ClusterAIWorkerPlugin, library_threads
@@ -95,7 +98,8 @@ class ClusterRuntime:
         await self.dask.register_plugin(ClusterAIWorkerPlugin(
             self.config.tasks, profiles, media=self.config.media.sources, loglines=self.config.logline.dir))
         self.coordinator = Coordinator(self.store, self.dask, settings=self.config.coordinator,
-                                       placement=self.config.placement, require_enrollment=self.head is not None)
+                                       placement=self.config.placement, require_enrollment=self.head is not None,
+                                       plugins=[CameraCounts(self.store), Provenance(self.store)])
         await self.coordinator.start()
         runner = PipelineRunner(self.store, self.config, wake=self.coordinator.wake)
         self.pipelines = PipelineDriver(runner)
@@ -103,8 +107,6 @@ class ClusterRuntime:
         await self.pipelines.start()
 
     async def _start_head(self, head: HeadSettings, store: JobStore) -> str:
-        from clusterai.service.access import TokenVerifier
-
         verifier = TokenVerifier(store)
 
         def may_enroll(token: str) -> tuple[str, str] | None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import threading
 import time
@@ -11,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from clusterai.core.net import is_loopback
 from clusterai.errors import BadInput, ConfigError
 from clusterai.llm.models import ModelSpec, ServedModel, pick_device
 from clusterai.llm.server import ModelServer, create_app
@@ -31,15 +31,8 @@ class RunningServer:
         self._thread.join(timeout)
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
-        return False
-
-
 def require_token(host: str, token: str | None) -> None:
-    if not _loopback(host) and not token:
+    if not is_loopback(host, resolve=True) and not token:
         raise ConfigError(f"serving models on {host} needs a token: anyone who reaches the port could use "
                           "the models")
 

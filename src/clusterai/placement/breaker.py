@@ -13,6 +13,10 @@ class BreakerState(str, Enum):
     HALF_OPEN = "half_open"  # one trial job allowed; its outcome closes or reopens it
 
 
+# how metrics show a breaker's state (a gauge): the worst of a worker's breakers is the highest
+BREAKER_VALUES = {BreakerState.CLOSED.value: 0, BreakerState.HALF_OPEN.value: 1, BreakerState.OPEN.value: 2}
+
+
 @dataclass
 class CircuitBreaker:
     failures: int = 5  # consecutive failures that open the breaker

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from clusterai.core.model import Job
+from clusterai.core.smoothing import DURATION_ALPHA, ewma
 from clusterai.placement.slots import Constraints, WorkerSlot
 from clusterai.placement.strategies import PriorityReserve, Strategy
 
-_EWMA_ALPHA = 0.2
 SHORT_SECONDS = 0.05  # a task faster than this may be prefetched and batched
 
 
@@ -84,8 +84,7 @@ class Planner:
         return self.strategies.get(queue, self.default)
 
     def observe(self, task: str, seconds: float) -> None:
-        old = self.duration.get(task)
-        self.duration[task] = seconds if old is None else _EWMA_ALPHA * seconds + (1 - _EWMA_ALPHA) * old
+        self.duration[task] = ewma(self.duration.get(task), seconds, DURATION_ALPHA)
 
     def size_for(self, task: str) -> int:
         if task not in self.duration:

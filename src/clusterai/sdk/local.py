@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterai.config import ClusterConfig, load_config
+from clusterai.core.chunks import ID_CHUNK
 from clusterai.core.model import (
     AuditEntry,
     Job,
@@ -27,10 +28,10 @@ from clusterai.service.jobs import JobService
 from clusterai.service.pipelines import Pipelines
 from clusterai.service.runs import PipelineRunner
 from clusterai.service.submission import spec_factory
-from clusterai.store.protocol import JobStore, open_store
+from clusterai.store.open import open_store
+from clusterai.store.protocol import JobStore
 
 JobRef = int | Job
-_CHECK_CHUNK = 500
 
 
 def _job_id(job: JobRef) -> int:
@@ -160,7 +161,7 @@ class Client:
             while not group.event.wait(2.0):
                 if deadline is not None and time.monotonic() > deadline:
                     break
-                self._mark_finished(group, sorted(group.remaining)[:_CHECK_CHUNK])
+                self._mark_finished(group, sorted(group.remaining)[:ID_CHUNK])
         finally:
             self._waiters.forget(group)
         return len(group.remaining)
@@ -175,7 +176,7 @@ class Client:
         left = sorted(set(ids))
         pause = 0.002
         while left:
-            head = left[:_CHECK_CHUNK]
+            head = left[:ID_CHUNK]
             states = self.store.states_of(head)
             done = {i for i in head if states.get(i) is not None and states[i].terminal}
             if done:

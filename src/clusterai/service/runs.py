@@ -15,8 +15,8 @@ from typing import Any
 
 from clusterai.config import ClusterConfig
 from clusterai.core.model import JobSpec, RunRecord, State
-from clusterai.core.pipelines import JobView, Pipeline, Plan, RunState, dig, input_key, plan, registered_pipelines
-from clusterai.core.tasks import get_task
+from clusterai.core.pipelines import JobView, Pipeline, Plan, RunState, declared_pipelines, dig, input_key, plan
+from clusterai.core.tasks import get_task, task_modules
 from clusterai.errors import BadInput, InvalidTransition
 from clusterai.service.submission import spec_factory
 from clusterai.store.protocol import JobStore
@@ -24,7 +24,7 @@ from clusterai.store.protocol import JobStore
 
 def known_pipelines(config: ClusterConfig) -> dict[str, Pipeline]:
     """Built-in pipelines, then cluster.yaml's (which may replace a built-in of the same name)."""
-    found = registered_pipelines()
+    found = declared_pipelines(task_modules())
     for name, data in config.pipelines.items():
         found[name] = Pipeline.from_dict(name, data)
     return found

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from clusterai.store.postgres import COORDINATOR_LOCK
+
 log = logging.getLogger("clusterai.store.leader")
 
 
@@ -111,8 +113,6 @@ def leadership_for(store_url: str, conninfo: str | None = None) -> Leadership:
     """The lock that guards this store. `conninfo`: the PostgreSQL URL with its password (the
     store's `url` is redacted)."""
     if store_url.startswith(("postgresql://", "postgres://")):
-        from clusterai.store.postgres import COORDINATOR_LOCK
-
         return PostgresLeadership(conninfo or store_url, COORDINATOR_LOCK)
     path = store_url.removeprefix("sqlite:///")
     if path == ":memory:":

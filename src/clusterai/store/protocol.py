@@ -1,13 +1,14 @@
-"""The job store protocol: the source of truth that every backend implements.
+"""The job store protocols: the source of truth that every backend implements, one protocol per
+concern (jobs, dispatch, operator actions, the worker registry, the event log, access records,
+figures, pipeline runs, camera counts, lifecycle) and `JobStore`, all of them together.
 
-The shared SQL lives in `sql_store.py`, the plumbing in the backends (`sqlite.py`, `postgres.py`); the coordinator,
-client and CLI speak only this protocol.
+The shared SQL lives in `sql_store.py` and its `sql_*.py` mixins, the plumbing in the backends
+(`sqlite.py`, `postgres.py`); the coordinator, the services and the CLI speak only these protocols.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 from clusterai.core.model import (
@@ -21,13 +22,11 @@ from clusterai.core.model import (
     TokenRecord,
     WorkerRecord,
 )
-from clusterai.errors import ConfigError
 
 
-class JobStore(Protocol):
-    url: str
+class Jobs(Protocol):
+    """Submitting and reading jobs."""
 
-    # submission and reads
     def submit_many(self, specs: Sequence[JobSpec], now: float, audit: AuditEntry | None = None) -> list[Job]: ...
     def submit_groups(self, groups: Sequence[tuple[Sequence[JobSpec], AuditEntry | None]], now: float
                       ) -> list[list[Job]]: ...
@@ -54,7 +53,10 @@ class JobStore(Protocol):
     def unfinished_of(self, owner: str) -> int: ...
     def changed(self) -> bool: ...
 
-    # the coordinator's side
+
+class Dispatch(Protocol):
+    """What the coordinator does with jobs: promote, fetch, start and finish attempts, leases."""
+
     def promote_due(self, now: float) -> int: ...
     def next_due_at(self) -> float | None: ...
     def fetch_ready(self, limit: int) -> list[Job]: ...
@@ -67,12 +69,19 @@ class JobStore(Protocol):
     def renew_leases(self, worker: str, lease_until: float) -> int: ...
     def expired_leases(self, now: float) -> list[Job]: ...
     def running_jobs(self) -> list[Job]: ...
+    def claim(self, worker: str, limit: int, now: float, lease_until: float) -> list[Job]: ...
 
-    # operator actions
+
+class JobActions(Protocol):
+    """An operator's changes to one job."""
+
     def cancel(self, job_id: int, now: float) -> Job: ...
     def requeue(self, job_id: int, now: float) -> Job: ...
 
-    # the worker registry snapshot
+
+class WorkerRegistry(Protocol):
+    """The worker registry as the coordinator last saw it, and operators' commands to workers."""
+
     def upsert_workers(self, records: Sequence[WorkerRecord], now: float) -> None: ...
     def list_workers(self) -> list[WorkerRecord]: ...
     def add_worker_command(self, worker: str, action: str, now: float) -> int: ...
@@ -80,12 +89,18 @@ class JobStore(Protocol):
     def finish_worker_command(self, command_id: int, outcome: str, now: float) -> None: ...
     def worker_command(self, command_id: int) -> tuple[str, str, float | None, str | None]: ...
 
-    # the event log (job and worker changes, in commit order)
+
+class EventLog(Protocol):
+    """The event log: job and worker changes, in commit order."""
+
     def events_after(self, after_id: int, limit: int = 500) -> list[dict[str, Any]]: ...
     def event_bounds(self) -> tuple[int, int]: ...
     def prune_events(self, older_than: float, keep_at_most: int) -> int: ...
 
-    # API tokens (hashed) and the audit log
+
+class AccessRecords(Protocol):
+    """API tokens (hashed), revoked certificates and the audit log."""
+
     def add_token(self, record: TokenRecord) -> None: ...
     def get_token(self, token_id: str) -> TokenRecord | None: ...
     def list_tokens(self) -> list[TokenRecord]: ...
@@ -97,15 +112,20 @@ class JobStore(Protocol):
     def list_audit(self, *, actor: str | None = None, since: float | None = None, before_id: int | None = None,
                    limit: int = 100) -> list[dict[str, Any]]: ...
 
-    # figures for status and metrics
+
+class Figures(Protocol):
+    """Figures for status and metrics."""
+
     def queue_depths(self) -> list[tuple[str, int, str, int]]: ...
     def recent_latencies(self, since: float, limit: int = 10_000) -> list[tuple[float, float]]: ...
     def per_minute(self, since: float) -> list[tuple[int, int, float]]: ...
     def stats(self, since: float) -> dict[str, float]: ...
     def per_worker(self) -> dict[str, int]: ...
-    def claim(self, worker: str, limit: int, now: float, lease_until: float) -> list[Job]: ...
 
-    # pipeline runs (sql_pipelines.py)
+
+class PipelineRuns(Protocol):
+    """Pipeline runs and the jobs of each stage (sql_pipelines.py)."""
+
     def create_run(self, name: str, spec: dict[str, Any], run_input: dict[str, Any], now: float, *,
                    owner: str | None = None, fresh: bool = False) -> int: ...
     def get_run(self, run_id: int) -> RunRecord: ...
@@ -120,35 +140,33 @@ class JobStore(Protocol):
     def update_run(self, run_id: int, state: str, problems: dict[str, str], now: float, *,
                    expected: str | None = None) -> bool: ...
 
-    # camera counts
+
+class CountPoints(Protocol):
+    """Camera count series (head/camera_counts.py)."""
+
     def add_count_points(self, points: Sequence[CountPoint]) -> None: ...
     def list_count_points(self, *, job_id: int | None = None, camera: str | None = None, since: float | None = None,
                     until: float | None = None, limit: int = 1000) -> list[CountPoint]: ...
     def count_series(self) -> list[dict[str, Any]]: ...
 
+
+class Lifecycle(Protocol):
+    """Being told of new work from elsewhere (PostgreSQL's NOTIFY), and closing."""
+
     def watch(self, callback: Callable[[], None]) -> None: ...
     def close(self) -> None: ...
 
 
-def open_store(url: str | Path, **options: object) -> JobStore:
-    """Open a store by URL: `postgresql://user:password@host:port/db`, `sqlite:///path/to.db`, a
-    plain path, or `sqlite://:memory:`."""
-    text = str(url)
-    if text.startswith(("postgresql://", "postgres://")):
-        from clusterai.store.postgres import PostgresStore
+class JobStore(Jobs,
+               Dispatch,
+               JobActions,
+               WorkerRegistry,
+               EventLog,
+               AccessRecords,
+               Figures,
+               PipelineRuns,
+               CountPoints,
+               Lifecycle, Protocol):
+    """Every concern: what a backend implements (SqlStore's backends, checked by the contract suite)."""
 
-        return PostgresStore(text, **options)  # type: ignore[arg-type]
-    if text.startswith("sqlite://"):
-        rest = text[len("sqlite://") :]
-        # sqlite:///rel.db is relative, sqlite:////abs.db absolute (SQLAlchemy's spelling)
-        path = rest[1:] if rest.startswith("/") else rest
-    elif "://" in text:
-        raise ConfigError(
-            f"store {text!r}: unknown scheme; allowed: postgresql://USER:PASSWORD@HOST:PORT/DB, "
-            "sqlite:///PATH or a file path"
-        )
-    else:
-        path = text
-    from clusterai.store.sqlite import SQLiteStore
-
-    return SQLiteStore(path, **options)  # type: ignore[arg-type]
+    url: str

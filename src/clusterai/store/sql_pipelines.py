@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from clusterai.core.chunks import chunked
 from clusterai.core.model import CountPoint, Job, JobSpec, RunRecord, State
 from clusterai.errors import RunNotFound
 from clusterai.store.sql_events import job_events
@@ -79,8 +80,7 @@ class PipelineTables:
         input finds the job again by key); jobs of no run are left out."""
         out: dict[int, int] = {}
         ids = list(dict.fromkeys(job_ids))
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+        for chunk in chunked(ids):
             marks = ",".join("?" * len(chunk))
             for job_id, run_id in self._read(f"SELECT job_id, MIN(run_id) FROM pipeline_jobs WHERE job_id IN ({marks})"
                                              " GROUP BY job_id", chunk):
@@ -90,8 +90,7 @@ class PipelineTables:
     def job_results(self, job_ids: Sequence[int]) -> dict[int, Any]:
         out: dict[int, Any] = {}
         ids = list(dict.fromkeys(job_ids))
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+        for chunk in chunked(ids):
             marks = ",".join("?" * len(chunk))
             for job_id, result in self._read(f"SELECT id, result FROM jobs WHERE id IN ({marks})", chunk):
                 out[job_id] = json.loads(result) if result is not None else None

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from clusterai.core.chunks import chunked
 from clusterai.core.model import (
     Attempt,
     AuditEntry,
@@ -141,11 +142,10 @@ class SqlStore(WorkerTables, EventTables, AccessTables, PipelineTables):
     def _unscoped_keys(self, cur: Any, specs: Sequence[JobSpec]) -> dict[tuple[str | None, str], tuple[int, str]]:
         """(owner, key) -> (id, fingerprint) of jobs stored with an owner before keys were scoped by
         owner (their column holds the plain key): their owner's same key still finds them. One
-        query per 500 keys, and none for a submission without keys."""
+        query per ID_CHUNK keys, and none for a submission without keys."""
         wanted = sorted({s.idempotency_key for s in specs if s.idempotency_key is not None and s.owner is not None})
         found: dict[tuple[str | None, str], tuple[int, str]] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
+        for chunk in chunked(wanted):
             rows = cur.execute(f"SELECT idempotency_key, owner, id, fingerprint FROM jobs WHERE idempotency_key IN"
                                f" ({','.join('?' * len(chunk))}) AND owner IS NOT NULL", chunk).fetchall()
             found.update({(owner, key): (id_, fingerprint) for key, owner, id_, fingerprint in rows})
@@ -252,8 +252,7 @@ class SqlStore(WorkerTables, EventTables, AccessTables, PipelineTables):
     def _by_ids(self, job_ids: Sequence[int]) -> dict[int, Job]:
         found: dict[int, Job] = {}
         ids = list(job_ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for chunk in chunked(ids):
             marks = ",".join("?" * len(chunk))
             for row in self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", chunk):
                 found[row[0]] = _row_to_job(row)
@@ -262,8 +261,7 @@ class SqlStore(WorkerTables, EventTables, AccessTables, PipelineTables):
     def states_of(self, job_ids: Sequence[int]) -> dict[int, State]:
         out: dict[int, State] = {}
         ids = list(job_ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for chunk in chunked(ids):
             marks = ",".join("?" * len(chunk))
             for id_, state in self._read(f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk):
                 out[id_] = State(state)

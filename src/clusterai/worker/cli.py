@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import os
 import signal
 import sys
@@ -13,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clusterai.core.net import is_loopback
 from clusterai.core.pairs import parse_pairs
 from clusterai.errors import (
     EXIT_AUTH,
@@ -157,13 +157,7 @@ def _plain_beyond_loopback(address: str) -> bool:
     scheme, _, rest = address.rpartition("://")
     if scheme not in ("", "tcp"):
         return False
-    host = rest.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True  # a host name: another machine
+    return not is_loopback(rest.rsplit(":", 1)[0])  # a host name: another machine
 
 
 SERVE_TOKEN_ENV = "CLUSTERAI_MODEL_TOKEN"

@@ -21,11 +21,11 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from clusterai.core import logline, media_policy
+from clusterai.core.smoothing import DURATION_ALPHA, ewma
 from clusterai.core.tasks import import_task_modules, known_tasks
 from clusterai.worker.execute import run_batch, set_event_sink
 
 PLUGIN_NAME = "clusterai"
-_EWMA_ALPHA = 0.2
 # A worker started outside cluster.yaml (e.g. `clusterai worker --label region=eu`) gets its
 # profile from these variables, as JSON.
 PROFILE_ENV = "CLUSTERAI_WORKER_PROFILE"
@@ -101,8 +101,7 @@ class ClusterAIWorkerPlugin(WorkerPlugin):
         return replies
 
     def _observe(self, task: str, seconds: float) -> None:
-        old = self.latency.get(task)
-        self.latency[task] = seconds if old is None else _EWMA_ALPHA * seconds + (1 - _EWMA_ALPHA) * old
+        self.latency[task] = ewma(self.latency.get(task), seconds, DURATION_ALPHA)
 
     async def ping(self) -> dict[str, Any]:
         return self.snapshot()

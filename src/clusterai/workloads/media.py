@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 from clusterai.core import logline as loglines
 from clusterai.core.artifacts import ArtifactCorrupt, ArtifactStore
-from clusterai.core.pipelines import Pipeline, register_pipeline
+from clusterai.core.pipelines import Pipeline
 from clusterai.core.tasks import Check, Length, Range, task
 from clusterai.errors import BadInput, NonRetryableError
 from clusterai.worker import counts
@@ -220,7 +220,7 @@ def _source_of(item: Any) -> Any:
     return item.get("source") if isinstance(item, dict) else item
 
 
-VIDEO_ANALYSIS = register_pipeline(Pipeline.from_dict("video-analysis", {
+VIDEO_ANALYSIS = Pipeline.from_dict("video-analysis", {
     "description": "Per video: scan (scenes, motion, people, faces, key frames) -> summary -> signed log "
                    "line, and a line-crossing count beside them; then one report over all videos.",
     "args": "videos",
@@ -235,4 +235,6 @@ VIDEO_ANALYSIS = register_pipeline(Pipeline.from_dict("video-analysis", {
          "inputs": {"summaries": "summarize", "loglines": "logline", "counts": "count",
                     "sources": "input.videos"}},
     ],
-}))
+})
+
+PIPELINES = (VIDEO_ANALYSIS,)  # the built-in pipelines of this task module (core/pipelines.declared_pipelines)

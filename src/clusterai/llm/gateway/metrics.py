@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from clusterai.head.metrics import BREAKER_VALUES
+from clusterai.placement.breaker import BREAKER_VALUES
 
 
 class GatewayCollector(Collector):
