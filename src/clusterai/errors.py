@@ -266,42 +266,35 @@ class AuthRefused(ClusterAIError):
         return cls(message, int(details.get("status", 401)))
 
 
-class LimitReached(ClusterAIError):
-    """A caller used up what it may have at once (HTTP 429): `retry_after` seconds is when to try again."""
+class TryLater(ClusterAIError):
+    """An error that says when to try again: `retry_after` seconds (an HTTP Retry-After header)."""
+
+    def __init__(self, message: str, retry_after: float):
+        self.retry_after = retry_after
+        super().__init__(message)
+
+    def details(self) -> dict[str, Any]:
+        return {"retry_after": self.retry_after}
+
+    @classmethod
+    def from_details(cls, message: str, details: dict[str, Any]) -> ClusterAIError:
+        return cls(message, float(details["retry_after"]))
+
+
+class LimitReached(TryLater):
+    """A caller used up what it may have at once (HTTP 429)."""
 
     code = "limit_reached"
     http_status = 429
 
-    def __init__(self, message: str, retry_after: float):
-        self.retry_after = retry_after
-        super().__init__(message)
 
-    def details(self) -> dict[str, Any]:
-        return {"retry_after": self.retry_after}
-
-    @classmethod
-    def from_details(cls, message: str, details: dict[str, Any]) -> ClusterAIError:
-        return cls(message, float(details["retry_after"]))
-
-
-class BackendsBusy(ClusterAIError):
+class BackendsBusy(TryLater):
     """Every model backend that has the model is busy or out of rotation, and the queue is full or
-    the wait ran out (503); `retry_after` in seconds."""
+    the wait ran out (503)."""
 
     code = "backends_busy"
     http_status = 503
     exit_code = EXIT_UNAVAILABLE
-
-    def __init__(self, message: str, retry_after: float):
-        self.retry_after = retry_after
-        super().__init__(message)
-
-    def details(self) -> dict[str, Any]:
-        return {"retry_after": self.retry_after}
-
-    @classmethod
-    def from_details(cls, message: str, details: dict[str, Any]) -> ClusterAIError:
-        return cls(message, float(details["retry_after"]))
 
 
 class UpstreamFailed(ClusterAIError):

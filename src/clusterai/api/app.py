@@ -41,13 +41,13 @@ from clusterai.api.writer import SubmissionWriter
 from clusterai.config import ClusterConfig
 from clusterai.errors import (
     AuthRefused,
-    BackendsBusy,
     ClusterAIError,
     LimitReached,
     MalformedRequest,
     NotFound,
     RequestInvalid,
     StoreUnavailable,
+    TryLater,
     error_body,
 )
 from clusterai.llm.gateway.metrics import GatewayCollector
@@ -93,7 +93,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def clusterai_error(request: Request, exc: ClusterAIError) -> JSONResponse:
         """Every clusterai error, by its class (errors.py): status, code and details."""
         body, headers = error_body(exc), {}
-        if isinstance(exc, (LimitReached, BackendsBusy)):
+        if isinstance(exc, TryLater):
             headers["Retry-After"] = retry_after_header(exc.retry_after)
         if isinstance(exc, StoreUnavailable):
             log.warning("store unavailable: %s", exc)
