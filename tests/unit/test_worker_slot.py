@@ -132,7 +132,7 @@ def test_preference_score_counts_models_datasets_and_labels():
 
 def test_capacity_is_slots_when_set_else_threads():
     assert make_slot("w", nthreads=4).capacity == 4
-    assert make_slot("w", nthreads=4, slots=2).capacity == 2
+    assert make_slot("w", nthreads=4, concurrency=2).capacity == 2
     assert make_slot("w", nthreads=4, calls=2).load == 0.5
     assert make_slot("w", nthreads=0).load == 0.0
 
@@ -164,7 +164,7 @@ def test_expected_wait_without_history_is_jobs_in_flight_plus_one():
 
 def test_expected_wait_from_latency():
     assert make_slot("w", jobs=3, nthreads=2, latency={TASK: 0.5}).expected_wait(TASK) == pytest.approx(1.0)
-    assert make_slot("w", jobs=3, nthreads=4, slots=1, latency={TASK: 0.5}).expected_wait(TASK) == pytest.approx(2.0)
+    assert make_slot("w", jobs=3, nthreads=4, concurrency=1, latency={TASK: 0.5}).expected_wait(TASK) == pytest.approx(2.0)
 
 
 # -- breakers --------------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def test_apply_turns_a_snapshot_into_slot_fields():
     assert slot.models == frozenset({"bert", "gpt"})
     assert slot.datasets == frozenset({"wiki"})
     assert slot.accepts == frozenset({"gpu"})
-    assert slot.slots == 3 and slot.capacity == 3
+    assert slot.concurrency == 3 and slot.capacity == 3
     assert slot.latency == {TASK: 0.25}
     assert slot.metrics == {"cpu": 12.5, "memory": 1024.0}
 
@@ -255,7 +255,7 @@ def test_apply_replaces_what_the_worker_no_longer_reports():
     reg.apply(slot, {"labels": {"region": "us"}})
     assert slot.labels == {"region": "us"}
     assert slot.resources == {} and slot.models == frozenset() and slot.accepts == frozenset()
-    assert slot.slots == 0 and slot.latency == {} and slot.metrics == {}
+    assert slot.concurrency == 0 and slot.latency == {} and slot.metrics == {}
     assert slot.pid == 4321  # a snapshot without a pid keeps the one it had
 
 

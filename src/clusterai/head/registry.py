@@ -99,7 +99,7 @@ class WorkerRegistry:
         slot.model_server = (str(served["url"]), str(served["token"])) if isinstance(served, dict) \
             and served.get("url") and served.get("token") else None
         slot.datasets = frozenset(snap.get("datasets") or ())
-        slot.slots = int(snap.get("slots") or 0)
+        slot.concurrency = int(snap.get("slots") or 0)
         slot.latency = {str(k): float(v) for k, v in (snap.get("latency") or {}).items()}
         slot.metrics = {k: float(snap[k]) for k in ("cpu", "memory", "memory_percent", "gpu_percent",
                                                      "gpu_memory") if isinstance(snap.get(k), (int, float))}

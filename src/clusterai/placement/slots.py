@@ -48,7 +48,7 @@ class WorkerSlot:
     failed: int = 0
     last_ok: float = 0.0
     pid: int = 0
-    slots: int = 0  # batches it may run at once; 0 = its thread count
+    concurrency: int = 0  # batches it may run at once; 0 = its thread count
     labels: dict[str, str] = field(default_factory=dict)
     resources: dict[str, float] = field(default_factory=dict)
     models: frozenset[str] = frozenset()
@@ -64,7 +64,7 @@ class WorkerSlot:
 
     @property
     def capacity(self) -> int:
-        return self.slots or self.nthreads
+        return self.concurrency or self.nthreads
 
     def has_room(self, short: bool) -> bool:
         # One batch of known-short jobs may wait on the worker while another short batch runs,

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clusterai.config import ClusterConfig, load_config
 from clusterai.core.chunks import ID_CHUNK
@@ -23,6 +23,7 @@ from clusterai.core.model import (
 from clusterai.core.tasks import describe_tasks, import_task_modules
 from clusterai.errors import JobFailed, ResultTimeout
 from clusterai.head.runtime import BackgroundRuntime
+from clusterai.sdk.protocol import ClusterClient
 from clusterai.sdk.remote import RemoteClient
 from clusterai.service.jobs import JobService
 from clusterai.service.pipelines import Pipelines
@@ -269,3 +270,8 @@ def connect(
     runtime.start()
     assert runtime.runtime.store is not None
     return Client(runtime.runtime.store, conf, runtime=runtime)
+
+
+if TYPE_CHECKING:
+    def _both_keep_the_protocol(local: Client, remote: RemoteClient) -> list[ClusterClient]:
+        return [local, remote]  # mypy fails here when either client drifts from sdk/protocol.py
