@@ -101,6 +101,12 @@ class ConfigError(BadInput):
     code = "config_invalid"
 
 
+class AutoscaleConfigError(ConfigError):
+    """The `autoscale:` section of cluster.yaml is invalid; the message names the field."""
+
+    code = "autoscale_config_invalid"
+
+
 class UnknownTaskError(BadInput):
     code = "unknown_task"
 
@@ -303,6 +309,14 @@ class UpstreamFailed(ClusterAIError):
     code = "upstream_failed"
     http_status = 502
     exit_code = EXIT_UNAVAILABLE
+
+
+class ProviderError(ClusterAIError):
+    """An autoscaler's provider could not launch, list or terminate workers (a host unreachable,
+    a script failed)."""
+
+    code = "provider_failed"
+    http_status = 502
 
 
 class GatewayRefused(BadInput):

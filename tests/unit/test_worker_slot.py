@@ -164,7 +164,8 @@ def test_expected_wait_without_history_is_jobs_in_flight_plus_one():
 
 def test_expected_wait_from_latency():
     assert make_slot("w", jobs=3, nthreads=2, latency={TASK: 0.5}).expected_wait(TASK) == pytest.approx(1.0)
-    assert make_slot("w", jobs=3, nthreads=4, concurrency=1, latency={TASK: 0.5}).expected_wait(TASK) == pytest.approx(2.0)
+    slot = make_slot("w", jobs=3, nthreads=4, concurrency=1, latency={TASK: 0.5})
+    assert slot.expected_wait(TASK) == pytest.approx(2.0)
 
 
 # -- breakers --------------------------------------------------------------------------------------
