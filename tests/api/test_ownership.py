@@ -77,7 +77,8 @@ def test_another_owners_job_is_not_found(api: Api) -> None:
         # exactly what a job that does not exist gets: nothing tells them apart
         assert r.json() == {"error": f"no job with id {job_id}", "code": "job_not_found", "job": job_id}
         assert c.get(f"/api/v1/jobs/{job_id}", params={"wait": 0.2}).status_code == 404
-    assert c.get("/api/v1/jobs/999999").json() == {"error": "no job with id 999999"}
+    missing = c.get("/api/v1/jobs/999999").json()
+    assert missing == {"error": "no job with id 999999", "code": "job_not_found", "job": 999999}
     viewer = api.client("viewer")
     for job_id in (theirs, mine, local):
         assert viewer.get(f"/api/v1/jobs/{job_id}").json()["id"] == job_id

@@ -10,7 +10,7 @@ waiters, the pipeline driver)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from clusterai.core.model import Job, State
 from clusterai.core.tasks import get_task
@@ -20,8 +20,14 @@ from clusterai.placement import WorkerSlot
 from clusterai.store.protocol import JobStore
 from clusterai.worker.counts import TOPIC as COUNTS_TOPIC
 
-if TYPE_CHECKING:  # the coordinator hands itself to start(); only its type is needed here
-    from clusterai.head.coordinator import Coordinator
+
+class Coordinator(Protocol):
+    """What a plugin sees of the coordinator that runs it (head/coordinator.Coordinator)."""
+
+    client: Any  # the coordinator's Dask client
+
+    def holds_lease(self, job_id: int, attempt: int) -> bool: ...
+    def wake(self) -> None: ...
 
 
 class CoordinatorPlugin:
