@@ -113,6 +113,7 @@ def test_sign_in_rejects_a_wrong_token_and_shows_the_workers(browser, cluster: C
     assert "unknown" in page.inner_text("#login-error")
     page.close()
     page = sign_in(browser, cluster, cluster.admin)
+    page.wait_for_selector("#whoami:not(:empty)")  # filled once the page has asked who it is
     assert "admin (admin)" in page.inner_text("#whoami")
     page.click("nav a[href='#workers']")
     page.wait_for_selector("#workers-table tbody tr[data-worker='1']")
