@@ -1,4 +1,4 @@
-"""The role check in front of Dask's handlers (engine/gate.py), on comms that carry a peer
+"""The role check in front of Dask's handlers (worker/gate.py), on comms that carry a peer
 certificate as Dask's TLS comm does. The attacks over real connections are in tests/security."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ M = TypeVar("M", bound=BaseModel)
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 MAX_ID = 2**63 - 1  # the largest id the store can hold: bigger numbers are refused at the edge
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
-# queue names, label/resource/preference keys and values: a safe character set (jobs/model.py says why)
+# queue names, label/resource/preference keys and values: a safe character set (core/model.py says why)
 SafeName = Annotated[str, Field(pattern=NAME_PATTERN, description="1 to 100 of A-Z a-z 0-9 _ . : -")]
 SafeValue = Annotated[str, Field(pattern=VALUE_PATTERN, description="1 to 200 of A-Z a-z 0-9 _ . : / -")]
 Key = Annotated[str, Field(pattern=KEY_PATTERN, description="1 to 200 characters, no control characters")]

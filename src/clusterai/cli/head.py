@@ -1,5 +1,5 @@
 """`clusterai scheduler`: a head node — Dask scheduler + coordinator + REST API on a shared store.
-A second one on the same store stands by and takes over when the first dies (leader.py)."""
+A second one on the same store stands by and takes over when the first dies (store/leader.py)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ it runs once, after every element has finished, and gets one list entry per elem
 that element failed). Fan-outs do not nest.
 
 `plan()` is a pure function: given the run's jobs so far it says which stage jobs to create next
-and how far each stage is. The runner (pipeline_runner.py) calls it whenever a stage job ends.
+and how far each stage is. The runner (service/runs.py) calls it whenever a stage job ends.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ class WorkerRegistry:
     def __init__(self, store: JobStore, dask_client: Any, *, breaker: BreakerSection | None = None,
                  on_change: Callable[[], None] = lambda: None, require_enrollment: bool = False):
         self.store = store
-        # on a head node, only workers that presented a worker token (engine/enroll.py) get work
+        # on a head node, only workers that presented a worker token (worker/enroll.py) get work
         self.require_enrollment = require_enrollment
         self.client = dask_client
         self.breaker = breaker or BreakerSection()

@@ -236,7 +236,7 @@ def read_token_file(path: str | Path) -> str | None:
 
 
 class RemotePipelines:
-    """`client.pipelines` over HTTP: the methods of client_pipelines.Pipelines."""
+    """`client.pipelines` over HTTP: the methods of service/pipelines.Pipelines."""
 
     def __init__(self, call: Any):
         self._call = call

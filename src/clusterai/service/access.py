@@ -38,7 +38,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
                            Permission.OPERATE}),
     "submitter": frozenset({Permission.READ_OWN, Permission.SUBMIT}),
     "viewer": frozenset({Permission.READ, Permission.READ_OWN}),
-    # enrollment tokens: they let a machine join as a worker (engine/enroll.py), and do nothing in the API
+    # enrollment tokens: they let a machine join as a worker (worker/enroll.py), and do nothing in the API
     "worker": frozenset(),
 }
 ROLES = tuple(ROLE_PERMISSIONS)

@@ -1,5 +1,5 @@
 """`client.pipelines`: start, watch and steer pipeline runs, on an embedded cluster or on the
-store of a running one (the same methods exist over HTTP in remote.py)."""
+store of a running one (the same methods exist over HTTP in sdk/remote.py)."""
 
 from __future__ import annotations
 

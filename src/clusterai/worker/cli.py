@@ -1,5 +1,5 @@
 """`clusterai worker`: light (Dask, psutil and the standard library only), so it parses its options
-with argparse. The head's `clusterai scheduler` is in cli_head.py."""
+with argparse. The head's `clusterai scheduler` is in cli/head.py."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ checked by tests/integration/test_dask_tls.py:
   for any role (scheduler, worker or client), and any client may run code on the scheduler. So
   every certificate made here carries its node's role (`head`, `worker` or `client`, as the
   subject's organizational unit), and clusterai's servers check it on every operation
-  (engine/gate.py): a worker's key lets a machine be a worker, nothing more. The SubjectAltNames
+  (worker/gate.py): a worker's key lets a machine be a worker, nothing more. The SubjectAltNames
   written here serve tools that do check hostnames (curl, httpx, a browser), not Dask.
 - Dask clears VERIFY_X509_STRICT; OpenSSL still checks the extended key usage, which is why every
   node certificate carries both serverAuth and clientAuth (a worker listens and connects).
