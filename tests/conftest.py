@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pgserver
 import pytest
 from api_support import Api, ApiFactory, running_api
+from waiting import wait_for  # noqa: F401 - the tests import it from here
 
 import clusterai
 from clusterai.config import ClusterConfig, parse_config
@@ -54,16 +54,6 @@ def start_cluster() -> Iterator[Callable[[ClusterConfig], clusterai.Client]]:
 
 def live_workers(client: clusterai.Client) -> list[Any]:
     return [w for w in client.workers() if w.status == "ready" and w.pid]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def read_executions(path: Path) -> dict[str, int]:
@@ -206,3 +196,14 @@ _databases = iter(range(1, 1_000_000))
 def pg_url(pg_server: pgserver.PgServer) -> str:
     """A fresh, empty database on the session's server."""
     return pg_server.create_database(f"test_{os.getpid()}_{next(_databases)}")
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    """The usual umask (group and others may read what is made), explicitly: files the cluster makes
+    must be private whatever the umask says."""
+    before = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(before)

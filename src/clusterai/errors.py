@@ -43,13 +43,10 @@ class ClusterAIError(Exception):
         return cls(message)
 
 
-_BY_CODE[ClusterAIError.code] = ClusterAIError
-
-
 def from_answer(code: str | None, message: str, details: dict[str, Any], status: int) -> ClusterAIError:
     """The error an API answer stands for: the class its code names, else a RemoteError."""
     cls = _BY_CODE.get(code or "")
-    if cls is None or cls is ClusterAIError:
+    if cls is None:
         return RemoteError(status, message)
     try:
         return cls.from_details(message, details)

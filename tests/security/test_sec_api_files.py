@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,6 @@ from clusterai.store.sqlite import SQLiteStore
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-@pytest.fixture
-def permissive_umask() -> Iterator[None]:
-    """The usual umask (group and others may read what is made), explicitly."""
-    before = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(before)
 
 
 def test_a_new_store_and_its_folder_are_private(tmp_path: Path, permissive_umask: None) -> None:

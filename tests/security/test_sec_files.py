@@ -44,15 +44,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecCluster]:
         yield c
 
 
-@pytest.fixture
-def permissive_umask() -> Iterator[None]:
-    before = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(before)
-
-
 # -- over HTTP, against the cluster ----------------------------------------------------------------
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=[repr(n)[:24] for n in BAD_NAMES])

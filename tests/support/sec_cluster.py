@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from api_support import Api, running_api
+from waiting import wait_for
 
 import clusterai
 
@@ -101,23 +102,13 @@ def sec_cluster(root: Path, *, sources: list[str] | None = None) -> Iterator[Sec
             config_file.write_text(yaml.safe_dump({"store": api.config.store, **settings}))
             client = clusterai.connect(api.config)
             try:
-                wait_until(lambda: sum(1 for w in client.workers() if w.status == "ready" and w.pid) >= 2, 60,
+                wait_for(lambda: sum(1 for w in client.workers() if w.status == "ready" and w.pid) >= 2, 60,
                            "the workers to join")
                 yield SecCluster(api, client, root, config_file=config_file, key_file=key_file, **folders)
             finally:
                 client.close()
     finally:
         os.umask(umask)
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def sha256_of(path: Path) -> str:

@@ -146,11 +146,11 @@ def create_app(
     if coordinator_registry is not None:
         registry.register(_Forward(coordinator_registry))
     api = config.api
-    jobs_service = JobService(store, config, wake=wake or (lambda: None))
+    jobs_service = JobService(store, config, wake=wake or (lambda: None))  # it tells the coordinator of new work
     ctx = ApiContext(store=store, config=config, verifier=TokenVerifier(store),
                      limiter=RateLimiter(api.rate_limit, api.rate_burst), jobs=jobs_service, registry=registry,
                      pipelines=Pipelines(PipelineRunner(store, config, wake=jobs_service.wake)),
-                     writer=SubmissionWriter(jobs_service), wake=wake or (lambda: None), dask_dashboard=dask_dashboard,
+                     writer=SubmissionWriter(jobs_service), dask_dashboard=dask_dashboard,
                      gateway=Gateway(config.gateway, worker_slots=worker_slots), worker_slots=worker_slots,
                      throttle=AuthThrottle(api.auth_failures, api.auth_failure_window),
                      streams=StreamSlots(api.max_streams_per_token),

@@ -37,7 +37,6 @@ class ApiContext:
     pipelines: Pipelines
     registry: CollectorRegistry
     writer: SubmissionWriter
-    wake: Callable[[], None] = lambda: None
     dask_dashboard: str | None = None  # the Dask dashboard's address, when it is served
     gateway: Any = None  # gateway.service.Gateway: live LLM requests
     throttle: AuthThrottle = field(default_factory=lambda: AuthThrottle(10, 60.0))

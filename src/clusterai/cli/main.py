@@ -27,13 +27,12 @@ from clusterai.cli.tokens import audit, token_app
 from clusterai.cli.workers import workers_app
 from clusterai.core.model import Job, State
 from clusterai.core.tasks import import_task_modules, parse_payload_text
-from clusterai.demo.run import run_demo
 from clusterai.errors import EXIT_FAILED, BadInput, ClusterAIError
 from clusterai.head.runtime import ClusterRuntime
 from clusterai.head.serve import serve
 from clusterai.service.submission import build_spec
 from clusterai.store.leader import leadership_for
-from clusterai.store.postgres import redact
+from clusterai.store.urls import redact
 
 app = typer.Typer(help="clusterai: pool your machines into one cluster and run AI work across it.",
                   no_args_is_help=True, add_completion=False)
@@ -115,6 +114,9 @@ def demo(
 ) -> None:
     """Run the demo: a video-analysis pipeline, a camera count, CPU-bound jobs and an embedding model
     behind the LLM gateway, across a local cluster."""
+    # imported here, not above: the demo's clips need OpenCV, ~0.2 s that no other command should pay
+    from clusterai.demo.run import run_demo
+
     conf = settings.config(**{"cluster.workers": workers})
     outcome = run_demo(conf, jobs=jobs, keep_running=not exit_when_done, console=out)
     if outcome["jobs"].get("succeeded", 0) != jobs:

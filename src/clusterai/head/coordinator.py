@@ -56,7 +56,8 @@ class Coordinator:
         self.registry = WorkerRegistry(store, dask_client, breaker=self.placement.breaker,
                                        on_change=self._wake_set, require_enrollment=require_enrollment)
         self.metrics = Metrics()
-        self.plugins: list[CoordinatorPlugin] = list(plugins)
+        self.plugins: list[CoordinatorPlugin] = []
+        self._hooked: dict[str, list[CoordinatorPlugin]] = {}  # per-item hooks: only the plugins that have them
         self.rng = rng or random.Random()
         self._inflight: dict[int, Job] = {}
         self._accepted: OrderedDict[int, int] = OrderedDict()  # recent accepted outcomes: job -> attempt
@@ -68,6 +69,8 @@ class Coordinator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self.started_at = time.time()
+        for plugin in plugins:
+            self.add_plugin(plugin)
 
     @staticmethod
     def _make_planner(settings: CoordinatorSection, placement: PlacementSection) -> Planner:
@@ -136,6 +139,9 @@ class Coordinator:
     def add_plugin(self, plugin: CoordinatorPlugin) -> None:
         """Hook a plugin in; one added after start() gets no start() call (its hooks start now)."""
         self.plugins.append(plugin)
+        for hook in ("attempts_started", "prepare_item", "job_finished"):  # called per batch, item or job
+            if getattr(type(plugin), hook) is not getattr(CoordinatorPlugin, hook):
+                self._hooked.setdefault(hook, []).append(plugin)
 
     def add_listener(self, listener: Callable[[int, State], None]) -> None:
         """Called on the coordinator's loop whenever a job reaches a final state."""
@@ -195,7 +201,7 @@ class Coordinator:
         lease_until = now + self.settings.lease_seconds
         try:
             started = {job.id: job for job in self.store.start_attempts(assignments, now, lease_until)}
-            for plugin in self.plugins:
+            for plugin in self._hooked.get("attempts_started", ()):
                 plugin.attempts_started(list(started.values()))
         except StoreUnavailable:
             for batch in plan.batches:
@@ -229,7 +235,7 @@ class Coordinator:
         # the owner travels with every attempt: a task that says who asked for it learns it from here
         items: list[dict[str, Any]] = [{"id": j.id, "attempt": j.attempt, "task": j.task, "owner": j.owner,
                                         "payload": canonical_json(j.payload), "timeout": j.timeout} for j in jobs]
-        for plugin in self.plugins:
+        for plugin in self._hooked.get("prepare_item", ()):
             for item, job in zip(items, jobs):
                 plugin.prepare_item(item, job, slot)
         hard_limit = None
@@ -347,7 +353,7 @@ class Coordinator:
             if finish.state is State.PENDING and finish.run_at is not None:
                 self._next_due = min(self._next_due or finish.run_at, finish.run_at)
             if finish.state.terminal:
-                for plugin in self.plugins:
+                for plugin in self._hooked.get("job_finished", ()):
                     plugin.job_finished(finish.job_id, finish.state)
 
     # -- liveness -----------------------------------------------------------------------------

@@ -84,16 +84,17 @@ class Provenance(CoordinatorPlugin):
 
     def __init__(self, store: JobStore):
         self.store = store
-        self._runs: dict[int, int] = {}
+        self._runs: dict[int, int | None] = {}  # started jobs whose task wants it -> their run (None: no run)
 
     def attempts_started(self, jobs: list[Job]) -> None:
         wanted = [job.id for job in jobs if task_flag(job.task, "provenance")]
         if wanted:
-            self._runs.update(self.store.runs_of(wanted))
+            runs = self.store.runs_of(wanted)
+            self._runs.update({job_id: runs.get(job_id) for job_id in wanted})
 
     def prepare_item(self, item: dict[str, Any], job: Job, slot: WorkerSlot) -> None:
-        if task_flag(job.task, "provenance"):
-            item["run"] = self._runs.pop(job.id, None)
+        if job.id in self._runs:
+            item["run"] = self._runs.pop(job.id)
 
 
 class GatewayAccess(CoordinatorPlugin):

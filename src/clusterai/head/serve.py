@@ -17,7 +17,7 @@ from clusterai.head.plugins import GatewayAccess
 from clusterai.head.runtime import ClusterRuntime
 from clusterai.llm.serving import serve_for_head
 from clusterai.store.leader import Leadership
-from clusterai.store.postgres import redact
+from clusterai.store.urls import redact
 
 
 class Console(Protocol):

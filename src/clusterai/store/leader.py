@@ -18,8 +18,6 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from clusterai.store.postgres import COORDINATOR_LOCK
-
 log = logging.getLogger("clusterai.store.leader")
 
 
@@ -113,6 +111,8 @@ def leadership_for(store_url: str, conninfo: str | None = None) -> Leadership:
     """The lock that guards this store. `conninfo`: the PostgreSQL URL with its password (the
     store's `url` is redacted)."""
     if store_url.startswith(("postgresql://", "postgres://")):
+        from clusterai.store.postgres import COORDINATOR_LOCK  # not above: psycopg is slow to import (open.py)
+
         return PostgresLeadership(conninfo or store_url, COORDINATOR_LOCK)
     path = store_url.removeprefix("sqlite:///")
     if path == ":memory:":

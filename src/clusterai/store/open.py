@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from clusterai.errors import ConfigError
-from clusterai.store.postgres import PostgresStore
 from clusterai.store.protocol import JobStore
 from clusterai.store.sqlite import SQLiteStore
 
@@ -15,6 +14,9 @@ def open_store(url: str | Path, **options: object) -> JobStore:
     plain path, or `sqlite://:memory:`."""
     text = str(url)
     if text.startswith(("postgresql://", "postgres://")):
+        # imported here, not above: psycopg takes ~0.2 s to import, which no SQLite user should pay
+        from clusterai.store.postgres import PostgresStore
+
         return PostgresStore(text, **options)  # type: ignore[arg-type]
     if text.startswith("sqlite://"):
         rest = text[len("sqlite://") :]

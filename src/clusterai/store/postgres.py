@@ -22,11 +22,11 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from clusterai.errors import ConfigError, StoreUnavailable
 from clusterai.store.migrations import POSTGRES_MIGRATIONS
 from clusterai.store.sql_store import SqlStore
+from clusterai.store.urls import redact
 
 try:
     import psycopg
@@ -41,16 +41,6 @@ CHANNEL = "clusterai_jobs"
 EVENTS_LOCK = 7_219_450_001
 MIGRATION_LOCK = 7_219_450_002
 COORDINATOR_LOCK = 7_219_450_003
-
-
-def redact(url: str) -> str:
-    """The URL without its password: safe to print and log."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 @functools.lru_cache(maxsize=512)

@@ -35,5 +35,4 @@ async def requeue(request: Request, principal: Principal = Depends(require(Permi
     body = parse_body(await request.body(), RequeueRequest)
     ids = await run_in_threadpool(ctx.jobs.requeue_dead, body.ids, everything=body.all)
     request.state.audit_target = f"{len(ids)} dead letters"
-    ctx.wake()
     return {"requeued": ids}

@@ -82,7 +82,6 @@ async def submit(request: Request, principal: Principal = Depends(require(Permis
     before = time.time()
     jobs = await ctx.writer.submit(specs, audit)
     request.state.audited = True
-    ctx.wake()
     if isinstance(parsed, BatchRequest):
         return JSONResponse({"count": len(jobs), "ids": [j.id for j in jobs]}, status_code=201)
     job = jobs[0]
@@ -164,5 +163,4 @@ async def retry_job(request: Request, job_id: int = JobId,
     ctx = context(request)
     request.state.audit_target = f"job {job_id}"
     job = await run_in_threadpool(ctx.jobs.retry, job_id)
-    ctx.wake()
     return job.to_dict()

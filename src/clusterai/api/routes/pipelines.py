@@ -55,7 +55,6 @@ async def _start(request: Request, principal: Principal, name: str | None) -> JS
     status = await run_in_threadpool(ctx.pipelines.run, target, body.input, fresh=body.fresh,
                                      owner=principal.name)
     request.state.audit_target = f"pipeline run {status['id']}"
-    ctx.wake()
     return JSONResponse(status, status_code=201)
 
 
@@ -97,9 +96,7 @@ async def run_outputs(request: Request, run_id: int = RunId, stage: str | None =
 
 async def _change(request: Request, run_id: int, action: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
     request.state.audit_target = f"pipeline run {run_id}"
-    result = await run_in_threadpool(action, run_id)
-    context(request).wake()
-    return result
+    return await run_in_threadpool(action, run_id)
 
 
 @router.delete("/runs/{run_id}", summary="Cancel a run: its unfinished stage jobs are cancelled")
