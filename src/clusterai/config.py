@@ -281,6 +281,9 @@ class ClusterConfig(_Section):
     queues: dict[str, QueueSection] = Field(default_factory=dict)
     pipelines: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="named pipelines: stages of tasks (see clusterai.core.pipelines)")
+    autoscale: dict[str, Any] | None = Field(
+        None, description="the autoscaler: {min, max} or profiles, policies, provider (see clusterai.autoscale.config);"
+                          " checked when the cluster starts and by `clusterai config validate`")
 
     @pydantic.field_validator("pipelines")
     @classmethod

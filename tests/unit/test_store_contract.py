@@ -1073,3 +1073,47 @@ def test_unfinished_jobs_of_an_owner(store: JobStore):
     start(store, ids[0])
     store.cancel(ids[1], T0)
     assert (store.unfinished_of("alice"), store.unfinished_of("bob"), store.unfinished_of("carol")) == (4, 1, 0)
+
+
+def test_backlog_groups_queued_and_running_jobs_by_what_they_need(store: JobStore):
+    ids = submit(store, spec(), spec(), spec(resources={"GPU": 1}), spec(labels={"region": "eu"}, queue="video"),
+                 spec(run_at=T0 + 100))  # pending: not yet demand
+    start(store, ids[0])
+    rows = sorted(repr(row) for row in store.backlog())
+    assert rows == sorted(repr(row) for row in [("default", "unit.job", {}, {}, "queued", 1),
+                                                ("default", "unit.job", {}, {}, "running", 1),
+                                                ("default", "unit.job", {"GPU": 1.0}, {}, "queued", 1),
+                                                ("video", "unit.job", {}, {"region": "eu"}, "queued", 1)])
+
+
+def test_scale_decisions_come_back_newest_first_and_only_the_newest_are_kept(store: JobStore):
+    rows = [{"at": T0 + i, "profile": "gpu" if i % 2 else "cpu", "from": i, "to": i + 1, "reason": f"r{i}",
+             "inputs": {"queued": i}} for i in range(6)]
+    store.add_scale_decisions(rows[:3])
+    store.add_scale_decisions(rows[3:], kept=4)
+    got = store.list_scale_decisions(limit=10)
+    assert [r["reason"] for r in got] == ["r5", "r4", "r3", "r2"]
+    assert got[0] | {"id": 0} == {"id": 0, "at": T0 + 5, "profile": "gpu", "from": 5, "to": 6, "reason": "r5",
+                                  "inputs": {"queued": 5}}
+    assert [r["reason"] for r in store.list_scale_decisions(profile="cpu")] == ["r4", "r2"]
+    assert [r["reason"] for r in store.list_scale_decisions(since=T0 + 4, limit=1)] == ["r5"]
+
+
+def test_autoscale_documents_are_replaced_by_key(store: JobStore):
+    assert store.get_autoscale("override") is None
+    store.put_autoscale("override", {"enabled": True, "profiles": {"default": {"min": 1, "max": 4}}}, T0)
+    store.put_autoscale("override", {"enabled": False}, T0 + 1)
+    store.put_autoscale("state", {"profiles": {}}, T0 + 2)
+    assert store.get_autoscale("override") == ({"enabled": False}, T0 + 1)
+    assert store.get_autoscale("state") == ({"profiles": {}}, T0 + 2)
+
+
+def test_job_history_gives_submit_times_and_run_seconds_of_finished_jobs(store: JobStore):
+    ids = submit(store, spec(), spec(resources={"GPU": 1}), spec(), now=T0)
+    for i, job_id in enumerate(ids[:2]):
+        job = start(store, job_id, now=T0 + 10)
+        store.finish_attempts([decide(job, Outcome.SUCCEEDED, now=T0 + 10 + 5 * (i + 1), result_json="1")],
+                              T0 + 10 + 5 * (i + 1))
+    rows = store.job_history(T0, T0 + 100)
+    assert rows == [(T0, 5.0, {}, {}), (T0, 10.0, {"GPU": 1.0}, {})]
+    assert store.job_history(T0 + 16, T0 + 100) == [(T0, 10.0, {"GPU": 1.0}, {})]

@@ -35,7 +35,7 @@ min and max. The full form:
           alpha: 0.3           # weight of the latest week
           lead_s: 300          # default: the profile's start_s
       provider:
-        kind: ssh              # local (default) | ssh | command
+        kind: ssh              # local (default) | ssh | command | none (only export the desired count)
         command: "clusterai worker {head} --name {name} --nthreads {concurrency}"
         hosts:
           - {host: gpu1.lan, user: ai, max_workers: 2, key_path: ~/.ssh/id_ed25519}
@@ -62,7 +62,13 @@ from clusterai.autoscale.cron import CronError
 from clusterai.autoscale.engine import Autoscaler
 from clusterai.autoscale.model import Profile, ProfileError
 from clusterai.autoscale.policies import Policy, Predictive, Reactive, Scheduled, TargetTracking, Window
-from clusterai.autoscale.providers import CommandProvider, LocalProcessProvider, Provider, template_fields
+from clusterai.autoscale.providers import (
+    CommandProvider,
+    LocalProcessProvider,
+    NoProvider,
+    Provider,
+    template_fields,
+)
 from clusterai.autoscale.ssh import SSHHost, SSHProvider
 from clusterai.errors import AutoscaleConfigError
 
@@ -110,6 +116,8 @@ class AutoscaleConfig:
         if self.provider.kind == "local":
             return LocalProcessProvider(o["command"], o.get("env"), o.get("cwd"), variables=variables, token=token,
                                         grace_s=o.get("grace_s", 10.0), log_dir=o.get("log_dir"))
+        if self.provider.kind == "none":
+            return NoProvider()
         if self.provider.kind == "ssh":
             return SSHProvider(o["hosts"], o["command"], variables=variables, token=token,
                                grace_s=o.get("grace_s", 10.0))
@@ -180,7 +188,7 @@ def _profile(name: str, raw: Any) -> Profile:
 def _labels(raw: Any, path: str) -> frozenset[str]:
     if isinstance(raw, Mapping):
         return frozenset(f"{k}={v}" for k, v in raw.items())
-    return frozenset(_strings(raw, path))
+    return frozenset(label if "=" in label else f"{label}=true" for label in _strings(raw, path))
 
 
 # -- policies -----------------------------------------------------------------------------------
@@ -276,6 +284,7 @@ def _timezone(raw: Any, path: str) -> tzinfo:
 # -- providers ----------------------------------------------------------------------------------
 
 _PROVIDER_KEYS = {
+    "none": set(),  # decide and export clusterai_desired_workers only: an HPA or KEDA scales the workers
     "local": {"command", "env", "cwd", "grace_s", "log_dir"},
     "ssh": {"command", "hosts", "grace_s"},
     "command": {"launch", "terminate", "list", "env", "cwd", "timeout_s"},
@@ -308,13 +317,15 @@ def _provider(raw: Any, path: str) -> ProviderSpec:
         for part in argv:
             _template(part, f"{path}.command")
         options["command"] = argv
+    elif kind == "none":
+        pass
     elif kind == "ssh":
         options["command"] = _template(spec.get("command", DEFAULT_SSH_COMMAND), f"{path}.command")
         hosts = [_host(h, f"{path}.hosts[{i}]") for i, h in enumerate(_list(spec.get("hosts"), f"{path}.hosts"))]
         if not hosts:
             raise AutoscaleConfigError(f"{path}.hosts: an ssh provider needs at least one host")
         options["hosts"] = hosts
-    else:
+    else:  # command
         for key in ("launch", "terminate", "list"):
             if key not in spec:
                 raise AutoscaleConfigError(f"{path}.{key}: a command provider needs its {key} command")

@@ -96,6 +96,16 @@ class Profile:
             found.append(f"min ({self.min}) is greater than max ({self.max})")
         return found
 
+    def label_map(self) -> dict[str, str]:
+        """The labels as a worker carries them: "region=eu" -> {"region": "eu"}, a bare "gpu" -> {"gpu": "true"}."""
+        pairs = (label.split("=", 1) if "=" in label else (label, "true") for label in sorted(self.labels))
+        return {key: value for key, value in pairs}
+
+    def worker_profile(self) -> dict[str, Any]:
+        """What a worker launched for this profile offers (the worker plugin's profile document)."""
+        return {"labels": self.label_map(), "resources": dict(self.resources), "models": list(self.models),
+                "slots": self.concurrency}
+
     def can_run(self, demand: QueueDemand) -> bool:
         """Every resource the demand needs is here in enough amount, and every label it needs."""
         enough = all(self.resources.get(key, 0.0) >= amount

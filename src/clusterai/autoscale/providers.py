@@ -156,6 +156,21 @@ class LocalProcessProvider:
                 for p in self._procs.values()]
 
 
+class NoProvider:
+    """Launches nothing: the autoscaler only decides and exports `clusterai_desired_workers{profile}`,
+    which a Kubernetes HPA or KEDA scales a worker Deployment on. Workers count towards a profile by
+    the label profile=NAME (`clusterai worker ... --label profile=gpu`)."""
+
+    async def launch(self, profile: Profile, count: int) -> builtins.list[str]:
+        return []
+
+    async def terminate(self, names: Sequence[str]) -> None:
+        return None
+
+    async def list(self) -> builtins.list[LaunchedWorker]:
+        return []
+
+
 class CommandProvider:
     """The operator's own scripts (a cloud CLI, a batch scheduler...). A command given as a string
     runs in a shell; as a list, directly.

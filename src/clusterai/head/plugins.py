@@ -16,7 +16,9 @@ from clusterai.core.model import Job, State
 from clusterai.core.tasks import get_task
 from clusterai.errors import UnknownTaskError
 from clusterai.head.camera_counts import CountCollector
+from clusterai.head.registry import WorkerRegistry
 from clusterai.placement import WorkerSlot
+from clusterai.placement.planner import Planner
 from clusterai.store.protocol import JobStore
 from clusterai.worker.counts import TOPIC as COUNTS_TOPIC
 
@@ -25,6 +27,8 @@ class Coordinator(Protocol):
     """What a plugin sees of the coordinator that runs it (head/coordinator.Coordinator)."""
 
     client: Any  # the coordinator's Dask client
+    registry: WorkerRegistry
+    planner: Planner
 
     def holds_lease(self, job_id: int, attempt: int) -> bool: ...
     def wake(self) -> None: ...

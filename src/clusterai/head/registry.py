@@ -35,6 +35,8 @@ class WorkerRegistry:
         self.slots: dict[str, WorkerSlot] = {}
         self.version = 0  # changes whenever a worker joins, leaves or changes what it offers
         self._removing: dict[str, int] = {}  # address -> command id, removed once idle
+        # workers the autoscaler is retiring, by name: one its nanny restarts comes back draining
+        self.drained_names: set[str] = set()
 
     def find(self, worker: str) -> WorkerSlot | None:
         """A live worker by address or by name."""
@@ -104,7 +106,7 @@ class WorkerRegistry:
         slot.metrics = {k: float(snap[k]) for k in ("cpu", "memory", "memory_percent", "gpu_percent",
                                                      "gpu_memory") if isinstance(snap.get(k), (int, float))}
         if slot.status == "joining":
-            slot.status = "ready"
+            slot.status = "draining" if slot.name in self.drained_names else "ready"
             log.info("worker %s (%s) is ready: labels %s", slot.name, slot.address, slot.labels)
             return True
         return False

@@ -15,14 +15,18 @@ from typing import Any
 from distributed import Client, LocalCluster, Scheduler
 from distributed.security import Security
 
+from clusterai.autoscale import parse_autoscale
+from clusterai.autoscale.config import DEFAULT_LOCAL_COMMAND
+from clusterai.autoscale.providers import Provider
 from clusterai.config import ClusterConfig
 from clusterai.core.tasks import import_task_modules
-from clusterai.errors import ClusterAIError, ConfigError
+from clusterai.errors import AutoscaleConfigError, ClusterAIError, ConfigError
+from clusterai.head.autoscaling import Autoscaling, EmbeddedProvider
 from clusterai.head.coordinator import Coordinator
 from clusterai.head.membership import Membership
 from clusterai.head.pipeline_driver import PipelineDriver
 from clusterai.head.plugins import CameraCounts, Provenance
-from clusterai.service.access import TokenVerifier
+from clusterai.service.access import TokenVerifier, new_token
 from clusterai.service.runs import PipelineRunner
 from clusterai.store.open import open_store
 from clusterai.store.protocol import JobStore
@@ -31,6 +35,9 @@ from clusterai.worker.gate import WORKER_TO_SCHEDULER, Gate, install, own_identi
 from clusterai.worker.plugin import ClusterAIWorkerPlugin, library_threads
 
 log = logging.getLogger("clusterai.runtime")
+
+# what `clusterai autoscale enable --min N --max M` scales when cluster.yaml has no autoscale section
+DEFAULT_AUTOSCALE = {"min": 0, "max": 4}
 
 
 @dataclass(frozen=True)
@@ -57,8 +64,19 @@ class ClusterRuntime:
         self.dask: Client | None = None
         self.coordinator: Coordinator | None = None
         self.pipelines: PipelineDriver | None = None
+        self.autoscaling: Autoscaling | None = None
 
     async def start(self) -> None:
+        raw = self.config.autoscale
+        self._autoscale_config = parse_autoscale(raw if raw is not None else DEFAULT_AUTOSCALE)  # before any start
+        provider = self._autoscale_config.provider
+        embedded = self.head is None and not self.config.cluster.scheduler
+        if embedded and (provider.kind not in ("local", "none") or provider.kind == "local"
+                         and provider.options["command"] != list(DEFAULT_LOCAL_COMMAND)):
+            raise AutoscaleConfigError(
+                "autoscale.provider: the embedded cluster grows with worker processes of its own only (its "
+                "credentials exist in this process alone); leave provider out, or run `clusterai head` "
+                "for workers on other machines")
         import_task_modules(self.config.tasks)
         if self.store is None:
             self.store = open_store(self.config.store)
@@ -73,8 +91,10 @@ class ClusterRuntime:
             # Credentials made now and held in memory, passed to the worker processes as they start:
             # only this process and its workers can connect, not another user of this machine
             security = Security.temporary()
+            # an autoscaled embedded cluster starts empty: the autoscaler brings it to its minimum
+            # at once, and cluster.workers does not apply
             self.local_cluster = await LocalCluster(
-                n_workers=c.workers,
+                n_workers=c.workers if self.config.autoscale is None else 0,
                 threads_per_worker=c.threads_per_worker,
                 processes=True,
                 host=c.host,
@@ -97,14 +117,42 @@ class ClusterRuntime:
         profiles = {str(i): p.model_dump() for i, p in enumerate(c.worker_profiles)}
         await self.dask.register_plugin(ClusterAIWorkerPlugin(
             self.config.tasks, profiles, media=self.config.media.sources, loglines=self.config.logline.dir))
+        self.autoscaling = self._autoscaling()
         self.coordinator = Coordinator(self.store, self.dask, settings=self.config.coordinator,
                                        placement=self.config.placement, require_enrollment=self.head is not None,
-                                       plugins=[CameraCounts(self.store), Provenance(self.store)])
+                                       plugins=[CameraCounts(self.store), Provenance(self.store), self.autoscaling])
         await self.coordinator.start()
         runner = PipelineRunner(self.store, self.config, wake=self.coordinator.wake)
         self.pipelines = PipelineDriver(runner)
         self.coordinator.add_listener(self.pipelines.job_finished)
         await self.pipelines.start()
+
+    def _autoscaling(self) -> Autoscaling:
+        """Always there, so that `clusterai autoscale enable` works on any cluster; acting only when
+        cluster.yaml has an `autoscale:` section or an operator enabled it."""
+        raw = self.config.autoscale
+        conf = self._autoscale_config
+        kind = conf.provider.kind
+        store = self.store
+        assert store is not None
+        if self.local_cluster is not None:
+            cluster = self.local_cluster
+
+            def embedded() -> Provider:
+                return EmbeddedProvider(cluster) if kind == "local" else conf.make_provider()
+
+            return Autoscaling(conf, store, embedded, enabled=raw is not None)
+        address = str(self.scheduler_address)
+        enrolling = self.head is not None
+
+        def remote() -> Provider:
+            token = None
+            if enrolling:  # workers of a head present a worker token: one for the autoscaler's
+                token, record = new_token("autoscaler", "worker", created_by="autoscaler")
+                store.add_token(record)
+            return conf.make_provider(variables={"head": address}, token=token)
+
+        return Autoscaling(conf, store, remote, enabled=raw is not None, stop_launched_on_stop=kind == "local")
 
     async def _start_head(self, head: HeadSettings, store: JobStore) -> str:
         verifier = TokenVerifier(store)

@@ -171,6 +171,25 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             revoked_by TEXT
         )""",
     ],
+    # 6: the autoscaler: its decision log, and small documents (the operator's override, the
+    # last state it reported) that the API, the CLI and the metrics read
+    [
+        """CREATE TABLE scale_decisions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            profile TEXT NOT NULL,
+            from_workers INTEGER NOT NULL,
+            to_workers INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            inputs TEXT NOT NULL
+        )""",
+        "CREATE INDEX scale_decisions_at ON scale_decisions(at)",
+        """CREATE TABLE autoscale (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+    ],
 ]
 
 

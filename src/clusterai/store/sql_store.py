@@ -29,6 +29,7 @@ from clusterai.core.model import (
 )
 from clusterai.errors import IdempotencyConflict, InvalidTransition, JobNotFound, StoreUnavailable
 from clusterai.store.sql_access import AccessTables
+from clusterai.store.sql_autoscale import AutoscaleTables
 from clusterai.store.sql_events import EventTables, job_events
 from clusterai.store.sql_pipelines import PipelineTables
 from clusterai.store.sql_workers import WorkerTables
@@ -58,7 +59,7 @@ def _row_to_job(row: Sequence[Any], attempts: tuple[Attempt, ...] = ()) -> Job:
     )
 
 
-class SqlStore(WorkerTables, EventTables, AccessTables, PipelineTables):
+class SqlStore(WorkerTables, EventTables, AccessTables, PipelineTables, AutoscaleTables):
     """Everything but the connection plumbing; see the backends."""
 
     url: str
@@ -472,6 +473,29 @@ class SqlStore(WorkerTables, EventTables, AccessTables, PipelineTables):
             "SELECT queue, priority, state, COUNT(*) FROM jobs WHERE state IN ('pending','queued','running')"
             " GROUP BY queue, priority, state ORDER BY queue, priority DESC, state"
         )
+
+    def backlog(self) -> list[tuple[str, str, dict[str, float], dict[str, str], str, int]]:
+        """(queue, task, resources, labels, state, jobs) for the jobs queued or running: the demand
+        the autoscaler sizes each profile for, grouped by what the jobs need."""
+        rows = self._read(
+            "SELECT queue, task, resources, labels, state, COUNT(*) FROM jobs WHERE state IN ('queued','running')"
+            " GROUP BY queue, task, resources, labels, state")
+        return [(queue, task, {k: float(v) for k, v in json.loads(resources or "{}").items()},
+                 json.loads(labels or "{}"), state, int(count))
+                for queue, task, resources, labels, state, count in rows]
+
+    def job_history(self, since: float, until: float, limit: int = 200_000
+                    ) -> list[tuple[float, float, dict[str, float], dict[str, str]]]:
+        """(submitted at, seconds its last attempt ran, resources, labels) of the jobs that finished
+        in [since, until), oldest first: what the predictive autoscaler learns demand from."""
+        rows = self._read(
+            "SELECT j.created_at, j.finished_at - a.started_at, j.resources, j.labels FROM jobs j"
+            " JOIN attempts a ON a.job_id = j.id AND a.number = j.attempt"
+            " WHERE j.finished_at >= ? AND j.finished_at < ? ORDER BY j.finished_at LIMIT ?",
+            (since, until, limit))
+        return [(float(created), max(float(ran or 0.0), 0.0),
+                 {k: float(v) for k, v in json.loads(resources or "{}").items()}, json.loads(labels or "{}"))
+                for created, ran, resources, labels in rows]
 
     def recent_latencies(self, since: float, limit: int = 10_000) -> list[tuple[float, float]]:
         """(seconds from submit to finish, seconds the last attempt ran) of the newest jobs that

@@ -56,7 +56,7 @@ def test_the_documented_example_parses() -> None:
     assert [p.name for p in config.profiles] == ["cpu", "gpu"]
     gpu = config.profiles[1]
     assert (gpu.labels, dict(gpu.resources), gpu.models, gpu.start_s) == (
-        frozenset({"gpu"}), {"GPU": 1.0}, ("llama-3-8b",), 180.0)
+        frozenset({"gpu=true"}), {"GPU": 1.0}, ("llama-3-8b",), 180.0)
     assert [type(p) for p in config.policies["cpu"]] == [TargetTracking, Reactive]
     assert [type(p) for p in config.policies["gpu"]] == [TargetTracking, Reactive, Scheduled, Predictive]
     assert list(config.predictive) == ["cpu", "gpu"] and len(config.predictive["gpu"]) == 1
@@ -143,7 +143,7 @@ def full(**changes: Any) -> dict[str, Any]:
     (full(policies=[{"kind": "scheduled", "windows": []}]),
      "autoscale.policies[0].windows: a scheduled policy needs at least one window"),
     (full(provider={"kind": "kubernetes"}),
-     "autoscale.provider.kind: unknown provider 'kubernetes'; known: command, local, ssh"),
+     "autoscale.provider.kind: unknown provider 'kubernetes'; known: command, local, none, ssh"),
     (full(provider={"kind": "ssh", "hosts": [{"host": "gpu1"}]}),
      "autoscale.provider.hosts[0] (gpu1): max_workers is required"),
     (full(provider={"kind": "ssh", "hosts": [{"host": "gpu1", "max_workers": 0}]}),
