@@ -66,6 +66,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("DELETE", "/api/v1/pipelines/runs/{run_id}"): OPERATORS,
     ("POST", "/api/v1/pipelines/runs/{run_id}/retry"): OPERATORS,
     ("GET", "/api/v1/counts"): READERS,
+    ("GET", "/api/v1/autoscale"): READERS,
+    ("PUT", "/api/v1/autoscale"): OPERATORS,
     # the gateway: inference needs a token that may submit; the model lists any token
     **{("POST", path): SUBMITTERS for path in ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
                                                "/api/show", "/v1/chat/completions", "/v1/completions",
@@ -183,6 +185,8 @@ def fill(api: Api, method: str, path: str, role: str | None) -> dict[str, Any]:
         body = {"task": "bench.noop"}
     elif (method, path) == ("POST", "/api/v1/tokens"):
         body = {"name": "made-by-matrix", "role": "viewer", "expires_in": 60}
+    elif (method, path) == ("PUT", "/api/v1/autoscale"):
+        body = {"enabled": False}
     elif (method, path) == ("POST", "/login"):
         body = {"token": api.tokens["viewer"]}
     elif (method, path) == ("POST", "/api/v1/dlq/requeue"):

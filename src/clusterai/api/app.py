@@ -24,6 +24,7 @@ from clusterai.api.metrics import StoreCollector
 from clusterai.api.quota import QueuedQuota, StreamSlots
 from clusterai.api.routes import (
     access,
+    autoscale,
     cluster,
     counts,
     dashboard,
@@ -53,6 +54,7 @@ from clusterai.errors import (
 from clusterai.llm.gateway.metrics import GatewayCollector
 from clusterai.llm.gateway.service import Gateway
 from clusterai.service.access import RateLimiter, TokenVerifier, retry_after_header
+from clusterai.service.autoscale import AutoscaleService
 from clusterai.service.jobs import JobService
 from clusterai.service.pipelines import Pipelines
 from clusterai.service.runs import PipelineRunner
@@ -151,6 +153,7 @@ def create_app(
                      limiter=RateLimiter(api.rate_limit, api.rate_burst), jobs=jobs_service, registry=registry,
                      pipelines=Pipelines(PipelineRunner(store, config, wake=jobs_service.wake)),
                      writer=SubmissionWriter(jobs_service), dask_dashboard=dask_dashboard,
+                     autoscale=AutoscaleService(store, config),
                      gateway=Gateway(config.gateway, worker_slots=worker_slots), worker_slots=worker_slots,
                      throttle=AuthThrottle(api.auth_failures, api.auth_failure_window),
                      streams=StreamSlots(api.max_streams_per_token),
@@ -161,7 +164,8 @@ def create_app(
     app.state.ctx = ctx
     registry.register(GatewayCollector(ctx.gateway))
     _add_error_handlers(app)
-    for module in (jobs, dlq, workers, cluster, events, access, pipelines, counts, system, docs, dashboard):
+    for module in (jobs, dlq, workers, cluster, autoscale, events, access, pipelines, counts, system, docs,
+                   dashboard):
         app.include_router(module.router)
     app.include_router(gateway_routes.router)
     _declare_bearer_auth(app)

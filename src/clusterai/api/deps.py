@@ -20,6 +20,7 @@ from clusterai.api.writer import SubmissionWriter
 from clusterai.config import ClusterConfig
 from clusterai.errors import StoreUnavailable
 from clusterai.service.access import Permission, Principal, RateLimiter, TokenVerifier, retry_after_header
+from clusterai.service.autoscale import AutoscaleService
 from clusterai.service.jobs import JobService
 from clusterai.service.pipelines import Pipelines
 from clusterai.store.protocol import JobStore
@@ -35,6 +36,7 @@ class ApiContext:
     limiter: RateLimiter
     jobs: JobService  # the job operations (service/jobs.py), shared with the Python client and the CLI
     pipelines: Pipelines
+    autoscale: AutoscaleService
     registry: CollectorRegistry
     writer: SubmissionWriter
     dask_dashboard: str | None = None  # the Dask dashboard's address, when it is served

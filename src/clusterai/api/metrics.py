@@ -10,6 +10,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from clusterai.core.model import Priority
+from clusterai.service.autoscale import STATE_KEY as AUTOSCALE_STATE
 
 
 class StoreCollector(Collector):
@@ -36,3 +37,34 @@ class StoreCollector(Collector):
         for status, n in sorted(by_status.items()):
             workers.add_metric([status], n)
         yield workers
+        yield from self._autoscale()
+
+    def _autoscale(self) -> Iterator[Metric]:
+        """The autoscaler's last report: an HPA or KEDA scales a worker Deployment on
+        clusterai_desired_workers (see docs/autoscaling.md)."""
+        found = self.store.get_autoscale(AUTOSCALE_STATE)
+        if found is None:
+            return
+        state, _ = found
+        desired = GaugeMetricFamily("clusterai_desired_workers", "Workers the autoscaler wants, per profile",
+                                    labels=["profile"])
+        current = GaugeMetricFamily("clusterai_autoscale_workers",
+                                    "Workers of each profile, by state (ready, starting, draining)",
+                                    labels=["profile", "state"])
+        bounds = GaugeMetricFamily("clusterai_autoscale_bounds", "Each profile's bounds", labels=["profile", "bound"])
+        for p in state.get("profiles", []):
+            desired.add_metric([p["name"]], p["desired"])
+            for key in ("ready", "starting", "draining"):
+                current.add_metric([p["name"], key], p.get(key, 0))
+            bounds.add_metric([p["name"], "min"], p["min"])
+            bounds.add_metric([p["name"], "max"], p["max"])
+        yield desired
+        yield current
+        yield bounds
+        unschedulable = GaugeMetricFamily("clusterai_autoscale_unschedulable_jobs",
+                                          "Queued jobs that no profile can run (not scaled for)")
+        unschedulable.add_metric([], sum(int(u.get("queued", 0)) for u in state.get("unschedulable", [])))
+        yield unschedulable
+        enabled = GaugeMetricFamily("clusterai_autoscale_enabled", "1 while the autoscaler acts")
+        enabled.add_metric([], 1 if state.get("enabled") else 0)
+        yield enabled

@@ -10,6 +10,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from clusterai.autoscale import parse_autoscale
+from clusterai.cli.autoscale import autoscale_app
 from clusterai.cli.certs import certs_app
 from clusterai.cli.common import (
     client,
@@ -43,6 +45,7 @@ tasks_app = typer.Typer(help="Registered tasks.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(workers_app, name="workers")
+app.add_typer(autoscale_app, name="autoscale")
 app.add_typer(config_app, name="config")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(token_app, name="token")
@@ -313,8 +316,11 @@ def config_validate(path: Path | None = typer.Argument(None, help="default: ./cl
     settings.config_path = path or settings.config_path
     conf = settings.config()
     import_task_modules(conf.tasks)
-    out.print(f"[green]valid[/]: store {conf.store}, {conf.cluster.workers} local workers, "
-              f"task modules {conf.tasks or '(built-in only)'}")
+    workers = f"{conf.cluster.workers} local workers"
+    if conf.autoscale is not None:
+        profiles = parse_autoscale(conf.autoscale).profiles
+        workers = "autoscaled workers (" + ", ".join(f"{p.name} {p.min}..{p.max}" for p in profiles) + ")"
+    out.print(f"[green]valid[/]: store {conf.store}, {workers}, task modules {conf.tasks or '(built-in only)'}")
 
 
 @config_app.command("show")

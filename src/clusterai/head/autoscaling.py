@@ -43,13 +43,12 @@ from clusterai.head.plugins import Coordinator, CoordinatorPlugin
 from clusterai.head.registry import WorkerRegistry
 from clusterai.placement import WorkerSlot
 from clusterai.placement.planner import Planner
+from clusterai.service.autoscale import OVERRIDE_KEY, STATE_KEY
 from clusterai.store.protocol import JobStore
 from clusterai.worker.plugin import PROFILE_ENV
 
 log = logging.getLogger("clusterai.head.autoscaling")
 
-STATE_KEY = "state"
-OVERRIDE_KEY = "override"
 PROFILE_LABEL = "profile"  # a worker the autoscaler did not launch counts towards the profile it names
 SAMPLES_KEPT = 720
 HISTORY_S = 28 * 86400.0  # what the predictive policy learns from at start: four weeks of jobs

@@ -27,6 +27,7 @@ from clusterai.head.membership import Membership
 from clusterai.head.pipeline_driver import PipelineDriver
 from clusterai.head.plugins import CameraCounts, Provenance
 from clusterai.service.access import TokenVerifier, new_token
+from clusterai.service.autoscale import DEFAULT_AUTOSCALE
 from clusterai.service.runs import PipelineRunner
 from clusterai.store.open import open_store
 from clusterai.store.protocol import JobStore
@@ -35,9 +36,6 @@ from clusterai.worker.gate import WORKER_TO_SCHEDULER, Gate, install, own_identi
 from clusterai.worker.plugin import ClusterAIWorkerPlugin, library_threads
 
 log = logging.getLogger("clusterai.runtime")
-
-# what `clusterai autoscale enable --min N --max M` scales when cluster.yaml has no autoscale section
-DEFAULT_AUTOSCALE = {"min": 0, "max": 4}
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from clusterai.errors import JobFailed, ResultTimeout
 from clusterai.head.runtime import BackgroundRuntime
 from clusterai.sdk.protocol import ClusterClient
 from clusterai.sdk.remote import RemoteClient
+from clusterai.service.autoscale import AutoscaleService
 from clusterai.service.jobs import JobService
 from clusterai.service.pipelines import Pipelines
 from clusterai.service.runs import PipelineRunner
@@ -93,6 +94,7 @@ class Client:
         if runtime is not None and runtime.runtime.coordinator is not None:
             runtime.runtime.coordinator.add_listener(self._waiters.notify)
         self.service = JobService(store, config, wake=self._wake)
+        self.autoscaling = AutoscaleService(store, config)
         driver = runtime.runtime.pipelines if runtime is not None else None
         self.pipelines = Pipelines(PipelineRunner(store, config, wake=self._wake),
                                    poke=driver.poke if driver is not None else lambda run_id: None)
@@ -221,6 +223,16 @@ class Client:
                       until: float | None = None, limit: int = 1000) -> dict[str, Any]:
         """Count series of camera.count jobs: the latest totals per job, and the points asked for."""
         return self.service.camera_counts(job=job, camera=camera, since=since, until=until, limit=limit)
+
+    def autoscale(self, decisions: int = 50) -> dict[str, Any]:
+        """What the autoscaler reports: per profile workers, desired, bounds and why; its decisions."""
+        return self.autoscaling.status(decisions)
+
+    def set_autoscale(self, enabled: bool, *, minimum: int | None = None, maximum: int | None = None,
+                      profile: str | None = None) -> dict[str, Any]:
+        """Enable (with new bounds for a profile) or disable the autoscaler; the head applies it at
+        its next round (within autoscale.interval_s)."""
+        return self.autoscaling.set(enabled=enabled, minimum=minimum, maximum=maximum, profile=profile)
 
     def close(self) -> None:
         if self.runtime is not None:

@@ -202,6 +202,17 @@ class RemoteClient:
         result: dict[str, Any] = self._call("GET", "/api/v1/counts", params=params)
         return result
 
+    def autoscale(self, decisions: int = 50) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/api/v1/autoscale", params={"decisions": decisions})
+        return result
+
+    def set_autoscale(self, enabled: bool, *, minimum: int | None = None, maximum: int | None = None,
+                      profile: str | None = None) -> dict[str, Any]:
+        body = {k: v for k, v in dict(enabled=enabled, min=minimum, max=maximum, profile=profile).items()
+                if v is not None}
+        result: dict[str, Any] = self._call("PUT", "/api/v1/autoscale", json=body)["override"]
+        return result
+
     def models(self) -> dict[str, Any]:
         """The LLM gateway's models and backends (GET /api/v1/models)."""
         result: dict[str, Any] = self._call("GET", "/api/v1/models")
