@@ -5,7 +5,7 @@ reactive policies and the local provider; any profile field (concurrency, labels
 min and max. The full form:
 
     autoscale:
-      interval_s: 5            # how often the head decides
+      interval_s: 2            # how often the head decides (a backlog is seen within it)
       up_cooldown_s: 30        # growing again waits this long after any change
       down_cooldown_s: 120     # shrinking waits this long after any change (no flapping)
       max_step: 4              # the most workers one decision adds or removes
@@ -93,7 +93,7 @@ class AutoscaleConfig:
     profiles: tuple[Profile, ...]
     policies: Mapping[str, tuple[Policy, ...]]  # profile -> its own policy objects
     provider: ProviderSpec
-    interval_s: float = 5.0
+    interval_s: float = 2.0
     up_cooldown_s: float = 30.0
     down_cooldown_s: float = 120.0
     max_step: int = 4
@@ -155,7 +155,7 @@ def parse_autoscale(raw: Mapping[str, Any] | None) -> AutoscaleConfig:
         profiles=profiles,
         policies={name: tuple(p) for name, p in policies.items()},
         provider=_provider(section.get("provider", {"kind": "local"}), f"{ROOT}.provider"),
-        interval_s=_number(section.get("interval_s", 5.0), f"{ROOT}.interval_s", low=0.1),
+        interval_s=_number(section.get("interval_s", 2.0), f"{ROOT}.interval_s", low=0.1),
         up_cooldown_s=_number(section.get("up_cooldown_s", 30.0), f"{ROOT}.up_cooldown_s"),
         down_cooldown_s=_number(section.get("down_cooldown_s", 120.0), f"{ROOT}.down_cooldown_s"),
         max_step=_integer(section.get("max_step", 4), f"{ROOT}.max_step", low=1),

@@ -128,6 +128,7 @@ class Autoscaling(CoordinatorPlugin):
         self.last_plan: Plan | None = None
         self._task: asyncio.Task[None] | None = None
         self._launched: dict[str, LaunchedWorker] = {}
+        self._stopped: set[str] = set()  # terminated, until the registry no longer shows them
         self._idle_since: dict[str, float] = {}
         self._samples: deque[list[Any]] = deque(maxlen=SAMPLES_KEPT)
         self._override_at: float | None = None
@@ -194,7 +195,7 @@ class Autoscaling(CoordinatorPlugin):
         await self._act(plan, snapshot)
         self.store.add_scale_decisions([DecisionRecord.of(now, d).to_row() for d in plan if d.delta != 0])
         self.last_plan = plan
-        self._report(now, snapshot, plan)
+        self._report(now, self.snapshot(now, self._launched, demand=False), plan)  # as the round left it
         return plan
 
     async def _list_launched(self) -> dict[str, LaunchedWorker]:
@@ -240,7 +241,9 @@ class Autoscaling(CoordinatorPlugin):
                 workers.append(WorkerView(name, w.profile, started=False, draining=name in drained))
         for name in set(self._idle_since) - seen:
             del self._idle_since[name]
-        drained -= {name for name in drained if name not in seen and name not in launched}  # stopped and gone
+        gone = {name for name in drained | self._stopped if name not in seen and name not in launched}
+        drained -= gone
+        self._stopped -= gone
         return Snapshot(now=now, demand=self.demand() if demand else [], workers=workers,
                         cpu=sum(cpu) / len(cpu) if cpu else None,
                         memory=sum(memory) / len(memory) if memory else None,
@@ -309,6 +312,8 @@ class Autoscaling(CoordinatorPlugin):
             for name in retire.drain:
                 self._mark_draining(name)
             for name in retire.stop_now:
+                if name in self._stopped:
+                    continue  # asked to stop already; its slot goes when Dask sees it gone
                 slot = self._mark_draining(name)
                 # marked above, on the coordinator's loop: nothing new lands on it after this check
                 if slot is not None and (slot.jobs or slot.calls):
@@ -323,6 +328,7 @@ class Autoscaling(CoordinatorPlugin):
                 log.warning("autoscaler: %s", exc)
             for name in stop:
                 self._launched.pop(name, None)
+                self._stopped.add(name)
 
     async def _launch(self, profile: Profile, count: int) -> None:
         try:
@@ -344,6 +350,7 @@ class Autoscaling(CoordinatorPlugin):
         if found is None or found[1] == self._override_at:
             return
         override, self._override_at = found
+        self._reported_at = float("-inf")  # tell readers at once
         self.enabled = bool(override.get("enabled", self.configured_enabled))
         bounds = override.get("profiles") or {}
         profiles = []

@@ -61,7 +61,7 @@ def test_the_documented_example_parses() -> None:
     assert [type(p) for p in config.policies["gpu"]] == [TargetTracking, Reactive, Scheduled, Predictive]
     assert list(config.predictive) == ["cpu", "gpu"] and len(config.predictive["gpu"]) == 1
     assert config.predictive["gpu"][0].lead_s == 300
-    assert (config.interval_s, config.up_cooldown_s, config.down_cooldown_s, config.decision_log) == (5, 30, 120, 200)
+    assert (config.interval_s, config.up_cooldown_s, config.down_cooldown_s, config.decision_log) == (2, 30, 120, 200)
     [host] = config.provider.options["hosts"]
     assert host.host == "gpu1.lan" and host.max_workers == 2 and host.port == 22 and host.user == "ai"
     assert host.key_path is not None and "~" not in host.key_path
