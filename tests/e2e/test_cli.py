@@ -58,6 +58,8 @@ def job_count(workdir: Path) -> int:
     (["jobs", "list", "--state", "done"], "invalid state 'done'; allowed: pending, queued"),
     (["jobs", "show", "99999"], "no job with id 99999"),
     (["jobs", "cancel", "abc"], "Invalid value"),
+    (["demo", "--exit", "--autoscale", "four"], "--autoscale takes MIN:MAX, e.g. 1:4; got 'four'"),
+    (["demo", "--exit", "--autoscale", "4:1"], "autoscale.profiles.default: min (4) is greater than max (1)"),
 ])
 @pytest.mark.timeout(60)
 def test_bad_input_exits_2_and_stores_nothing(workdir, args, message):

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -114,13 +115,22 @@ def demo(
     exit_when_done: bool = typer.Option(False, "--exit", help="return when the jobs are done"),
     jobs: int = typer.Option(120, "--jobs", min=1, max=100_000, help="how many CPU jobs to run beside the videos"),
     workers: int | None = typer.Option(None, "--workers", "-w", min=1, max=64),
+    autoscale: str | None = typer.Option(None, "--autoscale", metavar="MIN:MAX",
+                                         help="let the autoscaler size the cluster between MIN and MAX workers"),
 ) -> None:
     """Run the demo: a video-analysis pipeline, a camera count, CPU-bound jobs and an embedding model
     behind the LLM gateway, across a local cluster."""
     # imported here, not above: the demo's clips need OpenCV, ~0.2 s that no other command should pay
     from clusterai.demo.run import run_demo
 
-    conf = settings.config(**{"cluster.workers": workers})
+    overrides: dict[str, Any] = {"cluster.workers": workers}
+    if autoscale is not None:
+        low, _, high = autoscale.partition(":")
+        if not (low.isdigit() and high.isdigit()):
+            raise BadInput(f"--autoscale takes MIN:MAX, e.g. 1:4; got {autoscale!r}")
+        # short cooldowns: a demo's load changes in seconds, not minutes
+        overrides["autoscale"] = {"min": int(low), "max": int(high), "up_cooldown_s": 2, "down_cooldown_s": 10}
+    conf = settings.config(**overrides)
     outcome = run_demo(conf, jobs=jobs, keep_running=not exit_when_done, console=out)
     if outcome["jobs"].get("succeeded", 0) != jobs:
         err.print(f"[red]not every demo job succeeded:[/] {outcome['jobs']}")

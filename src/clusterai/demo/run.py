@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from clusterai.autoscale import parse_autoscale
 from clusterai.config import ClusterConfig
 from clusterai.core.model import Job, State
 from clusterai.demo import llm as demo_llm
@@ -125,8 +126,13 @@ def run_demo(config: ClusterConfig, *, jobs: int = 300, keep_running: bool = Tru
     if config.api.enabled and demo_llm.available():
         model_server, config = demo_llm.serve_model(config)
         console.print(f"serving all-MiniLM-L6-v2 to the cluster's LLM gateway from {model_server.url}")
-    console.print(f"[bold]clusterai demo[/]: starting an embedded cluster with {c.workers} worker "
-                  f"processes ({c.threads_per_worker} thread each), store {config.store}")
+    if config.autoscale is not None:
+        bounds = ", ".join(f"{p.name} {p.min}..{p.max}" for p in parse_autoscale(config.autoscale).profiles)
+        size = f"autoscaled worker processes ({bounds}; watch them with `clusterai autoscale status`)"
+    else:
+        size = f"{c.workers} worker processes"
+    console.print(f"[bold]clusterai demo[/]: starting an embedded cluster with {size} "
+                  f"({c.threads_per_worker} thread each), store {config.store}")
     runtime = BackgroundRuntime(config)
     runtime.start()
     assert runtime.runtime.store is not None
