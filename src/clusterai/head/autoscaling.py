@@ -129,6 +129,7 @@ class Autoscaling(CoordinatorPlugin):
         self._task: asyncio.Task[None] | None = None
         self._launched: dict[str, LaunchedWorker] = {}
         self._stopped: set[str] = set()  # terminated, until the registry no longer shows them
+        self._last_logged: dict[str, tuple[int, int]] = {}
         self._idle_since: dict[str, float] = {}
         self._samples: deque[list[Any]] = deque(maxlen=SAMPLES_KEPT)
         self._override_at: float | None = None
@@ -192,11 +193,23 @@ class Autoscaling(CoordinatorPlugin):
         launched = await self._list_launched()
         snapshot = self.snapshot(now, launched)
         plan = self.autoscaler.decide(snapshot)
-        await self._act(plan, snapshot)
-        self.store.add_scale_decisions([DecisionRecord.of(now, d).to_row() for d in plan if d.delta != 0])
+        if self.config.provider.kind != "none":  # "none": an HPA or KEDA acts, and picks the pods to remove
+            await self._act(plan, snapshot)
+        self.store.add_scale_decisions([DecisionRecord.of(now, d).to_row() for d in self._news(plan)])
         self.last_plan = plan
         self._report(now, self.snapshot(now, self._launched, demand=False), plan)  # as the round left it
         return plan
+
+    def _news(self, plan: Plan) -> list[Any]:
+        """Changes of size worth a row: the same from -> to again (a launch that failed, an outside
+        scaler that has not acted yet) is not news until something else happened in between."""
+        fresh = []
+        for decision in plan:
+            key = (decision.current, decision.desired)
+            if decision.delta != 0 and self._last_logged.get(decision.profile) != key:
+                fresh.append(decision)
+            self._last_logged[decision.profile] = key
+        return fresh
 
     async def _list_launched(self) -> dict[str, LaunchedWorker]:
         try:

@@ -203,3 +203,27 @@ def test_provider_failures_are_reported_and_lose_nothing(store, clock):
     provider.fail_list = True  # the last list stands: a flaky CLI does not look like 0 workers
     run(scaling)
     assert len(provider.launched) == 1 and not provider.terminated
+
+
+def test_with_provider_none_it_decides_and_reports_but_drains_nothing(store, clock):
+    provider = RecordingProvider()
+    scaling, coordinator = plugin(store, {"min": 0, "max": 4, "provider": {"kind": "none"}}, provider, clock)
+    pods = [coordinator.join(f"worker-pod-{i}", labels={"profile": "default"}) for i in range(3)]
+    coordinator.join("desktop-7")  # no profile label: not counted
+    plan = run(scaling)
+    assert (plan.of("default").current, plan.of("default").desired) == (3, 0)
+    assert all(p.status == "ready" for p in pods) and not coordinator.registry.drained_names
+    state, _ = store.get_autoscale("state")
+    assert (state["profiles"][0]["desired"], state["unmanaged"]) == (0, 1)
+
+
+def test_the_same_change_again_is_logged_once(store, clock):
+    provider = RecordingProvider()
+    scaling, _ = plugin(store, {"min": 2, "max": 4}, provider, clock)
+    provider.fail_launch = True
+    for _ in range(3):
+        run(scaling)
+    assert [(r["from"], r["to"]) for r in store.list_scale_decisions()] == [(0, 2)]
+    provider.fail_launch = False
+    run(scaling)
+    assert len(provider.launched) == 2 and len(store.list_scale_decisions()) == 1
