@@ -109,9 +109,11 @@ def profile_from_name(name: str, profiles: Iterable[str]) -> str | None:
 class Autoscaling(CoordinatorPlugin):
     def __init__(self, config: AutoscaleConfig, store: JobStore, provider: Callable[[], Provider], *,
                  enabled: bool = True, clock: Callable[[], float] = time.monotonic,
-                 stop_launched_on_stop: bool = False) -> None:
+                 wall: Callable[[], float] = time.time, stop_launched_on_stop: bool = False) -> None:
         """`provider` makes the provider on first use: e.g. a head mints its workers' token only
-        when autoscaling first lists or launches workers."""
+        when autoscaling first lists or launches workers. `clock` times cooldowns; `wall` (epoch
+        seconds) places a round in the week, for schedules and the learned history."""
+        self.wall = wall
         self.config = config
         self.store = store
         self._make_provider = provider
@@ -149,7 +151,7 @@ class Autoscaling(CoordinatorPlugin):
         self.coordinator = coordinator
         self.registry = coordinator.registry
         self.planner = coordinator.planner
-        self._learn_history(time.time())
+        self._learn_history(self.wall())
         self._task = asyncio.create_task(self._loop(), name="clusterai-autoscaler")
 
     async def stop(self, coordinator: Coordinator) -> None:
@@ -180,7 +182,7 @@ class Autoscaling(CoordinatorPlugin):
     # -- one round ----------------------------------------------------------------------------------
 
     async def run_once(self) -> Plan | None:
-        now = time.time()
+        now = self.wall()
         self._read_override()
         if not self.enabled:
             # nothing to decide: report the workers now and then, and leave the store alone otherwise

@@ -84,9 +84,9 @@ def store(tmp_path: Path):
 
 
 def plugin(store: SQLiteStore, section: dict[str, Any], provider: RecordingProvider, clock,
-           enabled: bool = True) -> tuple[Autoscaling, FakeCoordinator]:
+           enabled: bool = True, **options: Any) -> tuple[Autoscaling, FakeCoordinator]:
     scaling = Autoscaling(parse_autoscale({"up_cooldown_s": 0, "down_cooldown_s": 0, **section}), store,
-                          lambda: provider, enabled=enabled, clock=clock)
+                          lambda: provider, enabled=enabled, clock=clock, **options)
     coordinator = FakeCoordinator(store)
     scaling.coordinator = coordinator  # what start() sets, without its loop
     scaling.registry, scaling.planner = coordinator.registry, coordinator.planner
@@ -227,3 +227,24 @@ def test_the_same_change_again_is_logged_once(store, clock):
     provider.fail_launch = False
     run(scaling)
     assert len(provider.launched) == 2 and len(store.list_scale_decisions()) == 1
+
+
+def test_the_predictive_policy_learns_from_the_stores_job_history(store, clock):
+    from clusterai.core.model import Outcome, decide
+
+    week = 7 * 86400.0
+    now = 1_800_000_000.0 - 1_800_000_000.0 % 3600 + 1800  # half past some hour
+    peak = now - week + 1800  # last week, the next hour: a peak one lead time ahead
+    jobs = store.submit_many([JobSpec(task="unit.job", payload={}) for _ in range(8)], peak)
+    for job in jobs:
+        (started,) = store.start_attempts([(job.id, "w1")], peak, peak + 4000)
+        store.finish_attempts([decide(started, Outcome.SUCCEEDED, now=peak + 3600, result_json="1")], peak + 3600)
+    provider = RecordingProvider()
+    scaling, _ = plugin(store, {"min": 0, "max": 10, "max_step": 8,
+                                "policies": [{"kind": "predictive", "lead_s": 3600}]},
+                        provider, clock, wall=lambda: now)
+    scaling._learn_history(now)
+    (policy,) = scaling.config.predictive["default"]
+    assert max(policy.buckets()) == pytest.approx(8.0)
+    plan = run(scaling)  # no backlog now, but 8 busy slots expected within the lead time
+    assert plan.of("default").desired == 8 and "history expects 8" in plan.of("default").reason
