@@ -21,7 +21,7 @@ from clusterai.config import ClusterConfig
 from clusterai.core.model import Outcome, State
 from clusterai.store.open import open_store
 
-PUBLIC = frozenset({"/healthz", "/readyz", "/login", "/logout", "/static/{name}", "/"})
+PUBLIC = frozenset({"/healthz", "/readyz", "/login", "/logout", "/static/{name}", "/", "/api/v1/join/ca"})
 ALL = frozenset(ROLES)
 READERS = frozenset({"viewer", "operator", "admin"})  # read everything
 OPERATORS = frozenset({"operator", "admin"})
@@ -68,6 +68,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/api/v1/counts"): READERS,
     ("GET", "/api/v1/autoscale"): READERS,
     ("PUT", "/api/v1/autoscale"): OPERATORS,
+    ("GET", "/api/v1/join/ca"): None,  # the CA is public: a joining machine checks it against its pin
+    ("POST", "/api/v1/join"): ADMIN,  # and worker join tokens (tests/e2e/test_join.py)
     # the gateway: inference needs a token that may submit; the model lists any token
     **{("POST", path): SUBMITTERS for path in ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings",
                                                "/api/show", "/v1/chat/completions", "/v1/completions",
@@ -185,6 +187,8 @@ def fill(api: Api, method: str, path: str, role: str | None) -> dict[str, Any]:
         body = {"task": "bench.noop"}
     elif (method, path) == ("POST", "/api/v1/tokens"):
         body = {"name": "made-by-matrix", "role": "viewer", "expires_in": 60}
+    elif (method, path) == ("POST", "/api/v1/join"):
+        body = {"node": "matrix-node"}
     elif (method, path) == ("PUT", "/api/v1/autoscale"):
         body = {"enabled": False}
     elif (method, path) == ("POST", "/login"):
@@ -223,7 +227,8 @@ def test_no_bad_or_missing_token_gets_in(served: Api, route: tuple[str, str]) ->
         request["headers"] = {"Authorization": f"Bearer {token}"} if token else {}
         status = call(client, request)
         if path in PUBLIC:  # "/" sends a visitor without a session to the login page
-            want = 303 if path == "/" else 200
+            # this API enrolls no machines (no CA key): the CA route says so, to anyone
+            want = {"/": 303, "/api/v1/join/ca": 404}.get(path, 200)
             assert status == want, f"{method} {path} with {what} token: {status}, want {want} (public)"
         else:
             assert status == 401, f"{method} {path} with {what} token: {status}, want 401"

@@ -1117,3 +1117,21 @@ def test_job_history_gives_submit_times_and_run_seconds_of_finished_jobs(store: 
     rows = store.job_history(T0, T0 + 100)
     assert rows == [(T0, 5.0, {}, {}), (T0, 10.0, {"GPU": 1.0}, {})]
     assert store.job_history(T0 + 16, T0 + 100) == [(T0, 10.0, {"GPU": 1.0}, {})]
+
+
+def test_a_join_tokens_uses_are_spent_one_at_a_time_and_not_past_zero(store: JobStore):
+    from clusterai.service.access import new_token
+
+    _, join = new_token("join", "worker", created_by="test", uses=2, now=T0, expires_in=100)
+    _, plain = new_token("plain", "worker", created_by="test", now=T0)
+    store.add_token(join)
+    store.add_token(plain)
+    assert store.get_token(join.id).uses_left == 2 and store.get_token(plain.id).uses_left is None
+    assert [store.use_token(join.id, T0 + 1) for _ in range(3)] == [True, True, False]
+    assert store.get_token(join.id).uses_left == 0 and not store.get_token(join.id).usable(T0 + 1)
+    assert store.use_token(plain.id, T0) is False, "a token that is not a join token has no uses to spend"
+    _, late = new_token("late", "worker", created_by="test", uses=1, now=T0, expires_in=10)
+    store.add_token(late)
+    assert store.use_token(late.id, T0 + 11) is False, "an expired join token is not spent"
+    store.revoke_token(late.id, T0 + 1)
+    assert store.use_token(late.id, T0 + 2) is False

@@ -32,6 +32,7 @@ from clusterai.api.routes import (
     docs,
     events,
     jobs,
+    join,
     pipelines,
     system,
     workers,
@@ -56,6 +57,7 @@ from clusterai.llm.gateway.service import Gateway
 from clusterai.service.access import RateLimiter, TokenVerifier, retry_after_header
 from clusterai.service.autoscale import AutoscaleService
 from clusterai.service.jobs import JobService
+from clusterai.service.join import JoinService
 from clusterai.service.pipelines import Pipelines
 from clusterai.service.runs import PipelineRunner
 from clusterai.store.protocol import JobStore
@@ -142,6 +144,7 @@ def create_app(
     coordinator_registry: CollectorRegistry | None = None,
     dask_dashboard: str | None = None,
     worker_slots: Callable[[], Iterable[Any]] | None = None,
+    joining: JoinService | None = None,
 ) -> FastAPI:
     registry = CollectorRegistry()
     registry.register(StoreCollector(store))
@@ -153,7 +156,7 @@ def create_app(
                      limiter=RateLimiter(api.rate_limit, api.rate_burst), jobs=jobs_service, registry=registry,
                      pipelines=Pipelines(PipelineRunner(store, config, wake=jobs_service.wake)),
                      writer=SubmissionWriter(jobs_service), dask_dashboard=dask_dashboard,
-                     autoscale=AutoscaleService(store, config),
+                     autoscale=AutoscaleService(store, config), join=joining,
                      gateway=Gateway(config.gateway, worker_slots=worker_slots), worker_slots=worker_slots,
                      throttle=AuthThrottle(api.auth_failures, api.auth_failure_window),
                      streams=StreamSlots(api.max_streams_per_token),
@@ -164,7 +167,7 @@ def create_app(
     app.state.ctx = ctx
     registry.register(GatewayCollector(ctx.gateway))
     _add_error_handlers(app)
-    for module in (jobs, dlq, workers, cluster, autoscale, events, access, pipelines, counts, system, docs,
+    for module in (jobs, dlq, workers, cluster, autoscale, join, events, access, pipelines, counts, system, docs,
                    dashboard):
         app.include_router(module.router)
     app.include_router(gateway_routes.router)

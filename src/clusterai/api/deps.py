@@ -22,6 +22,7 @@ from clusterai.errors import StoreUnavailable
 from clusterai.service.access import Permission, Principal, RateLimiter, TokenVerifier, retry_after_header
 from clusterai.service.autoscale import AutoscaleService
 from clusterai.service.jobs import JobService
+from clusterai.service.join import JoinService
 from clusterai.service.pipelines import Pipelines
 from clusterai.store.protocol import JobStore
 
@@ -50,6 +51,7 @@ class ApiContext:
     # kept in memory: the coordinator hands each worker's to the attempts of tasks that call the
     # gateway (llm.generate, llm.embed); see credentials.py
     credentials: WorkerCredentials = field(default_factory=WorkerCredentials)
+    join: JoinService | None = None  # a head with its CA key enrolls machines (`clusterai join`)
 
 
 def context(request: Request) -> ApiContext:
@@ -128,7 +130,8 @@ async def authenticate(request: Request) -> Principal:
                             headers={"WWW-Authenticate": "Bearer"})
     principal = await verify(request, text)
     if principal is None:
-        raise HTTPException(401, "the token is unknown, revoked or expired", headers={"WWW-Authenticate": "Bearer"})
+        why = await run_in_threadpool(context(request).verifier.refusal, text)
+        raise HTTPException(401, why, headers={"WWW-Authenticate": "Bearer"})
     request.state.principal = principal
     check_rate(context(request), principal)
     return principal

@@ -77,8 +77,9 @@ class PipelineRunRequest(_Body):
 
 class TokenRequest(_Body):
     name: Annotated[str, Field(min_length=1, max_length=100)]
-    role: Literal["admin", "operator", "submitter", "viewer"]
+    role: Literal["admin", "operator", "submitter", "viewer", "worker"]
     expires_in: float | None = Field(None, gt=0, le=10 * 365 * 86400, description="seconds until it expires")
+    uses: int | None = Field(None, ge=1, le=10_000, description="a join token (role worker): how many joins")
 
 
 def field_errors(exc: ValidationError, prefix: str = "body") -> list[dict[str, str]]:

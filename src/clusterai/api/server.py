@@ -20,6 +20,7 @@ from clusterai.config import ClusterConfig
 from clusterai.core.private_files import private_folder
 from clusterai.errors import ConfigError
 from clusterai.service.access import new_token
+from clusterai.service.join import JoinService
 from clusterai.store.open import open_store
 from clusterai.store.protocol import JobStore
 
@@ -65,7 +66,7 @@ class ApiServer:
 
     def __init__(self, config: ClusterConfig, store: JobStore, *, wake: Any = None, coordinator_registry: Any = None,
                  host: str | None = None, port: int | None = None, dask_dashboard: str | None = None,
-                 worker_slots: Any = None):
+                 worker_slots: Any = None, join: JoinService | None = None):
         api = config.api
         self.host = host or api.host
         self.port = api.port if port is None else port
@@ -75,7 +76,7 @@ class ApiServer:
             if value is not None and not Path(value).is_file():
                 raise ConfigError(f"api.{name}: no such file {value!r}")
         app = create_app(store, config, wake=wake, coordinator_registry=coordinator_registry,
-                         dask_dashboard=dask_dashboard, worker_slots=worker_slots)
+                         dask_dashboard=dask_dashboard, worker_slots=worker_slots, joining=join)
         self.context: ApiContext = app.state.ctx
         self.server = UvicornServer(uvicorn.Config(
             app, host=self.host, port=self.port, log_level="warning", access_log=False, lifespan="off",
@@ -123,17 +124,20 @@ class ApiServer:
 
 async def start_beside(config: ClusterConfig, *, wake: Callable[[], None], coordinator_registry: Any = None,
                        worker_slots: Callable[[], Iterable[Any]] | None = None, dask_dashboard: str | None = None,
-                       ports: tuple[int, ...] = ()) -> tuple[ApiServer, Path | None]:
+                       ports: tuple[int, ...] = (), join_ca: tuple[Path, str] | None = None
+                       ) -> tuple[ApiServer, Path | None]:
     """The API beside a running coordinator (`wake` tells it of new work; its metrics registry and
     live worker slots are served too), listening on the first of `ports` it can bind (default:
     api.port); returns it and the admin token file it wrote, if it wrote one. The API gets its own
     store connection (its reads never wait on the coordinator's) with a short busy wait: a locked
-    store answers 503 in seconds rather than holding requests for half a minute."""
+    store answers 503 in seconds rather than holding requests for half a minute. With `join_ca`
+    (the CA's folder, the scheduler's address) it enrolls machines (`clusterai join`)."""
     store = open_store(config.store, busy_timeout=5.0)
+    join = JoinService(store, *join_ca) if join_ca is not None else None
 
     async def listen(port: int) -> ApiServer:
         api = ApiServer(config, store, wake=wake, coordinator_registry=coordinator_registry, port=port,
-                        dask_dashboard=dask_dashboard, worker_slots=worker_slots)
+                        dask_dashboard=dask_dashboard, worker_slots=worker_slots, join=join)
         await api.start()
         api.owned_store = store
         return api

@@ -10,14 +10,17 @@ from typing import Any
 import typer
 
 from clusterai.cli.common import err, errors_to_exit_codes, out, settings
+from clusterai.cli.tokens import parse_duration
 from clusterai.core.net import is_loopback
 from clusterai.errors import EXIT_LEAD_LOST, BadInput
 from clusterai.head.runtime import ClusterRuntime, HeadSettings
 from clusterai.head.serve import serve
+from clusterai.service.access import new_token
 from clusterai.store.leader import leadership_for
 from clusterai.store.open import open_store
 from clusterai.worker.cli import serve_model_main, worker_main
-from clusterai.worker.tls import node_security
+from clusterai.worker.join import join_main, make_code
+from clusterai.worker.tls import CA_CERT, fingerprint, node_security
 
 
 def scheduler(
@@ -91,6 +94,40 @@ def worker(ctx: typer.Context) -> None:
     """Join a head node as a worker: clusterai worker ADDRESS --token T [--name --label k=v --resources GPU=1
     --nthreads --memory-limit --death-timeout --tls-dir] (--help for all)."""
     raise typer.Exit(worker_main(list(ctx.args)))
+
+
+def join(ctx: typer.Context) -> None:
+    """Join a cluster with a join code from `clusterai join-code`: clusterai join CODE [--name --dir
+    --no-start, and any `clusterai worker` option] (--help for all)."""
+    raise typer.Exit(join_main(list(ctx.args)))
+
+
+@errors_to_exit_codes
+def join_code(
+    token: str | None = typer.Option(None, "--token", help="a join token (default: make one, single-use)"),
+    url: str = typer.Option(..., "--url", help="the head's REST API as the new machine reaches it (https://...)"),
+    tls_dir: Path = typer.Option(Path(".clusterai/certs"), "--tls-dir", help="the head's certificate folder"),
+    uses: int = typer.Option(1, "--uses", min=1, max=10_000, help="joins the new token allows"),
+    expires_in: str = typer.Option("1h", "--expires-in", help="how long the new token lasts: 30m, 1h, 7d"),
+    name: str = typer.Option("join", "--name", help="the new token's name"),
+) -> None:
+    """Print a join code: the API's URL, the CA's fingerprint and a join token, in one string."""
+    if not url.startswith("https://"):
+        raise BadInput(f"--url: joining hands out a private key, so only over HTTPS; got {url!r}")
+    try:
+        pin = fingerprint((tls_dir / CA_CERT).read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"--tls-dir: cannot read the CA certificate {tls_dir / CA_CERT}: {exc}") from None
+    if token is None:
+        token, record = new_token(name, "worker", created_by="join-code", uses=uses,
+                                  expires_in=parse_duration(expires_in, "--expires-in"))
+        store = open_store(settings.config().store)
+        try:
+            store.add_token(record)
+        finally:
+            store.close()
+        typer.echo(f"made join token {record.id}: {uses} use(s), expires in {expires_in}", err=True)
+    typer.echo(make_code(url, pin, token))
 
 
 def serve_model(ctx: typer.Context) -> None:

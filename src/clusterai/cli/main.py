@@ -22,7 +22,7 @@ from clusterai.cli.common import (
     parse_pairs,
     settings,
 )
-from clusterai.cli.head import scheduler, serve_model, worker
+from clusterai.cli.head import join, join_code, scheduler, serve_model, worker
 from clusterai.cli.logline import logline_app
 from clusterai.cli.models import models
 from clusterai.cli.pipelines import counts, pipeline_app
@@ -59,6 +59,9 @@ app.command("audit")(audit)
 app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                         "help_option_names": []})(worker)
 app.command("scheduler")(scheduler)
+app.command("join", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                      "help_option_names": []})(join)
+app.command("join-code")(join_code)
 app.command("serve-model", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                              "help_option_names": []})(serve_model)
 

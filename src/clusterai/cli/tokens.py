@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from clusterai.cli.common import errors_to_exit_codes, out, remote_client, settings
+from clusterai.errors import BadInput
 from clusterai.service.access import ROLES, new_token
 from clusterai.store.open import open_store
 from clusterai.store.protocol import JobStore
@@ -25,20 +26,36 @@ def _when(value: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(value)) if value else "-"
 
 
+def parse_duration(text: str, what: str) -> float:
+    """"90", "90s", "30m", "1h", "7d" -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise BadInput(f"{what}: expected seconds or a duration such as 30m, 1h, 7d; got {text!r}") from None
+    if not seconds > 0:
+        raise BadInput(f"{what} must be greater than 0, got {text!r}")
+    return seconds
+
+
 @token_app.command("create")
 @errors_to_exit_codes
 def token_create(
     name: str = typer.Argument(..., help="who or what uses it, e.g. ci-pipeline"),
     role: str = typer.Option(..., "--role", help=f"one of: {', '.join(ROLES)}"),
-    expires_in: float | None = typer.Option(None, "--expires-in", min=1, help="seconds until it expires"),
+    expires_in: str | None = typer.Option(None, "--expires-in", help="until it expires: seconds, or 30m, 1h, 7d"),
+    uses: int | None = typer.Option(None, "--uses", min=1, max=10_000,
+                                    help="a join token (role worker) good for this many `clusterai join`s"),
 ) -> None:
     """Create a token and print it: this is the only time it is shown."""
+    seconds = parse_duration(expires_in, "--expires-in") if expires_in is not None else None
     remote = remote_client()
     if remote is not None:
-        made = remote.create_token(name, role, expires_in)
+        made = remote.create_token(name, role, seconds, uses=uses)
         text, token_id = made["token"], made["id"]
     else:
-        text, record = new_token(name, role, created_by="cli", expires_in=expires_in)
+        text, record = new_token(name, role, created_by="cli", expires_in=seconds, uses=uses)
         _store().add_token(record)
         token_id = record.id
     typer.echo(text)

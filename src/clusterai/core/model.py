@@ -285,13 +285,17 @@ class TokenRecord:
     created_by: str | None = None
     expires_at: float | None = None
     revoked_at: float | None = None
+    # a join token (`clusterai join`) may be used this many more times; None: not a join token
+    uses_left: int | None = None
 
     def usable(self, now: float) -> bool:
-        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at) \
+            and (self.uses_left is None or self.uses_left > 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "role": self.role, "created_at": self.created_at,
-                "created_by": self.created_by, "expires_at": self.expires_at, "revoked_at": self.revoked_at}
+                "created_by": self.created_by, "expires_at": self.expires_at, "revoked_at": self.revoked_at,
+                "uses_left": self.uses_left}
 
 
 # what an operator can ask the coordinator to do to a worker (the API, the CLI, the Python client)

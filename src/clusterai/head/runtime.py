@@ -157,7 +157,12 @@ class ClusterRuntime:
 
         def may_enroll(token: str) -> tuple[str, str] | None:
             who = verifier.verify(token)
-            return (who.token_id, who.name) if who is not None and who.role in WORKER_ROLES else None
+            if who is None or who.role not in WORKER_ROLES:
+                return None
+            record = store.get_token(who.token_id)
+            if record is None or record.uses_left is not None:  # a join token buys an identity, not a seat
+                return None
+            return who.token_id, who.name
 
         def still_valid(token_ids: Any) -> set[str]:
             now = time.time()

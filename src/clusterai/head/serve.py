@@ -18,6 +18,7 @@ from clusterai.head.runtime import ClusterRuntime
 from clusterai.llm.serving import serve_for_head
 from clusterai.store.leader import Leadership
 from clusterai.store.urls import redact
+from clusterai.worker.tls import CA_KEY
 
 
 class Console(Protocol):
@@ -32,10 +33,19 @@ async def start_api(config: ClusterConfig, runtime: ClusterRuntime, ports: tuple
     assert coordinator is not None, "start the runtime first"
     api, written = await start_beside(config, wake=coordinator.wake, coordinator_registry=coordinator.metrics.registry,
                                       worker_slots=lambda: coordinator.slots.values(),
-                                      dask_dashboard=runtime.dashboard_link, ports=ports)
+                                      dask_dashboard=runtime.dashboard_link, ports=ports, join_ca=_join_ca(runtime))
     coordinator.add_plugin(GatewayAccess(url_for_workers(api.url, coordinator.client.scheduler.address),
                                          api.credential_for))
     return api, written
+
+
+def _join_ca(runtime: ClusterRuntime) -> tuple[Path, str] | None:
+    """A head whose TLS folder holds the CA's key enrolls machines through its API."""
+    security = runtime.head.security if runtime.head is not None else None
+    ca_file = getattr(security, "tls_ca_file", None)
+    if not ca_file or not (Path(ca_file).parent / CA_KEY).exists() or runtime.scheduler_address is None:
+        return None
+    return Path(ca_file).parent, str(runtime.scheduler_address)
 
 
 async def serve(runtime: ClusterRuntime, out: Console, err: Console, *, leadership: Leadership | None = None,

@@ -177,8 +177,11 @@ class RemoteClient:
 
     # -- tokens (admin) -----------------------------------------------------------------------
 
-    def create_token(self, name: str, role: str, expires_in: float | None = None) -> dict[str, Any]:
+    def create_token(self, name: str, role: str, expires_in: float | None = None, *,
+                     uses: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"name": name, "role": role}
+        if uses is not None:
+            body["uses"] = uses
         if expires_in is not None:
             body["expires_in"] = expires_in
         return dict(self._call("POST", "/api/v1/tokens", json=body))

@@ -30,6 +30,7 @@ class Permission(str, Enum):
     CANCEL = "cancel"
     OPERATE = "operate"  # retry, dead-letter requeue, drain/undrain/remove/restart workers
     ADMIN = "admin"  # tokens and the audit log
+    JOIN = "join"  # trade a join token for a worker's identity (certificate, key, token): `clusterai join`
 
 
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
@@ -39,7 +40,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     "submitter": frozenset({Permission.READ_OWN, Permission.SUBMIT}),
     "viewer": frozenset({Permission.READ, Permission.READ_OWN}),
     # enrollment tokens: they let a machine join as a worker (worker/enroll.py), and do nothing in the API
-    "worker": frozenset(),
+    "worker": frozenset({Permission.JOIN}),
 }
 ROLES = tuple(ROLE_PERMISSIONS)
 
@@ -65,8 +66,9 @@ def _digest(secret: str) -> str:
 
 
 def new_token(name: str, role: str, *, created_by: str | None, expires_in: float | None = None,
-              now: float | None = None) -> tuple[str, TokenRecord]:
-    """A fresh token: the text to hand to its user (shown once) and the record to store."""
+              now: float | None = None, uses: int | None = None) -> tuple[str, TokenRecord]:
+    """A fresh token: the text to hand to its user (shown once) and the record to store. With
+    `uses`, a join token: good for that many `clusterai join`s, and for nothing else."""
     name = name.strip()
     if not name or len(name) > 100:
         raise BadInput("token name must be 1 to 100 characters")
@@ -76,11 +78,14 @@ def new_token(name: str, role: str, *, created_by: str | None, expires_in: float
         raise BadInput(f"unknown role {role!r}; allowed: {', '.join(ROLES)}")
     if expires_in is not None and expires_in <= 0:
         raise BadInput(f"expires_in must be > 0 seconds, got {expires_in}")
+    if uses is not None and (role != "worker" or not 1 <= uses <= 10_000):
+        raise BadInput("uses is for join tokens: role worker, 1 to 10000 uses")
     now = time.time() if now is None else now
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     record = TokenRecord(id=token_id, name=name, role=role, secret_hash=_digest(secret), created_at=now,
-                         created_by=created_by, expires_at=now + expires_in if expires_in else None)
+                         created_by=created_by, expires_at=now + expires_in if expires_in else None,
+                         uses_left=uses)
     return f"{PREFIX}_{token_id}_{secret}", record
 
 
@@ -131,6 +136,22 @@ class TokenVerifier:
         if record is None or not matches or not record.usable(now):
             return None
         return Principal(record.id, record.name, record.role)
+
+    def refusal(self, text: str, now: float | None = None) -> str:
+        """Why a token that verify() refused is refused. The particular reason (revoked, expired,
+        used up) only to whoever holds its secret; to anyone else, that it is unknown."""
+        parts = split_token(text.strip())
+        record = self._record(parts[0]) if parts is not None else None
+        if parts is None or record is None or not hmac.compare_digest(_digest(parts[1]), record.secret_hash):
+            return "the token is unknown, revoked or expired"
+        now = time.time() if now is None else now
+        if record.revoked_at is not None:
+            return f"token {record.id} ({record.name}) was revoked"
+        if record.expires_at is not None and now >= record.expires_at:
+            return f"token {record.id} ({record.name}) expired"
+        if record.uses_left is not None and record.uses_left <= 0:
+            return f"join token {record.id} ({record.name}) is used up"
+        return "the token is unknown, revoked or expired"
 
     def forget(self, token_id: str) -> None:
         with self._lock:

@@ -190,6 +190,10 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             updated_at REAL NOT NULL
         )""",
     ],
+    # 7: join tokens (`clusterai join`): how many more times each may be used (NULL: not one)
+    [
+        "ALTER TABLE tokens ADD COLUMN uses_left INTEGER",
+    ],
 ]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from clusterai.core.model import AuditEntry, TokenRecord
 from clusterai.errors import BadInput
 
-_TOKEN_COLUMNS = "id, name, role, secret_hash, created_at, created_by, expires_at, revoked_at"
+_TOKEN_COLUMNS = "id, name, role, secret_hash, created_at, created_by, expires_at, revoked_at, uses_left"
 
 
 class AccessTables:
@@ -21,9 +21,9 @@ class AccessTables:
     def add_token(self, record: TokenRecord) -> None:
         with self._write() as cur:
             cur.execute(
-                f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+                f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
                 (record.id, record.name, record.role, record.secret_hash, record.created_at,
-                 record.created_by, record.expires_at, record.revoked_at),
+                 record.created_by, record.expires_at, record.revoked_at, record.uses_left),
             )
 
     def get_token(self, token_id: str) -> TokenRecord | None:
@@ -32,6 +32,15 @@ class AccessTables:
 
     def list_tokens(self) -> list[TokenRecord]:
         return [TokenRecord(*r) for r in self._read(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created_at")]
+
+    def use_token(self, token_id: str, now: float) -> bool:
+        """Spend one use of a join token, if it has one left and is neither revoked nor expired:
+        one statement, so two machines racing for a token's last use cannot both get it."""
+        with self._write() as cur:
+            row = cur.execute(
+                "UPDATE tokens SET uses_left = uses_left - 1 WHERE id=? AND uses_left > 0 AND revoked_at IS NULL"
+                " AND (expires_at IS NULL OR expires_at > ?) RETURNING id", (token_id, now)).fetchone()
+            return row is not None
 
     def revoke_token(self, token_id: str, now: float) -> TokenRecord:
         with self._write() as cur:

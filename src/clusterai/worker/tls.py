@@ -121,6 +121,30 @@ def create_certs(directory: Path, *, hosts: Sequence[str] = (), nodes: Sequence[
     return files
 
 
+def issue_certificate(directory: Path, node: str, role: str = "worker", *, hosts: Sequence[str] = (),
+                      days: int = DEFAULT_DAYS) -> tuple[bytes, bytes]:
+    """A fresh key and certificate for `node`, signed by the CA in `directory` (which must exist:
+    joining never makes a CA), returned as PEM and written nowhere: `clusterai join` hands them
+    to the joining machine over the channel pinned to the CA."""
+    (name,) = check_node_names([node])
+    if role not in ROLES:
+        raise ConfigError(f"unknown certificate role {role!r}; allowed: {', '.join(ROLES)}")
+    directory = Path(directory)
+    if not (directory / CA_KEY).exists():
+        raise ConfigError(f"no CA key in {directory}: joining needs the head's CA (clusterai certs create)")
+    ca_cert, ca_key = _load_or_make_ca(directory, days)
+    key, cert = _node_cert(name, role, _subject_alt_names(hosts), ca_cert, ca_key, days)
+    return _cert_pem(cert), _key_pem(key)
+
+
+def fingerprint(pem: str | bytes) -> str:
+    """SHA-256 of a PEM certificate's DER bytes, in hex (stdlib only: the joining side computes it)."""
+    import hashlib
+
+    text = pem.decode() if isinstance(pem, bytes) else pem
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(text)).hexdigest()
+
+
 def check_node_names(nodes: Sequence[str]) -> list[str]:
     names: list[str] = []
     for name in nodes:

@@ -32,7 +32,8 @@ async def list_tokens(request: Request, principal: Principal = Depends(require(P
              openapi_extra=body_schema(TokenRequest))
 async def create_token(request: Request, principal: Principal = Depends(require(Permission.ADMIN))) -> JSONResponse:
     body = parse_body(await request.body(), TokenRequest)
-    text, record = new_token(body.name, body.role, created_by=principal.name, expires_in=body.expires_in)
+    text, record = new_token(body.name, body.role, created_by=principal.name, expires_in=body.expires_in,
+                             uses=body.uses)
     await run_in_threadpool(context(request).store.add_token, record)
     request.state.audit_target = f"token {record.id} ({record.name}, {record.role})"
     return JSONResponse({"token": text, **record.to_dict()}, status_code=201)

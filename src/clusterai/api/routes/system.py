@@ -18,7 +18,7 @@ router = APIRouter(tags=["system"])
 
 # The routes anyone may call without a token; everything else needs one (the test suite checks).
 # "/" answers without a session only with a redirect to the login page.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/login", "/logout", "/static/{name}", "/"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/login", "/logout", "/static/{name}", "/", "/api/v1/join/ca"})
 
 
 @router.get("/healthz", summary="The API process is alive (no token needed)")
