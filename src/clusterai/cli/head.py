@@ -19,6 +19,7 @@ from clusterai.service.access import new_token
 from clusterai.store.leader import leadership_for
 from clusterai.store.open import open_store
 from clusterai.worker.cli import serve_model_main, worker_main
+from clusterai.worker.discovery import BEACON_PORT
 from clusterai.worker.join import join_main, make_code
 from clusterai.worker.tls import CA_CERT, fingerprint, node_security
 
@@ -40,6 +41,11 @@ def scheduler(
                                        help="while standing by, how often to try to take the lead (seconds)"),
     allow_plain_tcp: bool = typer.Option(False, "--allow-plain-tcp", help="listen beyond loopback without TLS "
                                          "(only on a network where everyone who can reach the port is trusted)"),
+    advertise: bool | None = typer.Option(None, "--advertise/--no-advertise", help="announce this head for "
+                                          "`clusterai join --discover` (mDNS and a UDP beacon); default: when it "
+                                          "enrolls machines and its API listens beyond loopback"),
+    beacon_port: int = typer.Option(BEACON_PORT, "--beacon-port", min=0, max=65535,
+                                    help="UDP port the beacon answers on (0: any free one)"),
 ) -> None:
     """Run a head node: Dask scheduler + coordinator + REST API on a shared store (PostgreSQL for a
     standby). A second one on the same store stands by and takes over when the first dies."""
@@ -67,8 +73,8 @@ def scheduler(
             else:
                 err.print("[yellow]note:[/] without --tls-dir, every user of this machine can connect to the "
                           "scheduler's port and run code as you; give --tls-dir to let in certificate holders only")
-        head = HeadSettings(host=host, port=port, security=security,
-                            dashboard_address=dashboard_address)
+        head = HeadSettings(host=host, port=port, security=security, dashboard_address=dashboard_address,
+                            advertise=advertise, beacon_port=beacon_port)
         open_store(conf.store).close()  # a wrong URL or password fails here, before standing by
         asyncio.run(_lead_then_serve(conf, head, standby_poll))
 
@@ -105,13 +111,21 @@ def join(ctx: typer.Context) -> None:
 @errors_to_exit_codes
 def join_code(
     token: str | None = typer.Option(None, "--token", help="a join token (default: make one, single-use)"),
-    url: str = typer.Option(..., "--url", help="the head's REST API as the new machine reaches it (https://...)"),
+    url: str = typer.Option("", "--url", help="the head's REST API as the new machine reaches it (https://...)"),
     tls_dir: Path = typer.Option(Path(".clusterai/certs"), "--tls-dir", help="the head's certificate folder"),
     uses: int = typer.Option(1, "--uses", min=1, max=10_000, help="joins the new token allows"),
     expires_in: str = typer.Option("1h", "--expires-in", help="how long the new token lasts: 30m, 1h, 7d"),
     name: str = typer.Option("join", "--name", help="the new token's name"),
+    only_fingerprint: bool = typer.Option(False, "--fingerprint", help="print the CA's fingerprint only (for "
+                                          "`clusterai join --discover --fingerprint`)"),
 ) -> None:
     """Print a join code: the API's URL, the CA's fingerprint and a join token, in one string."""
+    if only_fingerprint:
+        try:
+            typer.echo(fingerprint((tls_dir / CA_CERT).read_text()))
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"--tls-dir: cannot read the CA certificate {tls_dir / CA_CERT}: {exc}") from None
+        return
     if not url.startswith("https://"):
         raise BadInput(f"--url: joining hands out a private key, so only over HTTPS; got {url!r}")
     try:

@@ -46,6 +46,8 @@ class HeadSettings:
     port: int = 8786
     security: Any = None  # distributed.security.Security when TLS is on
     dashboard_address: str | None = None
+    advertise: bool | None = None  # announce it for `clusterai join --discover`; None: when it makes sense
+    beacon_port: int = 8799
 
 
 class ClusterRuntime:

@@ -5,11 +5,13 @@ API beside the coordinator, wired together here and nowhere else."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 from pathlib import Path
 from typing import Any, Protocol
 
+from clusterai import __version__
 from clusterai.api.server import ApiServer, start_beside, url_for_workers
 from clusterai.config import ClusterConfig
 from clusterai.core.net import is_loopback
@@ -18,7 +20,10 @@ from clusterai.head.runtime import ClusterRuntime
 from clusterai.llm.serving import serve_for_head
 from clusterai.store.leader import Leadership
 from clusterai.store.urls import redact
+from clusterai.worker.discovery import Advertiser
 from clusterai.worker.tls import CA_KEY
+
+log = logging.getLogger("clusterai.head.serve")
 
 
 class Console(Protocol):
@@ -48,6 +53,31 @@ def _join_ca(runtime: ClusterRuntime) -> tuple[Path, str] | None:
     return Path(ca_file).parent, str(runtime.scheduler_address)
 
 
+async def _advertise(runtime: ClusterRuntime, api: ApiServer) -> Advertiser | None:
+    """Announce a head that enrolls machines (its API over HTTPS, its CA key at hand): by default
+    when its API listens beyond loopback; `--advertise` forces it (on loopback: on loopback only)."""
+    head = runtime.head
+    join = api.context.join
+    if head is None or join is None or not api.tls or head.advertise is False:
+        return None
+    loopback = is_loopback(api.host)
+    if head.advertise is None and loopback:
+        return None
+    url = url_for_workers(api.url, str(runtime.scheduler_address))
+    fp = join.ca()["fingerprint"]
+    host = url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+    advertiser = Advertiser({"api": url, "fingerprint": fp, "cluster": fp[:12], "version": __version__},
+                            name=f"clusterai-{fp[:12]}", host=host if host[:1].isdigit() else "0.0.0.0",
+                            port=int(url.rsplit(":", 1)[1]), beacon_port=head.beacon_port,
+                            interfaces=["127.0.0.1"] if loopback else None)
+    try:
+        await asyncio.to_thread(advertiser.start)  # python-zeroconf's blocking API waits on a loop of its own
+    except OSError as exc:
+        log.warning("cannot advertise this head: %s", exc)
+        return None
+    return advertiser
+
+
 async def serve(runtime: ClusterRuntime, out: Console, err: Console, *, leadership: Leadership | None = None,
                 poll: float = 1.0) -> bool:
     """Run a head until Ctrl-C/SIGTERM, or until another scheduler took the lead (then True): the
@@ -59,6 +89,7 @@ async def serve(runtime: ClusterRuntime, out: Console, err: Console, *, leadersh
         loop.add_signal_handler(sig, stop.set)
     conf = runtime.config
     api = None
+    advertiser: Advertiser | None = None
     lost = False
 
     async def keep_the_lead() -> None:
@@ -91,6 +122,12 @@ async def serve(runtime: ClusterRuntime, out: Console, err: Console, *, leadersh
             if not is_loopback(api.host) and not api.tls:
                 err.print("[yellow]warning:[/] the API listens beyond this machine without TLS; tokens travel "
                           "in clear text. Use --tls-cert/--tls-key.")
+            advertiser = await _advertise(runtime, api)
+            if advertiser is not None:
+                how = "mDNS _clusterai._tcp and " if advertiser.mdns else ""
+                out.print(f"advertised for `clusterai join --discover` ({how}UDP beacon on port "
+                          f"{advertiser.beacon_port}); CA fingerprint {advertiser.record['fingerprint']}",
+                          highlight=False)
         out.print(f"[bold green]clusterai is up[/]: store {redact(conf.store)}, scheduler {runtime.scheduler_address}",
                   highlight=False)
         if runtime.dashboard_link:
@@ -102,6 +139,8 @@ async def serve(runtime: ClusterRuntime, out: Console, err: Console, *, leadersh
         out.print("stopping...")
         if watchdog is not None:
             watchdog.cancel()
+        if advertiser is not None:
+            await asyncio.to_thread(advertiser.stop)
         if api is not None:
             await api.stop()
         if models is not None:

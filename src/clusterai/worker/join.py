@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterai.errors import EXIT_AUTH, EXIT_BAD_INPUT, EXIT_UNAVAILABLE
+from clusterai.worker.discovery import BEACON_PORT, Advertised, discover
 from clusterai.worker.tls import CA_CERT, fingerprint
 
 CODE_PREFIX = "caijoin1."
@@ -35,6 +36,7 @@ TOKEN_FILE = "token"
 class JoinFailed(Exception):
     def __init__(self, exit_code: int, message: str):
         self.exit_code = exit_code
+        self.before_token = False  # True: it failed before the token was sent anywhere
         super().__init__(message)
 
 
@@ -56,6 +58,45 @@ def read_code(code: str) -> tuple[str, str, str]:
     except (ValueError, KeyError, TypeError):
         raise JoinFailed(EXIT_BAD_INPUT, "the join code is damaged (copy it again, whole)") from None
     return url, pin, token
+
+
+def _first_identity(candidates: list[tuple[str, str, str]], node: str) -> dict[str, Any]:
+    """Try each candidate head in turn: one whose CA does not match its pin, or that cannot be
+    reached, is passed over (it never saw the token); the last refusal is what the user sees."""
+    failure: JoinFailed | None = None
+    for url, pin, token in candidates:
+        try:
+            identity = fetch_identity(url, pin, token, node)
+        except JoinFailed as exc:
+            if not exc.before_token:
+                raise
+            failure = exc
+            if len(candidates) > 1:
+                print(f"passing over {url}: {exc}", file=sys.stderr, flush=True)
+            continue
+        print(f"joined the head at {url} (CA {pin[:16]}...)", flush=True)
+        return identity
+    assert failure is not None
+    raise failure
+
+
+def choose(heads: list[Advertised], fingerprint_prefix: str) -> list[Advertised]:
+    """The discovered heads whose CA fingerprint starts with the operator's (16+ hex digits); all
+    of one fingerprint (a spoofed advertisement may copy it: the CA check then tells them apart)."""
+    prefix = fingerprint_prefix.lower().replace(":", "")
+    if len(prefix) < 16 or any(c not in "0123456789abcdef" for c in prefix):
+        raise JoinFailed(EXIT_BAD_INPUT, "--fingerprint: at least 16 hex digits of the head's CA fingerprint "
+                                         "(`clusterai join-code --fingerprint` on the head prints it)")
+    if not heads:
+        raise JoinFailed(EXIT_UNAVAILABLE, "no head answered (mDNS and the UDP beacon); give its join code instead")
+    matching = [h for h in heads if h.fingerprint.startswith(prefix)]
+    listed = "; ".join(f"{h.api} (CA {h.fingerprint[:16]}..., via {h.via})" for h in heads)
+    if not matching:
+        raise JoinFailed(EXIT_AUTH, f"no head found has a CA fingerprint starting {prefix}: refusing the others "
+                                    f"(found: {listed})")
+    if len({h.fingerprint for h in matching}) > 1:
+        raise JoinFailed(EXIT_BAD_INPUT, f"several heads match {prefix}: give more of the fingerprint; found: {listed}")
+    return matching
 
 
 def _request(url: str, context: ssl.SSLContext | None, *, body: dict[str, Any] | None = None,
@@ -96,16 +137,20 @@ def fetch_identity(url: str, pin: str, token: str, node: str) -> dict[str, Any]:
     unverified = ssl.create_default_context()
     unverified.check_hostname = False
     unverified.verify_mode = ssl.CERT_NONE  # only to read the CA, which is then checked against the pin
-    ca = _request(f"{url}/api/v1/join/ca", unverified).get("ca")
-    if not isinstance(ca, str):
-        raise JoinFailed(EXIT_AUTH, "the head sent no CA certificate")
     try:
-        seen = fingerprint(ca)
-    except ValueError:
-        raise JoinFailed(EXIT_AUTH, "the head sent a CA that is not a PEM certificate") from None
-    if not hmac.compare_digest(seen, pin):
-        raise JoinFailed(EXIT_AUTH, f"the head's CA has fingerprint {seen}, the join code pins {pin}: refusing to "
-                                    "join (a different cluster, or someone posing as the head)")
+        ca = _request(f"{url}/api/v1/join/ca", unverified).get("ca")
+        if not isinstance(ca, str):
+            raise JoinFailed(EXIT_AUTH, "the head sent no CA certificate")
+        try:
+            seen = fingerprint(ca)
+        except ValueError:
+            raise JoinFailed(EXIT_AUTH, "the head sent a CA that is not a PEM certificate") from None
+        if not hmac.compare_digest(seen, pin):
+            raise JoinFailed(EXIT_AUTH, f"the head's CA has fingerprint {seen}, the join code pins {pin}: refusing "
+                                        "to join (a different cluster, or someone posing as the head)")
+    except JoinFailed as exc:
+        exc.before_token = True  # nothing secret was sent: another candidate may be tried
+        raise
     pinned = ssl.create_default_context(cadata=ca)
     identity = _request(f"{url}/api/v1/join", pinned, body={"node": node}, token=token)
     for key in ("ca", "cert", "key", "token", "scheduler", "node"):
@@ -140,7 +185,16 @@ def store_identity(directory: Path, identity: dict[str, Any]) -> None:
 def join_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clusterai join", description="Join a cluster with a join code: fetch this "
                                 "machine's identity from the head (pinned to its CA) and start as a worker.")
-    p.add_argument("code", help="the join code from `clusterai join-code` on the head")
+    p.add_argument("code", nargs="?", help="the join code from `clusterai join-code` on the head")
+    p.add_argument("--discover", action="store_true", help="find the head on this network (mDNS, then a UDP "
+                   "beacon) instead of a join code; needs --token and --fingerprint")
+    p.add_argument("--token", help="with --discover: the join token (or $CLUSTERAI_JOIN_TOKEN)")
+    p.add_argument("--fingerprint", help="with --discover: the head's CA fingerprint, at least its first 16 hex "
+                   "digits (`clusterai join-code --fingerprint` on the head)")
+    p.add_argument("--beacon", action="append", default=[], metavar="HOST:PORT",
+                   help="with --discover: ask this address too (repeatable; default: broadcast on port "
+                        f"{BEACON_PORT})")
+    p.add_argument("--discover-timeout", type=float, default=3.0, help="seconds to listen for heads")
     p.add_argument("--name", default=socket.gethostname().split(".")[0], help="this machine's name (default: host)")
     p.add_argument("--dir", type=Path, default=Path.home() / ".clusterai" / "identity",
                    help="where the identity is kept (default: ~/.clusterai/identity)")
@@ -149,11 +203,29 @@ def join_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _where_to_join(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """(API URL, CA fingerprint, join token) to try, in order."""
+    if not args.discover:
+        if args.code is None:
+            raise JoinFailed(EXIT_BAD_INPUT, "give a join code (clusterai join-code on the head), or --discover")
+        return [read_code(args.code)]
+    token = args.token or os.environ.get("CLUSTERAI_JOIN_TOKEN")
+    if not token or not args.fingerprint:
+        raise JoinFailed(EXIT_BAD_INPUT, "--discover needs --token (a join token) and --fingerprint (the head's CA)")
+    beacons = []
+    for target in args.beacon:
+        host, _, port = target.rpartition(":")
+        if not host or not port.isdigit():
+            raise JoinFailed(EXIT_BAD_INPUT, f"--beacon takes HOST:PORT, got {target!r}")
+        beacons.append((host, int(port)))
+    candidates = choose(discover(args.discover_timeout, beacons=beacons), args.fingerprint)
+    return [(head.api, head.fingerprint, token) for head in candidates]
+
+
 def join_main(argv: list[str]) -> int:
     args, worker_args = join_parser().parse_known_args(argv)  # the rest goes to `clusterai worker`
     try:
-        url, pin, token = read_code(args.code)
-        identity = fetch_identity(url, pin, token, args.name)
+        identity = _first_identity(_where_to_join(args), args.name)
         store_identity(args.dir, identity)
     except JoinFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

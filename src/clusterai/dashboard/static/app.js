@@ -2,7 +2,7 @@
 // The dashboard: reads the REST API with the session cookie, listens to /api/v1/events, and writes
 // every value with textContent (never as HTML): payloads, labels and error text stay inert.
 
-const state = {role: null, canOperate: false, reads: false, refreshTimer: null, pending: new Set()};
+const state = {role: null, canOperate: false, reads: false, refreshTimer: null, pending: new Set(), autoscale: []};
 
 function el(tag, text, attrs) {
   const node = document.createElement(tag);
@@ -80,18 +80,29 @@ async function refreshStatus() {
   }
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+
+function svgNode(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+  return node;
+}
+
+// lines: [{cls, points: [[x from 0 to 1, value], ...]}] on one scale, from 0 to the largest value
+function drawLines(svg, lines, digits) {
+  const max = Math.max(1e-9, ...lines.flatMap((l) => l.points.map(([, v]) => v || 0)));
+  const nodes = lines.map((l) => svgNode("polyline", {
+    class: l.cls,
+    points: l.points.map(([x, v]) => `${(x * 600).toFixed(1)},${(115 - ((v || 0) / max) * 105).toFixed(1)}`).join(" "),
+  }));
+  const label = svgNode("text", {x: "4", y: "12"});
+  label.textContent = `max ${fmt(max, digits === undefined ? (max < 10 ? 2 : 0) : digits)}`;
+  svg.replaceChildren(...nodes, label);
+}
+
 function drawChart(svgId, values) {
-  const svg = document.getElementById(svgId);
-  const max = Math.max(1e-9, ...values.map((v) => v || 0));
-  const step = 600 / Math.max(1, values.length - 1);
-  const points = values.map((v, i) => `${(i * step).toFixed(1)},${(115 - ((v || 0) / max) * 105).toFixed(1)}`);
-  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-  line.setAttribute("points", points.join(" "));
-  line.setAttribute("class", "line");
-  const label = document.createElementNS("http://www.w3.org/2000/svg", "text");
-  label.setAttribute("x", "4"); label.setAttribute("y", "12");
-  label.textContent = `max ${fmt(max, max < 10 ? 2 : 0)}`;
-  svg.replaceChildren(line, label);
+  const last = Math.max(1, values.length - 1);
+  drawLines(document.getElementById(svgId), [{cls: "line", points: values.map((v, i) => [i / last, v])}]);
 }
 
 async function refreshHistory() {
@@ -268,6 +279,166 @@ async function refreshModels() {
   }));
 }
 
+// -- autoscaling ---------------------------------------------------------------------------------
+
+function when(at) {
+  if (at === null || at === undefined) return "-";
+  const date = new Date(at * 1000);
+  return date.toDateString() === new Date().toDateString() ? date.toLocaleTimeString() : date.toLocaleString();
+}
+
+function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
+
+function bounds(profiles) {
+  return Object.entries(profiles || {}).map(([name, b]) => `${name} ${b.min}..${b.max}`).join(", ");
+}
+
+function autoscaleStatus(a) {
+  const override = a.override
+    ? [`operator override: ${a.override.enabled ? "enable" : "disable"}${bounds(a.override.profiles) ? `, bounds ${bounds(a.override.profiles)}` : ""}`]
+    : [];
+  if (!a.state) {
+    return ["autoscaler has not reported yet", a.enabled ? "enabled" : "disabled",
+            ...(a.configured ? [] : ["no autoscale section in cluster.yaml"]), ...override].join(" · ");
+  }
+  const s = a.state;
+  return [s.enabled ? "enabled" : "disabled", `provider ${s.provider}`,
+          a.running ? `head reporting (last report ${when(a.reported_at)})`
+                    : `head not reporting (last report ${when(a.reported_at)})`,
+          ...(s.unmanaged ? [`${plural(s.unmanaged, "worker")} not managed by the autoscaler`] : []),
+          ...override].join(" · ");
+}
+
+function backlogLine(u) {
+  const needs = [...(Object.keys(u.requires || {}).length ? [pairs(u.requires)] : []),
+                 ...((u.labels || []).length ? [`labels ${u.labels.join(", ")}`] : [])].join(" and ") || "placement";
+  return `${plural(u.queued, "queued job")} in '${u.queue}' need ${needs}: no profile can run them`;
+}
+
+// per profile, [x from 0 to 1, value] of ready and desired workers: steps, a count holds until the next sample
+function sampleLines(samples, name) {
+  const mine = samples.filter(([, by]) => by && by[name]);
+  if (!mine.length) return [[], []];
+  const first = mine[0][0];
+  const span = mine[mine.length - 1][0] - first;
+  const ready = [];
+  const desired = [];
+  mine.forEach(([at, by], i) => {
+    const x = span > 0 ? (at - first) / span : 0;
+    if (i > 0) { ready.push([x, mine[i - 1][1][name][0]]); desired.push([x, mine[i - 1][1][name][1]]); }
+    ready.push([x, by[name][0]]); desired.push([x, by[name][1]]);
+  });
+  if (span <= 0) { ready.push([1, ready[0][1]]); desired.push([1, desired[0][1]]); }  // one moment: a flat line
+  return [ready, desired];
+}
+
+function profileChart(name, samples) {
+  const [ready, desired] = sampleLines(samples, name);
+  const mine = samples.filter(([, by]) => by && by[name]);
+  const figure = el("figure", null, {"data-profile": name});
+  const caption = el("figcaption", `${name}: workers${mine.length ? `, ${when(mine[0][0])} to ${when(mine[mine.length - 1][0])}` : ", no samples yet"} `);
+  caption.append(el("span", "ready", {class: "key ready"}), el("span", "desired", {class: "key desired"}));
+  const svg = svgNode("svg", {viewBox: "0 0 600 120", role: "img", "aria-label": `${name} workers, ready and desired`});
+  drawLines(svg, [{cls: "line ready", points: ready}, {cls: "line desired", points: desired}], 0);
+  figure.append(caption, svg);
+  return figure;
+}
+
+function fillProfileChoice(profiles) {
+  const select = document.getElementById("autoscale-profile");
+  if (!select) return;  // not an operator: no form
+  const names = profiles.map((p) => p.name);
+  if ([...select.options].map((o) => o.value).join("\n") !== names.join("\n")) {
+    const chosen = select.value;
+    select.replaceChildren(...names.map((n) => el("option", n, {value: n})));
+    if (names.includes(chosen)) select.value = chosen;
+  }
+  select.parentNode.hidden = names.length < 2;
+  const profile = profiles.find((p) => p.name === select.value) || profiles[0];
+  document.getElementById("autoscale-min").placeholder = profile ? profile.min : "";
+  document.getElementById("autoscale-max").placeholder = profile ? profile.max : "";
+}
+
+async function refreshAutoscale() {
+  const a = await api("/api/v1/autoscale?decisions=20");
+  const s = a.state;
+  const status = document.getElementById("autoscale-status");
+  status.textContent = autoscaleStatus(a);
+  status.dataset.running = a.running ? "yes" : "no";
+  const problem = document.getElementById("autoscale-provider-error");
+  problem.textContent = s && s.error ? `provider error: ${s.error}` : "";
+  problem.hidden = !(s && s.error);
+  document.getElementById("autoscale-backlog").replaceChildren(
+    ...(s ? s.unschedulable : []).map((u) => el("li", backlogLine(u), {class: "warning"})));
+  const profiles = s ? s.profiles : [];
+  fillRows("profiles-table", profiles.map((p) => {
+    const r = row([p.name, `${p.min}..${p.max}`, p.ready, p.starting, p.draining, p.busy, p.desired, p.reason]);
+    r.children[7].className = "long";
+    r.dataset.profile = p.name;
+    return r;
+  }));
+  const samples = s ? s.samples || [] : [];
+  const names = [...new Set([...profiles.map((p) => p.name), ...samples.flatMap(([, by]) => Object.keys(by || {}))])];
+  document.getElementById("autoscale-charts").replaceChildren(...names.map((n) => profileChart(n, samples)));
+  fillRows("decisions-table", a.decisions.map((d) => {
+    const r = row([when(d.at), d.profile, `${d.from} → ${d.to}`, d.reason]);
+    r.children[3].className = "long";
+    r.dataset.decision = d.id;
+    return r;
+  }));
+  state.autoscale = profiles;
+  fillProfileChoice(profiles);
+}
+
+async function changeAutoscale(enabled) {
+  const error = document.getElementById("autoscale-form-error");
+  const body = {enabled};
+  try {
+    for (const key of ["min", "max"]) {
+      const input = document.getElementById(`autoscale-${key}`);
+      if (input.validity.badInput) throw new Error(`${key} must be a whole number`);
+      if (input.value.trim() !== "") body[key] = Number(input.value);
+    }
+    const select = document.getElementById("autoscale-profile");
+    if (!select.parentNode.hidden && select.value && ("min" in body || "max" in body)) body.profile = select.value;
+    const {override} = await api("/api/v1/autoscale", {method: "PUT", body: JSON.stringify(body)});
+    error.textContent = "";
+    error.hidden = true;
+    for (const key of ["min", "max"]) document.getElementById(`autoscale-${key}`).value = "";
+    say(`autoscaler ${override.enabled ? "enabled" : "disabled"}${bounds(override.profiles) ? ` (bounds ${bounds(override.profiles)})` : ""}: the head applies it at its next round`);
+    await refreshAutoscale();
+  } catch (failure) {
+    error.textContent = failure.message;
+    error.hidden = false;
+  }
+}
+
+function autoscaleForm() {
+  const form = el("form", null, {id: "autoscale-form", class: "filter", "aria-label": "autoscaler bounds"});
+  const choice = el("label", "profile ");
+  choice.append(el("select", null, {id: "autoscale-profile"}));
+  choice.hidden = true;
+  const number = (key) => {
+    const label = el("label", `${key} `);
+    label.append(el("input", null, {id: `autoscale-${key}`, type: "number", min: "0", step: "1", size: "5", inputmode: "numeric"}));
+    return label;
+  };
+  const buttons = [[true, "Enable"], [false, "Disable"]].map(([enabled, label]) => {
+    const b = el("button", label, {type: "button", class: "op"});
+    b.addEventListener("click", async () => {
+      for (const other of form.querySelectorAll("button")) other.disabled = true;
+      try { await changeAutoscale(enabled); } finally { for (const other of form.querySelectorAll("button")) other.disabled = false; }
+    });
+    return b;
+  });
+  form.append(choice, number("min"), number("max"), ...buttons);
+  form.addEventListener("submit", (event) => event.preventDefault());  // Enter does nothing: choose a button
+  choice.querySelector("select").addEventListener("change", () => fillProfileChoice(state.autoscale || []));
+  const error = el("p", null, {id: "autoscale-form-error", class: "error", role: "alert"});
+  error.hidden = true;
+  document.getElementById("autoscale-controls").replaceChildren(form, error);
+}
+
 // -- live updates --------------------------------------------------------------------------------
 
 function soon(what) {
@@ -294,7 +465,10 @@ function listen() {
     if (data.state === "dead" || data.state === "queued") soon(refreshDlq);
     if (state.reads) { soon(refreshPipelines); soon(refreshCounts); }
   });
-  source.addEventListener("worker", () => { soon(refreshWorkers); soon(refreshStatus); });
+  source.addEventListener("worker", () => {
+    soon(refreshWorkers); soon(refreshStatus);
+    if (state.reads) soon(refreshAutoscale);
+  });
   // the stream ends when the session's token is revoked or expires: sign in again
   source.addEventListener("closed", () => { source.close(); window.location.assign("/login"); });
   source.addEventListener("reset", () => { soon(refreshJobs); soon(refreshWorkers); soon(refreshStatus); soon(refreshDlq); });
@@ -326,16 +500,18 @@ async function start() {
     const id = Number(document.getElementById("find-id").value);
     if (id > 0) showJob(id).catch((error) => say(error.message));
   });
+  if (state.canOperate) autoscaleForm();
   window.addEventListener("hashchange", show);
   show();
   const reads = me.permissions.includes("read");
   state.reads = reads;
   await Promise.all([refreshJobs(), ...(reads ? [refreshStatus(), refreshWorkers(), refreshDlq(), refreshHistory(),
-                                                 refreshPipelines(), refreshCounts(), refreshModels()] : [])]);
+                                                 refreshPipelines(), refreshCounts(), refreshModels(), refreshAutoscale()] : [])]);
   listen();
   if (reads) {
     setInterval(() => {
       soon(refreshStatus); soon(refreshWorkers); soon(refreshPipelines); soon(refreshCounts); soon(refreshModels);
+      soon(refreshAutoscale);
     }, 5000);
     setInterval(() => refreshHistory().catch(() => {}), 60000);
   }
