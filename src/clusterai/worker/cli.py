@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +69,13 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve-device", default="auto", metavar="DEVICE",
                    help="where served models run: auto (the GPU when torch sees one), cpu, cuda, cuda:N, mps")
     p.add_argument("--tls-node", default="worker", help="which certificate in --tls-dir: NAME.pem/NAME.key")
+    p.add_argument("--install-service", action="store_true", help="write a systemd unit (termux-services entry "
+                   "under Termux) that runs this worker command at boot and restarts it on failure, then exit")
+    p.add_argument("--uninstall-service", action="store_true", help="remove that service file, then exit")
+    p.add_argument("--service-scope", choices=("user", "system"), default="user",
+                   help="a user unit (default) or a system one (needs --service-user)")
+    p.add_argument("--service-user", help="the account a system unit runs the worker as")
+    p.add_argument("--service-dir", type=Path, help="write the service file here instead")
     return p
 
 
@@ -103,6 +111,8 @@ def worker_main(argv: list[str]) -> int:
     )
 
     args = worker_parser().parse_args(argv)  # bad usage: argparse exits 2 with the message
+    if args.install_service or args.uninstall_service:
+        return _service(args, argv)
     if any(a in ("--token", "-t") or a.startswith(("--token=", "-t")) for a in argv):
         print(f"warning: a token on the command line can be read by every user of this machine (ps, "
               f"/proc/PID/cmdline); use --token-file FILE (mode 0600) or the ${TOKEN_ENV} environment variable",
@@ -143,6 +153,28 @@ def worker_main(argv: list[str]) -> int:
         return _fail(EXIT_AUTH, str(exc))
     except (WorkerCrashing, ClusterAIError) as exc:
         return _fail(EXIT_FAILED, str(exc))
+
+
+def _service(args: argparse.Namespace, argv: list[str]) -> int:
+    from clusterai.worker.service_files import install, make_service, uninstall
+
+    name = args.name or socket.gethostname().split(".")[0]
+    try:
+        service = make_service(argv if args.name else [*argv, "--name", name], name, scope=args.service_scope,
+                               directory=args.service_dir, user=args.service_user)
+    except BadInput as exc:
+        return _fail(EXIT_BAD_INPUT, str(exc))
+    if args.uninstall_service:
+        print(f"removed {service.path}" if uninstall(service) else f"no service file at {service.path}")
+        print(f"stop it with: {service.disable}")
+        return 0
+    try:
+        install(service)
+    except OSError as exc:
+        return _fail(EXIT_BAD_INPUT, f"cannot write {service.path}: {exc.strerror or exc}")
+    print(f"wrote {service.path} ({service.kind})")
+    print(f"start it now and at every boot with: {service.enable}")
+    return 0
 
 
 async def _until_signal(main: Any) -> None:
