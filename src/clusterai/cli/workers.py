@@ -14,6 +14,7 @@ from rich.table import Table
 from clusterai.cli.common import client, err, errors_to_exit_codes, out
 from clusterai.core.model import WorkerRecord
 from clusterai.errors import EXIT_UNAVAILABLE, BadInput
+from clusterai.sdk.rolling import roll_workers
 
 workers_app = typer.Typer(help="Workers of the cluster.", no_args_is_help=True)
 
@@ -89,3 +90,17 @@ _action_command("undrain", "Put a drained worker back in rotation.", 10.0)
 _action_command("remove", "Drain the worker, then retire it from the cluster once its jobs are done.", 60.0)
 _action_command("restart", "Restart the worker process through its nanny (its running jobs are retried elsewhere).",
                 60.0)
+
+
+@workers_app.command("roll")
+@errors_to_exit_codes
+def workers_roll(names: list[str] = typer.Argument(None, help="workers to restart (default: every ready one)"),
+                 drain_timeout: float = typer.Option(600.0, "--drain-timeout", min=1,
+                                                     help="seconds a worker may take to finish its jobs"),
+                 ready_timeout: float = typer.Option(180.0, "--ready-timeout", min=1,
+                                                     help="seconds a worker may take to come back ready")) -> None:
+    """Restart workers one at a time (drain, restart, wait until ready): new code or settings with no
+    job lost or run twice."""
+    rolled = roll_workers(client(), names or (), drain_timeout=drain_timeout, ready_timeout=ready_timeout,
+                          say=lambda line: out.print(line, highlight=False))
+    out.print(f"rolled {len(rolled)} worker(s)")
