@@ -21,7 +21,7 @@ from clusterai.config import ClusterConfig
 from clusterai.core.model import Outcome, State
 from clusterai.store.open import open_store
 
-PUBLIC = frozenset({"/healthz", "/readyz", "/login", "/logout", "/static/{name}", "/", "/api/v1/join/ca"})
+PUBLIC = frozenset({"/healthz", "/livez", "/readyz", "/login", "/logout", "/static/{name}", "/", "/api/v1/join/ca"})
 ALL = frozenset(ROLES)
 READERS = frozenset({"viewer", "operator", "admin"})  # read everything
 OPERATORS = frozenset({"operator", "admin"})
@@ -32,6 +32,7 @@ SUBMITTERS = frozenset({"submitter", "operator", "admin"})
 EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
+    ("GET", "/livez"): None,
     ("GET", "/metrics"): READERS,
     ("GET", "/api/v1/tasks"): ALL,
     ("GET", "/api/v1/whoami"): ALL,

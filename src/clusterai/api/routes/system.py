@@ -18,12 +18,18 @@ router = APIRouter(tags=["system"])
 
 # The routes anyone may call without a token; everything else needs one (the test suite checks).
 # "/" answers without a session only with a redirect to the login page.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/login", "/logout", "/static/{name}", "/", "/api/v1/join/ca"})
+PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/login", "/logout", "/static/{name}", "/",
+                          "/api/v1/join/ca"})
 
 
 @router.get("/healthz", summary="The API process is alive (no token needed)")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@router.get("/livez", summary="The process answers: touches neither the store nor a GPU (a liveness probe)")
+async def livez() -> dict[str, str]:
+    return {"status": "alive"}
 
 
 @router.get("/readyz", summary="The API can read its store (no token needed)")
