@@ -136,7 +136,6 @@ class Autoscaling(CoordinatorPlugin):
         self._samples: deque[list[Any]] = deque(maxlen=SAMPLES_KEPT)
         self._override_at: float | None = None
         self._learned_until: float | None = None
-        self._wake = asyncio.Event()
         self._reported_at = float("-inf")
 
     @property
@@ -163,10 +162,6 @@ class Autoscaling(CoordinatorPlugin):
             with contextlib.suppress(ClusterAIError, OSError):
                 await self.provider.terminate([w.name for w in await self.provider.list()])
 
-    def poke(self) -> None:
-        """Decide now rather than at the next interval (an operator changed something)."""
-        self._wake.set()
-
     async def _loop(self) -> None:
         while True:
             try:
@@ -175,9 +170,7 @@ class Autoscaling(CoordinatorPlugin):
                 log.warning("autoscaler: store unavailable: %s", exc)
             except Exception:  # noqa: BLE001 - one bad tick must not end autoscaling
                 log.exception("autoscaler tick failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.interval_s)
-            self._wake.clear()
+            await asyncio.sleep(self.config.interval_s)
 
     # -- one round ----------------------------------------------------------------------------------
 
