@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,47 @@ def test_open_store_in_memory():
 def test_open_store_unknown_scheme(url: str):
     with pytest.raises(ConfigError, match="unknown scheme"):
         open_store(url)
+
+
+def _wal_frames_left(path: Path) -> tuple[int, int]:
+    """(frames in the WAL, frames of them already in the database), read on a connection of our own."""
+    with sqlite3.connect(path) as db:
+        _, log, done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return log, done
+
+
+def test_commits_never_checkpoint_the_background_does(db_path: Path):
+    store = SQLiteStore(str(db_path))
+    try:
+        assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for _ in range(20):
+            submit(store, *[spec(payload={"i": i, "pad": "x" * 200}) for i in range(200)])
+        wait_until = time.monotonic() + 5
+        while time.monotonic() < wait_until:
+            log, done = _wal_frames_left(db_path)
+            if log == done:
+                break
+        assert log == done, "the checkpointer moved every frame into the database"
+    finally:
+        store.close()
+
+
+def test_the_checkpointer_truncates_a_large_wal(db_path: Path):
+    store = SQLiteStore(str(db_path), background_checkpoint=False)
+    try:
+        store._db.execute("PRAGMA wal_autocheckpoint=0")
+        for _ in range(5):
+            submit(store, *[spec(payload={"i": i, "pad": "x" * 500}) for i in range(200)])
+        wal = db_path.with_name(db_path.name + "-wal")
+        assert wal.stat().st_size > 100_000
+        checkpointer = sqlite_module.Checkpointer(str(db_path), interval=0.05, truncate_bytes=100_000)
+        try:
+            deadline = time.monotonic() + 5
+            while wal.stat().st_size > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert wal.stat().st_size == 0, "TRUNCATE bounds the WAL"
+        finally:
+            checkpointer.close()
+        assert row_count(db_path) == 1000
+    finally:
+        store.close()

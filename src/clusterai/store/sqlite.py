@@ -40,10 +40,49 @@ def _make_private(path: Path) -> None:
         raise StoreUnavailable(f"cannot make the SQLite store {str(path)!r} private: {exc}") from None
 
 
-class SQLiteStore(SqlStore):
-    """One connection per store object, guarded by a lock: SQLite has a single writer anyway."""
+class Checkpointer:
+    """Moves the WAL back into the database on a thread and connection of its own, so that no
+    commit pays for it: SQLite's automatic checkpoint runs inside whichever COMMIT crosses 1000
+    pages, which is what made the slow tail of a round trip. PASSIVE every `interval` (it never
+    waits for readers or writers); TRUNCATE once the WAL passes `truncate_bytes`, which bounds it."""
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0, synchronous: str = "NORMAL"):
+    def __init__(self, path: str, *, interval: float = 0.5, truncate_bytes: int = 64 * 2**20):
+        self.path = path
+        self.interval = interval
+        self.truncate_bytes = truncate_bytes
+        self._stop = threading.Event()
+        self._db = sqlite3.connect(path, timeout=0.1, isolation_level=None, check_same_thread=False)
+        self._thread = threading.Thread(target=self._run, name="clusterai-sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        wal = Path(f"{self.path}-wal")
+        while not self._stop.wait(self.interval):
+            try:
+                size = wal.stat().st_size if wal.exists() else 0
+                if size == 0:
+                    continue
+                mode = "TRUNCATE" if size > self.truncate_bytes else "PASSIVE"
+                self._db.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+            except (sqlite3.Error, OSError):
+                continue  # busy or locked now: the next round tries again
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            pass
+        self._db.close()
+
+
+class SQLiteStore(SqlStore):
+    """One connection per store object, guarded by a lock: SQLite has a single writer anyway.
+    Checkpoints run in the background (Checkpointer) unless `background_checkpoint=False`."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0, synchronous: str = "NORMAL",
+                 background_checkpoint: bool = True):
         self.path = str(path)
         self.url = f"sqlite:///{self.path}"
         if self.path not in (":memory:", "") and not self.path.startswith("file:"):
@@ -57,6 +96,10 @@ class SQLiteStore(SqlStore):
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             self._migrate()
+            self._checkpointer = None
+            if background_checkpoint and self.path not in (":memory:", "") and not self.path.startswith("file:"):
+                self._db.execute("PRAGMA wal_autocheckpoint=0")  # this connection's commits never checkpoint
+                self._checkpointer = Checkpointer(self.path)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from None
         self._data_version = -1
@@ -107,6 +150,9 @@ class SQLiteStore(SqlStore):
         return changed
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         with self._lock:
             self._db.close()
 
