@@ -379,7 +379,8 @@ async function refreshAutoscale() {
   }));
   const samples = s ? s.samples || [] : [];
   const names = [...new Set([...profiles.map((p) => p.name), ...samples.flatMap(([, by]) => Object.keys(by || {}))])];
-  document.getElementById("autoscale-charts").replaceChildren(...names.map((n) => profileChart(n, samples)));
+  document.getElementById("autoscale-charts").replaceChildren(
+    ...(names.length ? names.map((n) => profileChart(n, samples)) : [el("p", "no samples yet", {class: "hint"})]));
   fillRows("decisions-table", a.decisions.map((d) => {
     const r = row([when(d.at), d.profile, `${d.from} → ${d.to}`, d.reason]);
     r.children[3].className = "long";
