@@ -65,7 +65,7 @@ class AutoscaleService:
         if minimum is not None or maximum is not None:
             if profile is None:
                 if len(declared) != 1:
-                    raise BadInput(f"several profiles ({', '.join(declared)}): name one with --profile")
+                    raise BadInput(f"several profiles ({', '.join(declared)}): say which one (profile)")
                 profile = next(iter(declared))
             if profile not in declared:
                 raise BadInput(f"unknown profile {profile!r}; profiles are {', '.join(declared)}")
