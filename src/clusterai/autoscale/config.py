@@ -140,6 +140,7 @@ def parse_autoscale(raw: Mapping[str, Any] | None) -> AutoscaleConfig:
     profiles = tuple(_profile(str(name), spec) for name, spec in raw_profiles.items())
     names = [p.name for p in profiles]
 
+    interval_s = _number(section.get("interval_s", 2.0), f"{ROOT}.interval_s", low=0.1)
     raw_policies = section.get("policies")
     if raw_policies is None:
         raw_policies = [{"kind": "target_tracking"}, {"kind": "reactive"}]
@@ -149,13 +150,13 @@ def parse_autoscale(raw: Mapping[str, Any] | None) -> AutoscaleConfig:
         spec = _mapping(spec, path)
         targets = _policy_profiles(spec, names, path)
         for name in targets:  # each profile its own object: a predictive one learns that profile's history
-            policies[name].append(_policy(spec, path))
+            policies[name].append(_policy(spec, path, interval_s))
 
     return AutoscaleConfig(
         profiles=profiles,
         policies={name: tuple(p) for name, p in policies.items()},
         provider=_provider(section.get("provider", {"kind": "local"}), f"{ROOT}.provider"),
-        interval_s=_number(section.get("interval_s", 2.0), f"{ROOT}.interval_s", low=0.1),
+        interval_s=interval_s,
         up_cooldown_s=_number(section.get("up_cooldown_s", 30.0), f"{ROOT}.up_cooldown_s"),
         down_cooldown_s=_number(section.get("down_cooldown_s", 120.0), f"{ROOT}.down_cooldown_s"),
         max_step=_integer(section.get("max_step", 4), f"{ROOT}.max_step", low=1),
@@ -214,7 +215,7 @@ def _policy_profiles(spec: Mapping[str, Any], names: list[str], path: str) -> li
     return chosen
 
 
-def _policy(spec: Mapping[str, Any], path: str) -> Policy:
+def _policy(spec: Mapping[str, Any], path: str, interval_s: float) -> Policy:
     kind = spec.get("kind")
     if kind not in _POLICY_FIELDS:
         raise AutoscaleConfigError(f"{path}.kind: unknown policy {kind!r}; known: {', '.join(sorted(_POLICY_FIELDS))}")
@@ -232,7 +233,8 @@ def _policy(spec: Mapping[str, Any], path: str) -> Policy:
             raise AutoscaleConfigError(f"{path}.alpha ({alpha}) must be in (0, 1]")
         return Predictive(lead_s=None if lead is None else _number(lead, f"{path}.lead_s"), alpha=alpha,
                           tz=_timezone(spec.get("timezone"), f"{path}.timezone"),
-                          noise_slots=_number(spec.get("noise_slots", 0.1), f"{path}.noise_slots"))
+                          noise_slots=_number(spec.get("noise_slots", 0.1), f"{path}.noise_slots"),
+                          tick_s=interval_s)
     options: dict[str, Any] = {}
     for key in _POLICY_FIELDS[kind] & set(spec):
         where = f"{path}.{key}"

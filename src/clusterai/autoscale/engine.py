@@ -103,6 +103,7 @@ class Autoscaler:
         self._last_down: dict[str, float] = {}
         self._launching: dict[str, tuple[str, float]] = {}  # unstarted worker -> (profile, first seen)
         self._start_s: dict[str, float] = {}  # measured lead time per profile
+        self._measured: set[str] = set()  # workers whose start was measured already
         self._log: deque[DecisionRecord] = deque(maxlen=log_size)
 
     @property
@@ -188,16 +189,26 @@ class Autoscaler:
         return max(last + cooldown - now, 0.0)
 
     def _observe_starts(self, snapshot: Snapshot, now: float) -> None:
-        """Measure launch-to-registration per profile from workers seen unstarted, then started."""
+        """Measure launch-to-registration per profile: from the provider's launch time when the
+        snapshot carries it (epoch seconds, exact even for a worker that registers within one
+        round), else from the first round that saw the worker unstarted (up to a round short)."""
         present = set()
         for w in snapshot.workers:
             present.add(w.name)
-            if w.profile is None:
+            if w.profile is None or w.name in self._measured:
                 continue
             if not w.started:
                 self._launching.setdefault(w.name, (w.profile, now))
+                continue
+            if w.launched_at is not None:
+                took = snapshot.now - w.launched_at
             elif w.name in self._launching:
-                profile, since = self._launching.pop(w.name)
-                self._start_s[profile] = ewma(self._start_s.get(profile), now - since, self._start_alpha)
+                took = now - self._launching[w.name][1]
+            else:
+                continue  # up before this autoscaler saw it launch: nothing to measure
+            self._launching.pop(w.name, None)
+            self._measured.add(w.name)
+            self._start_s[w.profile] = ewma(self._start_s.get(w.profile), max(took, 0.0), self._start_alpha)
         for name in set(self._launching) - present:
             del self._launching[name]
+        self._measured &= present

@@ -39,6 +39,7 @@ class WorkerView:
     started: bool = True  # False: launched, not registered yet
     draining: bool = False
     idle_since: float | None = None  # epoch seconds; None while busy or unknown
+    launched_at: float | None = None  # epoch seconds, when its provider launched it (None: not known)
 
     @property
     def idle(self) -> bool:

@@ -162,13 +162,16 @@ class Predictive:
     week weighs `alpha`); `desired` asks for the larger of now and one lead time ahead, so workers
     are up (started, models loaded) when a recurring peak begins and stay until it ends.
 
-    The lead time is `lead_s`, or the profile's `start_s` (which the engine keeps measured)."""
+    The lead time is `lead_s`, or the profile's `start_s` (which the engine keeps measured), plus
+    `tick_s`, the time between two decisions: the last round before a peak may come that long
+    before it, and must already see it."""
 
     name = "predictive"
 
     def __init__(self, history: Iterable[tuple[float, float]] = (), lead_s: float | None = None, *,
-                 alpha: float = 0.3, tz: tzinfo = timezone.utc, noise_slots: float = 0.1) -> None:
+                 alpha: float = 0.3, tz: tzinfo = timezone.utc, noise_slots: float = 0.1, tick_s: float = 0.0) -> None:
         self.lead_s = lead_s
+        self.tick_s = tick_s
         self.alpha = alpha
         self.tz = tz
         self.noise_slots = noise_slots  # below this many busy slots an hour counts as empty
@@ -225,7 +228,7 @@ class Predictive:
     def desired(self, snapshot: Snapshot, profile: Profile, current: int) -> Proposal | None:
         if self._since is None:
             return None
-        lead = self.lead_s if self.lead_s is not None else profile.start_s
+        lead = (self.lead_s if self.lead_s is not None else profile.start_s) + self.tick_s
         now = self.expected_workers(snapshot.now, profile.concurrency)
         # every hour up to one lead time ahead: a lead longer than a peak must not step over it
         ahead = [snapshot.now + min(k * 3600.0, lead) for k in range(1, math.ceil(lead / 3600.0) + 1)]

@@ -192,7 +192,10 @@ class Autoscaling(CoordinatorPlugin):
             await self._act(plan, snapshot)
         self.store.add_scale_decisions([DecisionRecord.of(now, d).to_row() for d in self._news(plan)])
         self.last_plan = plan
-        self._report(now, self.snapshot(now, self._launched, demand=False), plan)  # as the round left it
+        after = self.snapshot(now, self._launched, demand=False)  # as the round left it
+        if self.coordinator is not None and any(not w.started for w in after.workers):
+            self.coordinator.expect_workers(self.config.interval_s + 1.0)
+        self._report(now, after, plan)
         return plan
 
     def _news(self, plan: Plan) -> list[Any]:
@@ -237,16 +240,19 @@ class Autoscaling(CoordinatorPlugin):
                 self._idle_since.pop(slot.name, None)
             else:
                 self._idle_since.setdefault(slot.name, now)
+            launch = launched.get(slot.name)
             workers.append(WorkerView(slot.name, self.profile_of(slot.name, slot.labels), busy=busy,
                                       concurrency=max(slot.capacity, 1), started=slot.status != "joining",
-                                      draining=slot.name in drained, idle_since=self._idle_since.get(slot.name)))
+                                      draining=slot.name in drained, idle_since=self._idle_since.get(slot.name),
+                                      launched_at=launch.started_at if launch is not None else None))
             if "cpu" in slot.metrics:
                 cpu.append(slot.metrics["cpu"] / 100.0)
             if "memory_percent" in slot.metrics:
                 memory.append(slot.metrics["memory_percent"] / 100.0)
         for name, w in launched.items():
             if name not in seen:
-                workers.append(WorkerView(name, w.profile, started=False, draining=name in drained))
+                workers.append(WorkerView(name, w.profile, started=False, draining=name in drained,
+                                          launched_at=w.started_at))
         for name in set(self._idle_since) - seen:
             del self._idle_since[name]
         gone = {name for name in drained | self._stopped if name not in seen and name not in launched}

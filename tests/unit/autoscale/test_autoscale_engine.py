@@ -286,3 +286,13 @@ def test_finished_drains_are_stopped_and_static_workers_never() -> None:
     result = choose_to_retire(workers, 0)
     assert (result.stop_now, result.drain) == (["drained"], [])
     assert choose_to_retire(workers, 5).stop_now == ["drained", "idle"]
+
+
+def test_start_time_is_measured_from_the_launch_even_within_one_round(clock: FakeClock) -> None:
+    profile = Profile("gpu", max=4, start_s=600)
+    scaler = Autoscaler([profile], [Fixed(None)], clock=clock)
+    # registered before any round saw it unstarted: the provider's launch time still measures it
+    scaler.decide(Snapshot(now=MONDAY + 1.5, workers=[WorkerView("w1", "gpu", started=True, launched_at=MONDAY)]))
+    assert scaler.start_s(profile) == pytest.approx(1.5)
+    scaler.decide(Snapshot(now=MONDAY + 9, workers=[WorkerView("w1", "gpu", started=True, launched_at=MONDAY)]))
+    assert scaler.start_s(profile) == pytest.approx(1.5), "a worker is measured once"

@@ -160,6 +160,18 @@ def test_predictive_learns_a_recurring_peak_and_rises_one_lead_time_before_it() 
     assert longer.desired(snap(now=fifth_monday + 5.9 * HOUR), profile, 0).workers == 0
 
 
+def test_predictive_looks_one_decision_interval_further_than_the_lead() -> None:
+    """A worker that starts in 2 s, decided every 60 s: the last round before 09:00 is up to a
+    minute early, and must already see the peak."""
+    profile = Profile("gpu", max=10, start_s=2)
+    fifth_monday = MONDAY + 4 * WEEK
+    blind = Predictive(monday_peaks(weeks=4))
+    ticking = Predictive(monday_peaks(weeks=4), tick_s=60)
+    at = fifth_monday + 9 * HOUR - 40  # the last round before the peak
+    assert blind.desired(snap(now=at), profile, 0).workers == 0
+    assert ticking.desired(snap(now=at), profile, 0).workers == 5
+
+
 def test_predictive_smooths_each_hour_over_the_weeks() -> None:
     rows = monday_peaks(weeks=3, jobs=8) + monday_peaks(weeks=1, jobs=32)  # 2, 2, 2 then 8 slots...
     rows = [(t + (3 * WEEK if i >= 3 * 8 else 0), d) for i, (t, d) in enumerate(rows)]  # ...in week 4

@@ -62,12 +62,16 @@ class FakeCoordinator:
         self.registry = WorkerRegistry(store, None)
         self.planner = Planner({}, make_strategy("least_loaded"))
         self.woken = 0
+        self.expecting = 0.0
 
     def holds_lease(self, job_id: int, attempt: int) -> bool:
         return False
 
     def wake(self) -> None:
         self.woken += 1
+
+    def expect_workers(self, within_s: float) -> None:
+        self.expecting = within_s
 
     def join(self, name: str, *, jobs: int = 0, labels: dict[str, str] | None = None) -> WorkerSlot:
         slot = WorkerSlot(address=f"tls://127.0.0.1:{40000 + len(self.registry.slots)}", name=name, nthreads=1,
@@ -119,6 +123,7 @@ def test_backlog_in_the_store_grows_only_the_profile_that_can_run_it(store, cloc
     plan = run(scaling)
     assert (plan.of("cpu").desired, plan.of("gpu").desired) == (0, 2)
     assert sorted(provider.launched.values()) == ["gpu", "gpu"]
+    assert scaling.coordinator.expecting > 0, "the registry looks for the new workers more often"
     state, _ = store.get_autoscale("state")
     assert state["unschedulable"] == [{"queue": "default", "requires": {}, "labels": ["region=mars"], "queued": 2}]
     assert {p["name"]: p["starting"] for p in state["profiles"]} == {"cpu": 0, "gpu": 2}
