@@ -205,8 +205,7 @@ async def _start_nanny(head: str, opts: WorkerOptions) -> Any:
 
 
 async def _supervise(nanny: Any, head: str, opts: WorkerOptions, stop: asyncio.Event) -> bool:
-    """True when the head is lost; False when asked to stop or retired by the head. Counts worker
-    restarts."""
+    """True when the head is lost; False when asked to stop. Counts worker restarts."""
     restarts: collections.deque[float] = collections.deque()
     last_pid = nanny.pid
     lost_since: float | None = None
@@ -228,11 +227,6 @@ async def _supervise(nanny: Any, head: str, opts: WorkerOptions, stop: asyncio.E
             raise WorkerCrashing(f"the worker process died {len(restarts)} times in "
                                  f"{opts.restart_window:g} s; giving up (see its log above)")
         if str(nanny.status.name) in ("closing", "closed", "failed"):
-            if await _reachable(head, opts):
-                # closed by a head that is still there: it retired this worker (`clusterai workers
-                # remove`, the autoscaler). Rejoining would undo that, so stop, and exit 0.
-                print(f"head {head} retired this worker; stopping", flush=True)
-                return False
             return True
         if await _reachable(head, opts):
             lost_since = None
