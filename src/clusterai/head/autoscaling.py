@@ -188,9 +188,10 @@ class Autoscaling(CoordinatorPlugin):
         launched = await self._list_launched()
         snapshot = self.snapshot(now, launched)
         plan = self.autoscaler.decide(snapshot)
+        # logged before acting: a launch or a drain takes seconds, and readers must not see its effect first
+        self.store.add_scale_decisions([DecisionRecord.of(now, d).to_row() for d in self._news(plan)])
         if self.config.provider.kind != "none":  # "none": an HPA or KEDA acts, and picks the pods to remove
             await self._act(plan, snapshot)
-        self.store.add_scale_decisions([DecisionRecord.of(now, d).to_row() for d in self._news(plan)])
         self.last_plan = plan
         after = self.snapshot(now, self._launched, demand=False)  # as the round left it
         if self.coordinator is not None and any(not w.started for w in after.workers):
