@@ -173,6 +173,13 @@ def test_discovery_finds_the_head_and_a_rogue_advertiser_never_gets_the_token(he
         output = " ".join(node.output().split())
         assert f"joined the head at {head.api}" in output
         assert (tmp_path / "identity" / "discovered-1.key").exists()
+
+        # mDNS alone (no beacon answers: the broadcast goes to the default port, where nobody listens)
+        token = read_code(join_code(head, "--name", "discovered-mdns"))[2]
+        by_mdns = join("", "discovered-2", tmp_path / "mdns", "--discover", "--token", token, "--fingerprint",
+                       fp[:16], "--mdns-interface", "127.0.0.1", "--discover-timeout", "5", "--no-start")
+        assert by_mdns.wait_exit(60) == 0, by_mdns.output()
+        assert f"joined the head at {head.api}" in " ".join(by_mdns.output().split())
         # the rogue, if tried at all, was asked for its CA and refused on it: no token, no POST
         assert all(method == "GET" and auth is None for method, _, auth in rogue.requests), rogue.requests
     finally:

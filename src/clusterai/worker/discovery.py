@@ -17,7 +17,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,13 +125,16 @@ class Advertiser:
 
 # -- the joining side ---------------------------------------------------------------------------------
 
-def browse_mdns(timeout: float, interfaces: Sequence[str] | None = None) -> list[Advertised]:
+def browse_mdns(timeout: float, interfaces: Sequence[str] | None = None,
+                enough: Callable[[Advertised], bool] | None = None) -> list[Advertised]:
+    """Heads answering on mDNS within `timeout`; sooner once one satisfies `enough`."""
     try:
         from zeroconf import IPVersion, ServiceBrowser, ServiceListener, Zeroconf
     except ImportError:
         return []
     found: list[Advertised] = []
     lock = threading.Lock()
+    done = threading.Event()
 
     class Listener(ServiceListener):
         def add_service(self, zc: Zeroconf, type_: str, name: str) -> None:
@@ -143,6 +146,8 @@ def browse_mdns(timeout: float, interfaces: Sequence[str] | None = None) -> list
             if head is not None:
                 with lock:
                     found.append(head)
+                if enough is not None and enough(head):
+                    done.set()
 
         def update_service(self, zc: Zeroconf, type_: str, name: str) -> None:
             pass
@@ -153,15 +158,18 @@ def browse_mdns(timeout: float, interfaces: Sequence[str] | None = None) -> list
     zc = Zeroconf(interfaces=list(interfaces) if interfaces else ["0.0.0.0"], ip_version=IPVersion.V4Only)
     try:
         ServiceBrowser(zc, SERVICE_TYPE, Listener())
-        time.sleep(timeout)
+        done.wait(timeout)
     finally:
         zc.close()
     with lock:
         return list(found)
 
 
-def browse_beacon(timeout: float, targets: Sequence[tuple[str, int]] = ()) -> list[Advertised]:
-    """Ask `targets` (default: the broadcast address on BEACON_PORT) and collect answers for `timeout`."""
+def browse_beacon(timeout: float, targets: Sequence[tuple[str, int]] = (),
+                  enough: Callable[[Advertised], bool] | None = None,
+                  stop: threading.Event | None = None) -> list[Advertised]:
+    """Ask `targets` (default: the broadcast address on BEACON_PORT) and collect answers for
+    `timeout`; sooner once one satisfies `enough`, or `stop` is set."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     found: list[Advertised] = []
@@ -170,33 +178,47 @@ def browse_beacon(timeout: float, targets: Sequence[tuple[str, int]] = ()) -> li
             with contextlib.suppress(OSError):
                 sock.sendto(BEACON_QUERY, target)
         deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
+        while (left := deadline - time.monotonic()) > 0 and not (stop is not None and stop.is_set()):
+            sock.settimeout(min(left, 0.1))
             try:
                 data, _ = sock.recvfrom(_MAX_ANSWER)
-            except (TimeoutError, OSError):
+            except TimeoutError:
+                continue
+            except OSError:
                 break
             with contextlib.suppress(ValueError):
                 head = _parse(json.loads(data), "beacon")
                 if head is not None:
                     found.append(head)
+                    if enough is not None and enough(head):
+                        break
     finally:
         sock.close()
     return found
 
 
 def discover(timeout: float = 3.0, *, beacons: Sequence[tuple[str, int]] = (),
-             interfaces: Sequence[str] | None = None, mdns: bool = True) -> list[Advertised]:
-    """Heads found by mDNS and the beacon, one entry per (API, fingerprint)."""
+             interfaces: Sequence[str] | None = None, mdns: bool = True,
+             enough: Callable[[Advertised], bool] | None = None) -> list[Advertised]:
+    """Heads found by mDNS and the beacon, one entry per (API, fingerprint), listening for
+    `timeout`; once a head satisfies `enough`, both stop listening."""
     results: list[Advertised] = []
+    satisfied = threading.Event()
+
+    def note(head: Advertised) -> bool:
+        if enough is not None and enough(head):
+            satisfied.set()
+            return True
+        return False
+
     thread = None
     if mdns:
         holder: list[list[Advertised]] = []
-        thread = threading.Thread(target=lambda: holder.append(browse_mdns(timeout, interfaces)), daemon=True)
+        thread = threading.Thread(target=lambda: holder.append(browse_mdns(timeout, interfaces, note)), daemon=True)
         thread.start()
-    results += browse_beacon(timeout, beacons)
+    results += browse_beacon(timeout, beacons, note, stop=satisfied)
     if thread is not None:
-        thread.join(timeout + 5)
+        thread.join(0.2 if satisfied.is_set() else timeout + 5)  # its late answers do not matter then
         results += holder[0] if holder else []
     unique: dict[tuple[str, str], Advertised] = {}
     for head in results:

@@ -60,11 +60,14 @@ def read_code(code: str) -> tuple[str, str, str]:
     return url, pin, token
 
 
-def _first_identity(candidates: list[tuple[str, str, str]], node: str) -> dict[str, Any]:
+def _first_identity(candidates: list[tuple[str, str, str]], node: str, tried: set[str] | None = None
+                    ) -> dict[str, Any]:
     """Try each candidate head in turn: one whose CA does not match its pin, or that cannot be
     reached, is passed over (it never saw the token); the last refusal is what the user sees."""
     failure: JoinFailed | None = None
     for url, pin, token in candidates:
+        if tried is not None:
+            tried.add(url)
         try:
             identity = fetch_identity(url, pin, token, node)
         except JoinFailed as exc:
@@ -194,7 +197,10 @@ def join_parser() -> argparse.ArgumentParser:
     p.add_argument("--beacon", action="append", default=[], metavar="HOST:PORT",
                    help="with --discover: ask this address too (repeatable; default: broadcast on port "
                         f"{BEACON_PORT})")
-    p.add_argument("--discover-timeout", type=float, default=3.0, help="seconds to listen for heads")
+    p.add_argument("--discover-timeout", type=float, default=3.0, help="seconds to listen for heads (it stops "
+                   "at the first with the fingerprint)")
+    p.add_argument("--mdns-interface", metavar="ADDRESS", help="with --discover: listen for mDNS on this "
+                   "interface address only (default: all)")
     p.add_argument("--name", default=socket.gethostname().split(".")[0], help="this machine's name (default: host)")
     p.add_argument("--dir", type=Path, default=Path.home() / ".clusterai" / "identity",
                    help="where the identity is kept (default: ~/.clusterai/identity)")
@@ -203,7 +209,8 @@ def join_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _where_to_join(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+def _where_to_join(args: argparse.Namespace, *, patient: bool = False,
+                   skip: frozenset[str] = frozenset()) -> list[tuple[str, str, str]]:
     """(API URL, CA fingerprint, join token) to try, in order."""
     if not args.discover:
         if args.code is None:
@@ -218,14 +225,28 @@ def _where_to_join(args: argparse.Namespace) -> list[tuple[str, str, str]]:
         if not host or not port.isdigit():
             raise JoinFailed(EXIT_BAD_INPUT, f"--beacon takes HOST:PORT, got {target!r}")
         beacons.append((host, int(port)))
-    candidates = choose(discover(args.discover_timeout, beacons=beacons), args.fingerprint)
+    prefix = args.fingerprint.lower().replace(":", "")
+    interfaces = [args.mdns_interface] if args.mdns_interface else None
+    found = discover(args.discover_timeout, beacons=beacons, interfaces=interfaces,
+                     enough=None if patient else lambda head: len(prefix) >= 16 and head.fingerprint.startswith(prefix))
+    candidates = [head for head in choose(found, args.fingerprint) if head.api not in skip]
+    if not candidates:
+        raise JoinFailed(EXIT_AUTH, "every head found with that fingerprint failed the CA check: refusing to join")
     return [(head.api, head.fingerprint, token) for head in candidates]
 
 
 def join_main(argv: list[str]) -> int:
     args, worker_args = join_parser().parse_known_args(argv)  # the rest goes to `clusterai worker`
     try:
-        identity = _first_identity(_where_to_join(args), args.name)
+        tried: set[str] = set()
+        try:
+            identity = _first_identity(_where_to_join(args), args.name, tried)
+        except JoinFailed as exc:
+            if not (args.discover and exc.before_token):
+                raise
+            # the first head to answer was not it (a spoofed advertisement?): listen for the whole time
+            print("looking for the other heads that advertise that fingerprint", file=sys.stderr, flush=True)
+            identity = _first_identity(_where_to_join(args, patient=True, skip=frozenset(tried)), args.name)
         store_identity(args.dir, identity)
     except JoinFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
