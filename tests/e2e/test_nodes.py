@@ -201,6 +201,28 @@ def test_worker_carries_its_labels_and_resources_and_gives_up_after_too_many_res
     assert "died 2 times" in out and "giving up" in out
 
 
+@pytest.mark.timeout(120)
+def test_a_removed_worker_stops_and_does_not_join_again(head, tmp_path):
+    """`clusterai workers remove` retires the worker: its command exits 0 (a service manager then
+    leaves it stopped) instead of taking the retirement for a lost head and joining again."""
+    token = worker_token(head.store, "removed", tmp_path)
+    worker = Worker(head.address, token, "to-remove", tmp_path)
+    with stopping(worker):
+        client = job_client(head.store)
+        try:
+            wait_for(lambda: any(w.name == "to-remove" and w.status == "ready" for w in client.store.list_workers()),
+                     60, "the worker to be ready")
+            removed = cli("--store", head.store, "workers", "remove", "to-remove", "--wait", "60", cwd=tmp_path)
+            assert removed.returncode == 0, removed.stdout + removed.stderr
+            code, out, _ = _exits(worker, 30)
+            assert code == 0, out
+            assert "retired this worker; stopping" in out
+            time.sleep(3)
+            assert not any(w.name == "to-remove" and w.status != "gone" for w in client.store.list_workers())
+        finally:
+            client.close()
+
+
 @pytest.mark.timeout(60)
 def test_scheduler_refuses_to_listen_beyond_loopback_without_tls(tmp_path):
     result = cli("--store", f"sqlite:///{tmp_path / 's.db'}", "scheduler", "--host", "0.0.0.0", "--port", "0",

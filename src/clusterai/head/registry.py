@@ -17,7 +17,7 @@ from clusterai.config import BreakerSection
 from clusterai.core.model import WORKER_ACTIONS, WorkerRecord
 from clusterai.placement import CircuitBreaker, WorkerSlot
 from clusterai.store.protocol import JobStore
-from clusterai.worker.enroll import ENROLLED_KEY
+from clusterai.worker.enroll import ENROLLED_KEY, RETIRING_HANDLER
 
 log = logging.getLogger("clusterai.head.registry")
 
@@ -141,8 +141,21 @@ class WorkerRegistry:
             slot = self.slots.get(address)
             if slot is not None and slot.jobs == 0:
                 del self._removing[address]
+                await self._tell_retiring(address)
                 await self.client.retire_workers([address], close_workers=True, remove=True)
                 self.store.finish_worker_command(command_id, "drained and removed", time.time())
+
+    async def _tell_retiring(self, address: str) -> None:
+        """A `clusterai worker` whose nanny hears this stops once closed, instead of taking the
+        close for a lost head and joining again; other nannies (the embedded cluster's) lack the
+        handler and are simply closed."""
+        try:
+            info = await self.client.scheduler.identity()
+            nanny = (info.get("workers", {}).get(address) or {}).get("nanny")
+            if nanny:
+                await asyncio.wait_for(getattr(self.client.rpc(nanny), RETIRING_HANDLER)(), 5)
+        except Exception as exc:  # noqa: BLE001 - the retirement goes on either way
+            log.debug("could not tell %s it is being retired: %s", address, exc)
 
     async def _perform(self, command_id: int, slot: WorkerSlot, action: str) -> str | None:
         if action == "drain":

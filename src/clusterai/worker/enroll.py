@@ -44,3 +44,6 @@ async def ask_head(address: str, token: str, name: str, *, security: Any = None,
         # an older head, or a plain Dask scheduler: it does not know the operation
         return {"status": "refused", "reason": f"{address} is not a clusterai scheduler (answered {reply!r:.80})"}
     return reply
+
+# what the head calls on a `clusterai worker`'s nanny just before it retires that worker
+RETIRING_HANDLER = "clusterai_retiring"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clusterai.errors import ClusterAIError, ConfigError
-from clusterai.worker.enroll import TOKEN_ENV, TOKEN_KEY, ask_head, presented_token
+from clusterai.worker.enroll import RETIRING_HANDLER, TOKEN_ENV, TOKEN_KEY, ask_head, presented_token
 from clusterai.worker.plugin import PROFILE_ENV, library_threads
 
 log = logging.getLogger("clusterai.node")
@@ -187,6 +187,9 @@ async def _run_nannies(opts: WorkerOptions, head: str, stop: asyncio.Event) -> N
         head = await find_head(opts, opts.death_timeout)
 
 
+_RETIRED = "clusterai_retired"  # set on a nanny the head is retiring
+
+
 async def _start_nanny(head: str, opts: WorkerOptions) -> Any:
     from distributed import Nanny
 
@@ -197,15 +200,25 @@ async def _start_nanny(head: str, opts: WorkerOptions) -> Any:
     # over TLS the nanny and its worker check every peer's certificate role (gate.py); without TLS
     # there is no identity to check: everyone who can reach them is trusted
     nanny_class = GatedNanny if opts.security is not None else Nanny
-    return await nanny_class(
+    nanny = nanny_class(
         head, name=opts.name, nthreads=opts.nthreads, memory_limit=opts.memory_limit,
         death_timeout=opts.death_timeout, security=opts.security, host=opts.host, env=env,
         startup_information={TOKEN_KEY: presented_token},
     )
+    setattr(nanny, _RETIRED, False)
+
+    async def retiring() -> None:
+        # the head says so before it retires this worker (`clusterai workers remove`): its close is
+        # then a retirement, not a lost head, and the supervisor stops instead of joining again
+        setattr(nanny, _RETIRED, True)
+
+    nanny.handlers[RETIRING_HANDLER] = retiring  # behind the nanny's gate like every handler
+    return await nanny
 
 
 async def _supervise(nanny: Any, head: str, opts: WorkerOptions, stop: asyncio.Event) -> bool:
-    """True when the head is lost; False when asked to stop. Counts worker restarts."""
+    """True when the head is lost; False when asked to stop or retired by the head. Counts worker
+    restarts."""
     restarts: collections.deque[float] = collections.deque()
     last_pid = nanny.pid
     lost_since: float | None = None
@@ -227,6 +240,9 @@ async def _supervise(nanny: Any, head: str, opts: WorkerOptions, stop: asyncio.E
             raise WorkerCrashing(f"the worker process died {len(restarts)} times in "
                                  f"{opts.restart_window:g} s; giving up (see its log above)")
         if str(nanny.status.name) in ("closing", "closed", "failed"):
+            if getattr(nanny, _RETIRED, False):
+                print(f"head {head} retired this worker; stopping", flush=True)
+                return False
             return True
         if await _reachable(head, opts):
             lost_since = None
