@@ -167,6 +167,11 @@ def test_tls_head_refuses_plain_tcp_and_runs_jobs_over_tls(pg_server, tmp_path):
         try:
             job = client.submit("test.where")
             assert client.result(job, timeout=60) == "tls-worker"
+            # retired over TLS: the head's word reaches the nanny through its gate, and the worker stops
+            removed = cli("--store", url, "workers", "remove", "tls-worker", "--wait", "60", cwd=tmp_path)
+            assert removed.returncode == 0, removed.stdout + removed.stderr
+            code, out, _ = _exits(good, 30)
+            assert code == 0 and "retired this worker; stopping" in out, out
         finally:
             client.close()
 
