@@ -49,6 +49,7 @@ from typing import Any
 import psutil
 
 from bench.common import RESULTS, ROOT, log, percentile, write_json
+from bench.jobs import _get
 
 # -- parameters ---------------------------------------------------------------------------------
 
@@ -709,15 +710,6 @@ def machine() -> dict[str, Any]:
         "packages": {p: _version(p) for p in PACKAGES}, "revision": _revision(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-def _get(results: dict[str, Any], *keys: str) -> Any:
-    value: Any = results
-    for key in keys:
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return value
 
 
 def checks(results: dict[str, Any]) -> list[dict[str, Any]]:

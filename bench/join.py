@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 import yaml
 
-from bench.common import RESULTS, log, write_json
+from bench.common import RESULTS, log, wait_until, write_json
 from clusterai.core.model import JobSpec, State
 from clusterai.store.open import open_store
 
@@ -135,11 +135,8 @@ def main() -> None:
                               pythonpath=str(LIGHT))
             try:
                 wait_line(node / "join.log", "joined tls://", 90)
-                deadline = time.monotonic() + 60
-                while not any(w.name == "light-machine" and w.status == "ready" for w in store.list_workers()):
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"the light machine did not become ready:\n{(node / 'join.log').read_text()}")
-                    time.sleep(0.1)
+                wait_until(lambda: any(w.name == "light-machine" and w.status == "ready" for w in store.list_workers()),
+                           60, "the light machine to be ready")
                 time.sleep(10)
                 light_worker, light_tree = tree_rss_mb(light.pid)
             finally:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from clusterai.autoscale.model import Decision, DecisionRecord, Profile, QueueDemand, Snapshot, WorkerView
@@ -57,6 +57,7 @@ class Plan:
 
     decisions: list[Decision]
     unschedulable: list[QueueDemand]
+    logged: list[DecisionRecord] = field(default_factory=list)  # what this round added to the decision log
 
     def __iter__(self) -> Iterator[Decision]:
         return iter(self.decisions)
@@ -105,10 +106,13 @@ class Autoscaler:
         self._start_s: dict[str, float] = {}  # measured lead time per profile
         self._measured: set[str] = set()  # workers whose start was measured already
         self._log: deque[DecisionRecord] = deque(maxlen=log_size)
+        self._logged: list[DecisionRecord] = []  # this round's records (decide resets it)
+        self._last_change: dict[str, tuple[int, int]] = {}
 
     @property
     def log(self) -> list[DecisionRecord]:
-        """The last changes of size (holds are not logged: every tick would be one)."""
+        """The last changes of size (holds are not logged: every tick would be one; nor is the same
+        change twice in a row)."""
         return list(self._log)
 
     def start_s(self, profile: Profile) -> float:
@@ -128,8 +132,9 @@ class Autoscaler:
                 assigned[owner.name].append(demand)
             elif demand.queued > 0:
                 unschedulable.append(demand)
+        self._logged = []
         decisions = [self._decide_one(replace(snapshot, demand=assigned[p.name]), p, now) for p in self.profiles]
-        return Plan(decisions, unschedulable)
+        return Plan(decisions, unschedulable, self._logged)
 
     def _decide_one(self, snapshot: Snapshot, declared: Profile, now: float) -> Decision:
         profile = replace(declared, start_s=self.start_s(declared))
@@ -179,8 +184,13 @@ class Autoscaler:
             "cpu": snapshot.cpu, "memory": snapshot.memory, "latency_p95_s": snapshot.latency_p95_s,
         }
         decision = Decision(profile.name, current, desired, reason, inputs)
-        if desired != current:
-            self._log.append(DecisionRecord.of(snapshot.now, decision))
+        # the same change again (a launch that failed, an outside scaler that has not acted yet) is
+        # not news until the profile did something else in between
+        if desired != current and self._last_change.get(profile.name) != (current, desired):
+            record = DecisionRecord.of(snapshot.now, decision)
+            self._log.append(record)
+            self._logged.append(record)
+        self._last_change[profile.name] = (current, desired)
         return decision
 
     def _cooldown_left(self, profile: str, up: bool, now: float) -> float:

@@ -120,18 +120,15 @@ def join_code(
                                           "`clusterai join --discover --fingerprint`)"),
 ) -> None:
     """Print a join code: the API's URL, the CA's fingerprint and a join token, in one string."""
-    if only_fingerprint:
-        try:
-            typer.echo(fingerprint((tls_dir / CA_CERT).read_text()))
-        except (OSError, ValueError) as exc:
-            raise BadInput(f"--tls-dir: cannot read the CA certificate {tls_dir / CA_CERT}: {exc}") from None
-        return
-    if not url.startswith("https://"):
-        raise BadInput(f"--url: joining hands out a private key, so only over HTTPS; got {url!r}")
     try:
         pin = fingerprint((tls_dir / CA_CERT).read_text())
     except (OSError, ValueError) as exc:
         raise BadInput(f"--tls-dir: cannot read the CA certificate {tls_dir / CA_CERT}: {exc}") from None
+    if only_fingerprint:
+        typer.echo(pin)
+        return
+    if not url.startswith("https://"):
+        raise BadInput(f"--url: joining hands out a private key, so only over HTTPS; got {url!r}")
     if token is None:
         token, record = new_token(name, "worker", created_by="join-code", uses=uses,
                                   expires_in=parse_duration(expires_in, "--expires-in"))

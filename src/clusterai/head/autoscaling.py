@@ -27,7 +27,6 @@ from typing import Any
 from clusterai.autoscale import (
     AutoscaleConfig,
     Autoscaler,
-    DecisionRecord,
     LaunchedWorker,
     Plan,
     Profile,
@@ -127,11 +126,9 @@ class Autoscaling(CoordinatorPlugin):
         self.registry: WorkerRegistry | None = None
         self.planner: Planner | None = None
         self.error: str | None = None
-        self.last_plan: Plan | None = None
         self._task: asyncio.Task[None] | None = None
         self._launched: dict[str, LaunchedWorker] = {}
         self._stopped: set[str] = set()  # terminated, until the registry no longer shows them
-        self._last_logged: dict[str, tuple[int, int]] = {}
         self._idle_since: dict[str, float] = {}
         self._samples: deque[list[Any]] = deque(maxlen=SAMPLES_KEPT)
         self._override_at: float | None = None
@@ -181,7 +178,6 @@ class Autoscaling(CoordinatorPlugin):
             # nothing to decide: report the workers now and then, and leave the store alone otherwise
             if now - self._reported_at >= DISABLED_REPORT_S:
                 self._report(now, self.snapshot(now, self._launched, demand=False), None)
-            self.last_plan = None
             return None
         if self._learned_until is not None and now - self._learned_until > 3600:
             self._learn_history(now)
@@ -189,26 +185,14 @@ class Autoscaling(CoordinatorPlugin):
         snapshot = self.snapshot(now, launched)
         plan = self.autoscaler.decide(snapshot)
         # logged before acting: a launch or a drain takes seconds, and readers must not see its effect first
-        self.store.add_scale_decisions([DecisionRecord.of(now, d).to_row() for d in self._news(plan)])
+        self.store.add_scale_decisions([record.to_row() for record in plan.logged])
         if self.config.provider.kind != "none":  # "none": an HPA or KEDA acts, and picks the pods to remove
             await self._act(plan, snapshot)
-        self.last_plan = plan
         after = self.snapshot(now, self._launched, demand=False)  # as the round left it
         if self.coordinator is not None and any(not w.started for w in after.workers):
             self.coordinator.expect_workers(self.config.interval_s + 1.0)
         self._report(now, after, plan)
         return plan
-
-    def _news(self, plan: Plan) -> list[Any]:
-        """Changes of size worth a row: the same from -> to again (a launch that failed, an outside
-        scaler that has not acted yet) is not news until something else happened in between."""
-        fresh = []
-        for decision in plan:
-            key = (decision.current, decision.desired)
-            if decision.delta != 0 and self._last_logged.get(decision.profile) != key:
-                fresh.append(decision)
-            self._last_logged[decision.profile] = key
-        return fresh
 
     async def _list_launched(self) -> dict[str, LaunchedWorker]:
         try:

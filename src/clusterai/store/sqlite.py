@@ -77,6 +77,29 @@ class Checkpointer:
         self._db.close()
 
 
+_shared: dict[str, tuple[Checkpointer, int]] = {}  # one checkpointer per database file and process
+_shared_lock = threading.Lock()
+
+
+def _acquire_checkpointer(path: str) -> None:
+    """The API and the coordinator each open the store: one thread checkpoints for both."""
+    key = str(Path(path).resolve())
+    with _shared_lock:
+        found = _shared.get(key)
+        _shared[key] = (found[0], found[1] + 1) if found else (Checkpointer(path), 1)
+
+
+def _release_checkpointer(path: str) -> None:
+    key = str(Path(path).resolve())
+    with _shared_lock:
+        checkpointer, users = _shared[key]
+        if users > 1:
+            _shared[key] = (checkpointer, users - 1)
+            return
+        del _shared[key]
+    checkpointer.close()
+
+
 class SQLiteStore(SqlStore):
     """One connection per store object, guarded by a lock: SQLite has a single writer anyway.
     Checkpoints run in the background (Checkpointer) unless `background_checkpoint=False`."""
@@ -96,10 +119,11 @@ class SQLiteStore(SqlStore):
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             self._migrate()
-            self._checkpointer = None
+            self._checkpointed = False
             if background_checkpoint and self.path not in (":memory:", "") and not self.path.startswith("file:"):
                 self._db.execute("PRAGMA wal_autocheckpoint=0")  # this connection's commits never checkpoint
-                self._checkpointer = Checkpointer(self.path)
+                _acquire_checkpointer(self.path)
+                self._checkpointed = True
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from None
         self._data_version = -1
@@ -150,9 +174,9 @@ class SQLiteStore(SqlStore):
         return changed
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-            self._checkpointer = None
+        if self._checkpointed:
+            self._checkpointed = False
+            _release_checkpointer(self.path)
         with self._lock:
             self._db.close()
 

@@ -83,13 +83,18 @@ def _first_identity(candidates: list[tuple[str, str, str]], node: str, tried: se
     raise failure
 
 
-def choose(heads: list[Advertised], fingerprint_prefix: str) -> list[Advertised]:
-    """The discovered heads whose CA fingerprint starts with the operator's (16+ hex digits); all
-    of one fingerprint (a spoofed advertisement may copy it: the CA check then tells them apart)."""
-    prefix = fingerprint_prefix.lower().replace(":", "")
+def fingerprint_prefix(text: str) -> str:
+    """The operator's --fingerprint, normalised: at least 16 hex digits, colons allowed."""
+    prefix = text.lower().replace(":", "")
     if len(prefix) < 16 or any(c not in "0123456789abcdef" for c in prefix):
         raise JoinFailed(EXIT_BAD_INPUT, "--fingerprint: at least 16 hex digits of the head's CA fingerprint "
                                          "(`clusterai join-code --fingerprint` on the head prints it)")
+    return prefix
+
+
+def choose(heads: list[Advertised], prefix: str) -> list[Advertised]:
+    """The discovered heads whose CA fingerprint starts with `prefix` (from fingerprint_prefix); all
+    of one fingerprint (a spoofed advertisement may copy it: the CA check then tells them apart)."""
     if not heads:
         raise JoinFailed(EXIT_UNAVAILABLE, "no head answered (mDNS and the UDP beacon); give its join code instead")
     matching = [h for h in heads if h.fingerprint.startswith(prefix)]
@@ -122,11 +127,8 @@ def _request(url: str, context: ssl.SSLContext | None, *, body: dict[str, Any] |
             why = exc.reason
         code = EXIT_AUTH if exc.code in (401, 403) else EXIT_BAD_INPUT if exc.code in (404, 422) else EXIT_UNAVAILABLE
         raise JoinFailed(code, f"the head refused ({exc.code}): {why}") from None
-    except ssl.SSLError as exc:
-        raise JoinFailed(EXIT_AUTH, f"TLS with the head failed ({exc.reason or exc}): it does not hold a certificate "
-                                    "from the pinned CA") from None
-    except (TimeoutError, urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+    except (TimeoutError, urllib.error.URLError, OSError) as exc:  # ssl.SSLError is an OSError
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         if isinstance(reason, ssl.SSLError):
             raise JoinFailed(EXIT_AUTH, f"TLS with the head failed ({reason.reason or reason}): it does not hold a "
                                         "certificate from the pinned CA") from None
@@ -225,11 +227,11 @@ def _where_to_join(args: argparse.Namespace, *, patient: bool = False,
         if not host or not port.isdigit():
             raise JoinFailed(EXIT_BAD_INPUT, f"--beacon takes HOST:PORT, got {target!r}")
         beacons.append((host, int(port)))
-    prefix = args.fingerprint.lower().replace(":", "")
+    prefix = fingerprint_prefix(args.fingerprint)
     interfaces = [args.mdns_interface] if args.mdns_interface else None
     found = discover(args.discover_timeout, beacons=beacons, interfaces=interfaces,
-                     enough=None if patient else lambda head: len(prefix) >= 16 and head.fingerprint.startswith(prefix))
-    candidates = [head for head in choose(found, args.fingerprint) if head.api not in skip]
+                     enough=None if patient else lambda head: head.fingerprint.startswith(prefix))
+    candidates = [head for head in choose(found, prefix) if head.api not in skip]
     if not candidates:
         raise JoinFailed(EXIT_AUTH, "every head found with that fingerprint failed the CA check: refusing to join")
     return [(head.api, head.fingerprint, token) for head in candidates]
