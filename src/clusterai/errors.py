@@ -104,6 +104,12 @@ class AutoscaleConfigError(ConfigError):
     code = "autoscale_config_invalid"
 
 
+class SweepInvalid(BadInput):
+    """A sweep's definition (objective, space, sampler, pruner, ...) is invalid; the message names the field."""
+
+    code = "sweep_invalid"
+
+
 class UnknownTaskError(BadInput):
     code = "unknown_task"
 
@@ -223,6 +229,27 @@ class WorkerNotFound(NotFound):
     @classmethod
     def from_details(cls, message: str, details: dict[str, Any]) -> ClusterAIError:
         return cls(str(details["worker"]), list(details["live"]))
+
+
+class SweepNotFound(NotFound):
+    code = "sweep_not_found"
+
+    def __init__(self, sweep_id: int):
+        self.sweep_id = sweep_id
+        super().__init__(f"no sweep with id {sweep_id}")
+
+    def details(self) -> dict[str, Any]:
+        return {"sweep": self.sweep_id}
+
+    @classmethod
+    def from_details(cls, message: str, details: dict[str, Any]) -> ClusterAIError:
+        return cls(int(details["sweep"]))
+
+
+class RegistryNotFound(NotFound):
+    """No registered model (or no such version or alias of one)."""
+
+    code = "registry_not_found"
 
 
 class ModelNotFound(NotFound):

@@ -8,6 +8,7 @@ to the store must lie inside its root: a job result cannot point the head at /et
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator
@@ -22,6 +23,9 @@ from fsspec.implementations.local import LocalFileSystem
 from clusterai.errors import BadInput, ClusterAIError, ConfigError
 
 ENV_ROOT = "CLUSTERAI_ARTIFACTS"
+# fsspec storage options as a JSON object, e.g. {"endpoint_url": "http://minio:9000"} for a
+# self-hosted S3; credentials are better left to the backend's own sources (AWS_* variables, files)
+ENV_OPTIONS = "CLUSTERAI_ARTIFACTS_OPTIONS"
 DEFAULT_ROOT = ".clusterai/artifacts"
 CHUNK = 1 << 20  # bytes per read when streaming: bounded memory whatever the artifact's size
 MAX_PART_BYTES = 255  # the usual file-name limit (ext4, APFS, NTFS)
@@ -63,6 +67,21 @@ def private_dirs(folder: str | os.PathLike[str]) -> None:
 def default_root() -> str:
     """$CLUSTERAI_ARTIFACTS, else .clusterai/artifacts under the current directory, as a URL."""
     return normalise_root(os.environ.get(ENV_ROOT) or DEFAULT_ROOT)
+
+
+def default_options() -> dict[str, Any]:
+    """$CLUSTERAI_ARTIFACTS_OPTIONS (a JSON object), else none."""
+    text = os.environ.get(ENV_OPTIONS)
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_OPTIONS}: not JSON ({exc})") from None
+    if not isinstance(options, dict):
+        raise ConfigError(f"{ENV_OPTIONS}: a JSON object of fsspec storage options, e.g. "
+                          '{"endpoint_url": "http://127.0.0.1:9000"}')
+    return options
 
 
 def normalise_root(root: str) -> str:
@@ -134,15 +153,16 @@ def safe_namespace(namespace: str) -> str:
 class ArtifactStore:
     """Artifacts under one root URL: file:// (default), memory://, s3:// (with s3fs), any fsspec filesystem."""
 
-    def __init__(self, root: str | None = None):
+    def __init__(self, root: str | None = None, *, options: dict[str, Any] | None = None):
         self.root = normalise_root(root) if root is not None else default_root()
+        options = default_options() if options is None else options
         try:
-            fs, path = fsspec.core.url_to_fs(self.root)
+            fs, path = fsspec.core.url_to_fs(self.root, **options)
         except ImportError:
             protocol = self.root.partition("://")[0]
             library = _MISSING_LIBRARY.get(protocol, f"the fsspec backend for {protocol}://")
             raise ConfigError(f"artifact root {self.root}: needs {library}: pip install {library}") from None
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ConfigError(f"artifact root {self.root}: {exc}") from None
         self.fs: AbstractFileSystem = fs
         self._root_path = str(path).rstrip("/")
