@@ -194,6 +194,63 @@ SQLITE_MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE tokens ADD COLUMN uses_left INTEGER",
     ],
+    # 8: sweeps (each trial is a job), the metrics trials report, and the model registry
+    [
+        """CREATE TABLE sweeps (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            state TEXT NOT NULL,
+            owner TEXT,
+            best INTEGER,
+            note TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL
+        )""",
+        "CREATE INDEX sweeps_state ON sweeps(state)",
+        """CREATE TABLE trials (
+            sweep_id INTEGER NOT NULL,
+            number INTEGER NOT NULL,
+            params TEXT NOT NULL,
+            job_id INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            value REAL,
+            note TEXT,
+            created_at REAL NOT NULL,
+            finished_at REAL,
+            PRIMARY KEY (sweep_id, number)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX trials_job ON trials(job_id)",
+        """CREATE TABLE trial_metrics (
+            sweep_id INTEGER NOT NULL,
+            number INTEGER NOT NULL,
+            step INTEGER NOT NULL,
+            metrics TEXT NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (sweep_id, number, step)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE models (
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            artifact TEXT NOT NULL,
+            params TEXT NOT NULL,
+            metrics TEXT NOT NULL,
+            sweep_id INTEGER,
+            trial INTEGER,
+            job_id INTEGER,
+            created_by TEXT,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (name, version)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE model_aliases (
+            name TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (name, alias)
+        ) WITHOUT ROWID""",
+    ],
 ]
 
 

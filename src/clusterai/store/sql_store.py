@@ -32,6 +32,7 @@ from clusterai.store.sql_access import AccessTables
 from clusterai.store.sql_autoscale import AutoscaleTables
 from clusterai.store.sql_events import EventTables, job_events
 from clusterai.store.sql_pipelines import PipelineTables
+from clusterai.store.sql_sweeps import SweepTables
 from clusterai.store.sql_workers import WorkerTables
 
 _JOB_COLUMNS = (
@@ -59,7 +60,7 @@ def _row_to_job(row: Sequence[Any], attempts: tuple[Attempt, ...] = ()) -> Job:
     )
 
 
-class SqlStore(WorkerTables, EventTables, AccessTables, PipelineTables, AutoscaleTables):
+class SqlStore(WorkerTables, EventTables, AccessTables, PipelineTables, AutoscaleTables, SweepTables):
     """Everything but the connection plumbing; see the backends."""
 
     url: str
