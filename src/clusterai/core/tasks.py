@@ -34,7 +34,8 @@ log = logging.getLogger("clusterai.core.tasks")
 # Imported on every worker and client: the tasks that ship with clusterai. Each needs libraries a
 # light worker may lack (an extra, e.g. numpy for the demo); such a worker skips it, says which
 # tasks it has, and gets only jobs of those.
-BUILTIN_TASK_MODULES = ("clusterai.workloads.demo", "clusterai.workloads.media", "clusterai.workloads.llm_batch")
+BUILTIN_TASK_MODULES = ("clusterai.workloads.demo", "clusterai.workloads.media", "clusterai.workloads.llm_batch",
+                        "clusterai.workloads.training")
 
 
 # -- parameter markers: `Annotated[int, Range(16, 1920)]` ------------------------------------------

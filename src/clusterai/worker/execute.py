@@ -31,6 +31,7 @@ class JobContext:
     # Told by the head, never read from the payload (which says whatever its submitter wrote):
     owner: str | None = None  # the token name that submitted the job; None for the local client
     run: int | None = None  # the pipeline run that made the job, for tasks registered with provenance=True
+    trial: dict[str, int] | None = None  # {"sweep", "number"} when the job is a trial of a sweep
 
 
 _context = threading.local()
@@ -86,7 +87,7 @@ def run_one(item: dict[str, Any], worker: str) -> dict[str, Any]:
     reply: dict[str, Any] = {"id": item["id"], "attempt": item["attempt"]}
     started = time.perf_counter()
     _context.job = JobContext(item["id"], item["attempt"], worker, item.get("gateway"), item.get("owner"),
-                              item.get("run"))
+                              item.get("run"), item.get("trial"))
     watchdog = _Watchdog(item["timeout"]) if item.get("timeout") else None
     try:
         try:
@@ -97,6 +98,9 @@ def run_one(item: dict[str, Any], worker: str) -> dict[str, Any]:
         finally:
             if watchdog:
                 watchdog.disarm()
+    except StopRequested as exc:  # the head stopped it (a pruned trial): a finished job, not a failure
+        reply["result"] = _to_json(exc.result())
+        reply["outcome"] = "succeeded"
     except JobTimeout:
         reply.update(outcome="timeout", retryable=True,
                      error=f"JobTimeout: attempt ran past its timeout of {item['timeout']} s")
@@ -109,6 +113,7 @@ def run_one(item: dict[str, Any], worker: str) -> dict[str, Any]:
         reply.update(outcome="failed", retryable=retryable, error=_error_text(exc))
     finally:
         _context.job = None
+        _forget_stop(item["id"], item["attempt"])
     reply["duration"] = time.perf_counter() - started
     return reply
 
@@ -139,6 +144,38 @@ def run_batch_anywhere(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for reply in replies:
         reply["worker"] = worker.address
     return replies
+
+
+class StopRequested(Exception):  # noqa: N818 - a request, not an error
+    """Raised inside a task (by `clusterai.trial.report`) when the head asked its attempt to stop.
+    The attempt ends as succeeded with `result()`: the work was stopped on purpose, not lost."""
+
+    def __init__(self, reason: str, step: int | None, metrics: dict[str, float]):
+        super().__init__(reason)
+        self.reason, self.step, self.metrics = reason, step, metrics
+
+    def result(self) -> dict[str, Any]:
+        return {"stopped": self.reason, "step": self.step, "metrics": self.metrics}
+
+
+_stops: dict[tuple[int, int], str] = {}  # (job id, attempt) -> why the head wants it stopped
+_stops_lock = threading.Lock()
+
+
+def request_stop(job_id: int, attempt: int, reason: str) -> None:
+    """From the worker's comm handler: the task sees it at its next `trial.report`."""
+    with _stops_lock:
+        _stops[(job_id, attempt)] = reason
+
+
+def stop_requested(job_id: int, attempt: int) -> str | None:
+    with _stops_lock:
+        return _stops.get((job_id, attempt))
+
+
+def _forget_stop(job_id: int, attempt: int) -> None:
+    with _stops_lock:
+        _stops.pop((job_id, attempt), None)
 
 
 def _to_json(result: Any) -> str:

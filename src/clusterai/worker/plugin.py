@@ -1,7 +1,8 @@
 """The clusterai WorkerPlugin: every Dask worker loads it.
 
-It adds two comm handlers, `clusterai_run` (run a batch of attempts in the plugin's own thread
-pool) and `clusterai_ping` (liveness and a snapshot of the worker), both over Dask's own comms as
+It adds three comm handlers, `clusterai_run` (run a batch of attempts in the plugin's own thread
+pool), `clusterai_ping` (liveness and a snapshot of the worker) and `clusterai_stop` (the head asks
+a running attempt to stop: a pruned trial), all over Dask's own comms as
 plain msgpack (no pickle): the coordinator reaches the worker without a scheduler round trip per
 job. It also publishes the same snapshot with every Dask heartbeat (`metrics["clusterai"]`):
 labels, resources, models, the queues it accepts, and live load and latency per task.
@@ -23,7 +24,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from clusterai.core import logline, media_policy
 from clusterai.core.smoothing import DURATION_ALPHA, ewma
 from clusterai.core.tasks import import_task_modules, known_tasks
-from clusterai.worker.execute import run_batch, set_event_sink
+from clusterai.worker.execute import request_stop, run_batch, set_event_sink
 
 PLUGIN_NAME = "clusterai"
 # A worker started outside cluster.yaml (e.g. `clusterai worker --label region=eu`) gets its
@@ -68,12 +69,14 @@ class ClusterAIWorkerPlugin(WorkerPlugin):
         # tasks run in threads; Dask's batched stream belongs to the worker's event loop
         set_event_sink(lambda topic, msg: worker.loop.add_callback(worker.log_event, topic, msg))
         worker.handlers["clusterai_ping"] = self.ping
+        worker.handlers["clusterai_stop"] = self.stop_attempt
         worker.metrics[PLUGIN_NAME] = lambda _worker: self.snapshot()
 
     def teardown(self, worker: Any) -> None:
         worker.handlers.pop("clusterai_run", None)
         set_event_sink(None)
         worker.handlers.pop("clusterai_ping", None)
+        worker.handlers.pop("clusterai_stop", None)
         worker.metrics.pop(PLUGIN_NAME, None)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -102,6 +105,11 @@ class ClusterAIWorkerPlugin(WorkerPlugin):
 
     def _observe(self, task: str, seconds: float) -> None:
         self.latency[task] = ewma(self.latency.get(task), seconds, DURATION_ALPHA)
+
+    async def stop_attempt(self, job_id: int, attempt: int, reason: str) -> str:
+        """The task sees it at its next `trial.report` (worker/trial.py)."""
+        request_stop(int(job_id), int(attempt), str(reason)[:500])
+        return "ok"
 
     async def ping(self) -> dict[str, Any]:
         return self.snapshot()
