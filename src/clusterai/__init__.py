@@ -30,6 +30,7 @@ _EXPORTS = {
     "Stage": "clusterai.core.pipelines",
     "RunNotFound": "clusterai.errors",
     "task": "clusterai.core.tasks",
+    "dask_client": "clusterai.sdk.dask_access",
 }
 
 __all__ = sorted(_EXPORTS)

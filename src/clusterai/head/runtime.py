@@ -26,6 +26,7 @@ from clusterai.head.coordinator import Coordinator
 from clusterai.head.membership import Membership
 from clusterai.head.pipeline_driver import PipelineDriver
 from clusterai.head.plugins import CameraCounts, Provenance
+from clusterai.head.sweep_driver import SweepDriver
 from clusterai.service.access import TokenVerifier, new_token
 from clusterai.service.autoscale import DEFAULT_AUTOSCALE
 from clusterai.service.runs import PipelineRunner
@@ -65,6 +66,7 @@ class ClusterRuntime:
         self.coordinator: Coordinator | None = None
         self.pipelines: PipelineDriver | None = None
         self.autoscaling: Autoscaling | None = None
+        self.sweeps: SweepDriver | None = None
 
     async def start(self) -> None:
         raw = self.config.autoscale
@@ -118,9 +120,11 @@ class ClusterRuntime:
         await self.dask.register_plugin(ClusterAIWorkerPlugin(
             self.config.tasks, profiles, media=self.config.media.sources, loglines=self.config.logline.dir))
         self.autoscaling = self._autoscaling()
+        self.sweeps = SweepDriver(self.store, self.config)
         self.coordinator = Coordinator(self.store, self.dask, settings=self.config.coordinator,
                                        placement=self.config.placement, require_enrollment=self.head is not None,
-                                       plugins=[CameraCounts(self.store), Provenance(self.store), self.autoscaling])
+                                       plugins=[CameraCounts(self.store), Provenance(self.store), self.autoscaling,
+                                                self.sweeps])
         await self.coordinator.start()
         runner = PipelineRunner(self.store, self.config, wake=self.coordinator.wake)
         self.pipelines = PipelineDriver(runner)

@@ -21,15 +21,18 @@ from clusterai.core.model import (
     WorkerRecord,
 )
 from clusterai.core.tasks import describe_tasks, import_task_modules
-from clusterai.errors import JobFailed, ResultTimeout
+from clusterai.errors import BadInput, JobFailed, ResultTimeout
 from clusterai.head.runtime import BackgroundRuntime
+from clusterai.sdk.dask_access import embedded_dask_client
 from clusterai.sdk.protocol import ClusterClient
 from clusterai.sdk.remote import RemoteClient
 from clusterai.service.autoscale import AutoscaleService
 from clusterai.service.jobs import JobService
 from clusterai.service.pipelines import Pipelines
+from clusterai.service.registry import RegistryService
 from clusterai.service.runs import PipelineRunner
 from clusterai.service.submission import spec_factory
+from clusterai.service.sweeps import SweepService
 from clusterai.store.open import open_store
 from clusterai.store.protocol import JobStore
 
@@ -98,6 +101,32 @@ class Client:
         driver = runtime.runtime.pipelines if runtime is not None else None
         self.pipelines = Pipelines(PipelineRunner(store, config, wake=self._wake),
                                    poke=driver.poke if driver is not None else lambda run_id: None)
+        sweeps = runtime.runtime.sweeps if runtime is not None else None
+        self.sweeps = SweepService(store, config, wake=self._wake,
+                                   poke=sweeps.poke if sweeps is not None else lambda sweep_id: None)
+        self.registry = RegistryService(store)
+
+    # -- training -----------------------------------------------------------------------------
+
+    def sweep(self, objective: str, space: dict[str, Any], trials: int, *, sampler: str | dict[str, Any] | None = None,
+              wait: bool = False, timeout: float | None = None, **options: Any) -> dict[str, Any]:
+        """Start a hyper-parameter sweep: `trials` jobs of the task `objective` (a task name or
+        "pkg.module:function"), each with parameters drawn from `space`. Options: name, metric, mode,
+        concurrency, pruner, register, job (see docs/training.md). Returns its status; with
+        wait=True, once it has finished."""
+        raw: dict[str, Any] = {"objective": objective, "space": space, "trials": trials, **options}
+        if sampler is not None:
+            raw["sampler"] = sampler
+        started = self.sweeps.start(raw)
+        return self.sweeps.wait(started["id"], timeout) if wait else started
+
+    def dask_client(self) -> Any:
+        """A distributed.Client on this embedded cluster's scheduler (dask.bag, dask.dataframe on the
+        same workers); close it when done. For a head elsewhere: clusterai.dask_client(address)."""
+        if self.runtime is None:
+            raise BadInput("this client is attached to a store, not to a cluster it runs: use "
+                           "clusterai.dask_client('tls://head:8786') with a client certificate")
+        return embedded_dask_client(self.runtime.runtime)
 
     # -- submitting ---------------------------------------------------------------------------
 
