@@ -120,3 +120,26 @@ def cv2_threads() -> int:
     import cv2
 
     return int(cv2.getNumThreads())
+
+
+@task("test.train_steps", retries=3, backoff=0.05, max_backoff=0.2)
+def train_steps(path: str, x: float, steps: int = 8, checkpoint_every: int = 2, pace: float = 0.2) -> dict:
+    """A stand-in trainer whose score is known, -(x - 0.3)^2, that logs every step it really
+    computes ("x step attempt" per line) so tests can count the work a killed attempt lost."""
+    from clusterai import trial
+
+    state = trial.restore()
+    start = int(state["step"]) if state else 0
+    job = current_job()
+    for step in range(start, steps):
+        time.sleep(pace)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{job.job_id if job else 0} {step + 1} {job.attempt if job else 0}\n".encode())
+        finally:
+            os.close(fd)
+        score = -((x - 0.3) ** 2) * (steps / (step + 1))  # rises to the final score
+        trial.report(step + 1, score=score)
+        if (step + 1) % checkpoint_every == 0:
+            trial.checkpoint({"step": step + 1}, step=step + 1)
+    return {"score": -((x - 0.3) ** 2), "steps": steps, "resumed_from": start}

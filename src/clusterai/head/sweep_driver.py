@@ -72,8 +72,8 @@ class SweepDriver(CoordinatorPlugin):
         self._objectives: set[str] = set()  # tasks of running sweeps: only their jobs are looked up
         self._trial_of: dict[int, tuple[int, int]] = {}  # started job -> (sweep, trial number)
         # a task's last report travels through the scheduler and may arrive after its result: a
-        # finished trial's job is still heard for a while
-        self._ended: dict[int, tuple[tuple[int, int], float]] = {}
+        # finished trial's job is still heard for a while, from the attempt that finished it
+        self._ended: dict[int, tuple[tuple[int, int], int, float]] = {}
         self._where: dict[tuple[int, int], str] = {}  # (job, attempt) -> the worker it was sent to
         self._stopping: set[tuple[int, int]] = set()
         self._dirty: set[int] = set()
@@ -107,8 +107,10 @@ class SweepDriver(CoordinatorPlugin):
     def job_finished(self, job_id: int, state: State) -> None:
         trial = self._trial_of.pop(job_id, None)
         if trial is not None:
-            self._ended[job_id] = (trial, time.monotonic() + _HEARD_AFTER_END_S)
-            for key in [k for k in self._where if k[0] == job_id]:
+            sent = [k for k in self._where if k[0] == job_id]
+            last = max((attempt for _, attempt in sent), default=0)  # the attempt that ended it
+            self._ended[job_id] = (trial, last, time.monotonic() + _HEARD_AFTER_END_S)
+            for key in sent:
                 del self._where[key]
             self._mark(trial[0])
 
@@ -117,7 +119,7 @@ class SweepDriver(CoordinatorPlugin):
             return
         self._next_tick = now + self.every
         clock = time.monotonic()
-        for job_id in [j for j, (_, until) in self._ended.items() if until < clock]:
+        for job_id in [j for j, (_, _, until) in self._ended.items() if until < clock]:
             del self._ended[job_id]
         try:
             active = self.store.active_sweeps()
@@ -141,8 +143,13 @@ class SweepDriver(CoordinatorPlugin):
         except (KeyError, TypeError, ValueError):
             log.warning("ignored a malformed trial report: %r", msg)
             return
-        trial = self._trial_of.get(job_id) or self._ended.get(job_id, (None, 0.0))[0]
-        if trial is None or self.coordinator is None or not self.coordinator.holds_lease(job_id, attempt):
+        trial = self._trial_of.get(job_id)
+        if trial is not None:
+            heard = self.coordinator is not None and self.coordinator.holds_lease(job_id, attempt)
+        else:
+            trial, last, _ = self._ended.get(job_id, (None, 0, 0.0))
+            heard = attempt == last
+        if trial is None or not heard:
             return  # not a trial, or a late report from an attempt that lost its job
         sweep_id, number = trial
         try:
