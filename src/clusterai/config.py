@@ -16,6 +16,7 @@ from clusterai.core.media_policy import SourcePolicy
 from clusterai.core.pipelines import Pipeline
 from clusterai.errors import BadInput, ConfigError
 from clusterai.placement.strategies import BUILT_IN, DEFAULT_HYBRID
+from clusterai.sweeps import parse_spec
 
 DEFAULT_CONFIG_FILE = "cluster.yaml"
 DEFAULT_STORE = "sqlite:///.clusterai/clusterai.db"
@@ -281,6 +282,9 @@ class ClusterConfig(_Section):
     queues: dict[str, QueueSection] = Field(default_factory=dict)
     pipelines: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="named pipelines: stages of tasks (see clusterai.core.pipelines)")
+    sweeps: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="named sweeps (`clusterai sweep run NAME`): objective, space, trials, ... "
+                                          "(see clusterai.sweeps.spec)")
     autoscale: dict[str, Any] | None = Field(
         None, description="the autoscaler: {min, max} or profiles, policies, provider (see clusterai.autoscale.config);"
                           " checked when the cluster starts and by `clusterai config validate`")
@@ -293,6 +297,17 @@ class ClusterConfig(_Section):
                 Pipeline.from_dict(name, data)
             except BadInput as exc:
                 raise ValueError(str(exc)) from None
+        return value
+
+    @pydantic.field_validator("sweeps")
+    @classmethod
+    def _sweeps_are_valid(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # the objective is resolved (is it a task here?) when the sweep starts
+        for name, data in value.items():
+            try:
+                parse_spec({"name": name, **data} if isinstance(data, dict) else data)
+            except BadInput as exc:
+                raise ValueError(f"sweep {name}: {exc}") from None
         return value
 
     @pydantic.model_validator(mode="after")

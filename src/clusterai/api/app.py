@@ -34,10 +34,14 @@ from clusterai.api.routes import (
     jobs,
     join,
     pipelines,
+    sweeps,
     system,
     workers,
 )
 from clusterai.api.routes import gateway as gateway_routes
+from clusterai.api.routes import (
+    registry as registry_routes,
+)
 from clusterai.api.throttle import AuthThrottle
 from clusterai.api.writer import SubmissionWriter
 from clusterai.config import ClusterConfig
@@ -59,7 +63,9 @@ from clusterai.service.autoscale import AutoscaleService
 from clusterai.service.jobs import JobService
 from clusterai.service.join import JoinService
 from clusterai.service.pipelines import Pipelines
+from clusterai.service.registry import RegistryService
 from clusterai.service.runs import PipelineRunner
+from clusterai.service.sweeps import SweepService
 from clusterai.store.protocol import JobStore
 
 log = logging.getLogger("clusterai.api")
@@ -157,6 +163,8 @@ def create_app(
                      pipelines=Pipelines(PipelineRunner(store, config, wake=jobs_service.wake)),
                      writer=SubmissionWriter(jobs_service), dask_dashboard=dask_dashboard,
                      autoscale=AutoscaleService(store, config), join=joining,
+                     sweeps=SweepService(store, config, wake=jobs_service.wake),
+                     model_registry=RegistryService(store),
                      gateway=Gateway(config.gateway, worker_slots=worker_slots), worker_slots=worker_slots,
                      throttle=AuthThrottle(api.auth_failures, api.auth_failure_window),
                      streams=StreamSlots(api.max_streams_per_token),
@@ -167,8 +175,8 @@ def create_app(
     app.state.ctx = ctx
     registry.register(GatewayCollector(ctx.gateway))
     _add_error_handlers(app)
-    for module in (jobs, dlq, workers, cluster, autoscale, join, events, access, pipelines, counts, system, docs,
-                   dashboard):
+    for module in (jobs, dlq, workers, cluster, autoscale, join, events, access, pipelines, sweeps, registry_routes,
+                   counts, system, docs, dashboard):
         app.include_router(module.router)
     app.include_router(gateway_routes.router)
     _declare_bearer_auth(app)

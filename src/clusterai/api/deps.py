@@ -24,6 +24,8 @@ from clusterai.service.autoscale import AutoscaleService
 from clusterai.service.jobs import JobService
 from clusterai.service.join import JoinService
 from clusterai.service.pipelines import Pipelines
+from clusterai.service.registry import RegistryService
+from clusterai.service.sweeps import SweepService
 from clusterai.store.protocol import JobStore
 
 log = logging.getLogger("clusterai.api")
@@ -38,6 +40,8 @@ class ApiContext:
     jobs: JobService  # the job operations (service/jobs.py), shared with the Python client and the CLI
     pipelines: Pipelines
     autoscale: AutoscaleService
+    sweeps: SweepService
+    model_registry: RegistryService  # `registry` is the metrics registry
     registry: CollectorRegistry
     writer: SubmissionWriter
     dask_dashboard: str | None = None  # the Dask dashboard's address, when it is served

@@ -75,6 +75,42 @@ class PipelineRunRequest(_Body):
     pipeline: dict[str, Any] | None = None
 
 
+class SweepRequest(_Body):
+    """Start a sweep (docs/training.md): `objective` (a task), `space`, `trials`; the rest is optional.
+    The sweep's own checks (service/sweeps.py) name what is wrong in a definition."""
+
+    objective: Annotated[str, Field(min_length=1, max_length=300)]
+    space: dict[str, Any]
+    trials: int | None = Field(None, description="how many trials (default for a grid: every point)")
+    name: str | None = None
+    sampler: str | dict[str, Any] | None = Field(None, description="grid, random, tpe, or {kind, seed, startup_trials}")
+    metric: str | None = Field(None, description="the result's (or report's) metric to optimise; default score")
+    mode: Literal["max", "min"] | None = None
+    concurrency: int | None = None
+    pruner: str | dict[str, Any] | None = Field(None, description="none, median, halving, or {kind, options}")
+    # "register" is a BaseModel attribute: the field keeps the JSON name through its alias
+    register_model: str | dict[str, Any] | None = Field(None, alias="register",
+                                                        description="register the best model: name or {name, alias}")
+    job: dict[str, Any] | None = Field(None, description="queue, priority, timeout, retries, resources, labels")
+
+    def definition(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True, by_alias=True)
+
+
+class AliasRequest(_Body):
+    version: int | str = Field(description="the version number (or another alias) the alias points at")
+
+
+class RegisterRequest(_Body):
+    """A version from an artifact already in the artifact store (a job's result holds one)."""
+
+    artifact: dict[str, Any] = Field(description="{artifact: URL, size, sha256}")
+    params: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    alias: str | None = None
+    job_id: Id | None = None
+
+
 class TokenRequest(_Body):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     role: Literal["admin", "operator", "submitter", "viewer", "worker"]

@@ -26,6 +26,7 @@ from clusterai.cli.head import join, join_code, scheduler, serve_model, worker
 from clusterai.cli.logline import logline_app
 from clusterai.cli.models import models
 from clusterai.cli.pipelines import counts, pipeline_app
+from clusterai.cli.sweeps import registry_app, sweep_app
 from clusterai.cli.tokens import audit, token_app
 from clusterai.cli.workers import workers_app
 from clusterai.core.model import Job, State
@@ -53,6 +54,8 @@ app.add_typer(token_app, name="token")
 app.add_typer(certs_app, name="certs")
 app.add_typer(logline_app, name="logline")
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(sweep_app, name="sweep")
+app.add_typer(registry_app, name="registry")
 app.command("counts")(counts)
 app.command("models")(models)
 app.command("audit")(audit)

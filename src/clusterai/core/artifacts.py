@@ -46,6 +46,8 @@ class ArtifactNotFound(BadInput, FileNotFoundError):
 class ArtifactCorrupt(ClusterAIError):
     """The artifact's bytes differ from its reference (size or sha256): changed or damaged since."""
 
+    code = "artifact_corrupt"
+
 
 def private_dirs(folder: str | os.PathLike[str]) -> None:
     """Make a local `folder` and any missing parents, each 0700 whatever the umask (artifacts and

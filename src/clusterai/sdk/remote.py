@@ -5,14 +5,16 @@ uses one when given --url (or CLUSTERAI_URL)."""
 from __future__ import annotations
 
 import builtins
+import hashlib
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from clusterai.core.artifacts import ArtifactCorrupt
 from clusterai.core.model import Job, State, WorkerRecord, job_from_dict
 from clusterai.errors import AuthRefused, BadInput, JobFailed, JobNotFound, ResultTimeout, Unreachable, from_answer
 
@@ -59,8 +61,27 @@ class RemoteClient:
             except (OSError, ssl.SSLError) as exc:
                 raise BadInput(f"CA certificate {ca_cert!r} cannot be used: {exc}") from None
         self.pipelines = RemotePipelines(self._call)
+        self.sweeps = RemoteSweeps(self._call)
+        self.registry = RemoteRegistry(self._call, self._raw)
         self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token.strip()}"},
                                   verify=verify, timeout=timeout)
+
+    def sweep(self, objective: str, space: dict[str, Any], trials: int, *, sampler: str | dict[str, Any] | None = None,
+              wait: bool = False, timeout: float | None = None, **options: Any) -> dict[str, Any]:
+        """Start a sweep (POST /api/v1/sweeps); with wait=True, its status once it has finished."""
+        raw: dict[str, Any] = {"objective": objective, "space": space, "trials": trials, **options}
+        if sampler is not None:
+            raw["sampler"] = sampler
+        started = self.sweeps.start(raw)
+        return self.sweeps.wait(started["id"], timeout) if wait else started
+
+    def _raw(self, path: str) -> httpx.Response:
+        try:
+            response = self._http.get(path)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach the clusterai API at {self.url}: {exc}") from None
+        _raise_for(response)
+        return response
 
     def _call(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> Any:
         try:
@@ -291,3 +312,84 @@ class RemotePipelines:
 
     def retry(self, run_id: int) -> dict[str, Any]:
         return dict(self._call("POST", f"/api/v1/pipelines/runs/{int(run_id)}/retry"))
+
+
+class RemoteSweeps:
+    """`client.sweeps` over HTTP: the methods of service/sweeps.SweepService."""
+
+    def __init__(self, call: Any):
+        self._call = call
+
+    def start(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(self._call("POST", "/api/v1/sweeps", json=dict(raw)))
+
+    def list(self, *, state: str | None = None, limit: int = 50) -> builtins.list[dict[str, Any]]:
+        params = {k: v for k, v in dict(state=state, limit=limit).items() if v is not None}
+        return list(self._call("GET", "/api/v1/sweeps", params=params)["sweeps"])
+
+    def status(self, sweep_id: int, *, curves: bool = True) -> dict[str, Any]:
+        return dict(self._call("GET", f"/api/v1/sweeps/{int(sweep_id)}", params={"curves": curves}))
+
+    def best(self, sweep_id: int) -> dict[str, Any] | None:
+        best = self._call("GET", f"/api/v1/sweeps/{int(sweep_id)}/best")["best"]
+        return dict(best) if best is not None else None
+
+    def trial_metrics(self, sweep_id: int, number: int) -> builtins.list[dict[str, Any]]:
+        return list(self._call("GET", f"/api/v1/sweeps/{int(sweep_id)}/trials/{int(number)}/metrics")["metrics"])
+
+    def wait(self, sweep_id: int, timeout: float | None = None, poll: float = 1.0) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status(sweep_id, curves=False)
+            if status["state"] != "running":
+                return self.status(sweep_id)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(f"sweep {sweep_id} still running after {timeout} s")
+            time.sleep(poll)
+
+    def cancel(self, sweep_id: int) -> dict[str, Any]:
+        return dict(self._call("POST", f"/api/v1/sweeps/{int(sweep_id)}/cancel"))
+
+    def resume(self, sweep_id: int) -> dict[str, Any]:
+        return dict(self._call("POST", f"/api/v1/sweeps/{int(sweep_id)}/resume"))
+
+
+class RemoteRegistry:
+    """`client.registry` over HTTP: the methods of service/registry.RegistryService."""
+
+    def __init__(self, call: Any, raw: Any):
+        self._call, self._raw = call, raw
+
+    def models(self) -> builtins.list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v1/registry")["models"])
+
+    def versions(self, name: str, *, limit: int = 200) -> builtins.list[dict[str, Any]]:
+        path = f"/api/v1/registry/{_segment(name)}/versions"
+        return list(self._call("GET", path, params={"limit": limit})["versions"])
+
+    def show(self, name: str, ref: Any = None) -> dict[str, Any]:
+        return dict(self._call("GET", f"/api/v1/registry/{_segment(name)}/versions/{_segment(ref or 'latest')}"))
+
+    def set_alias(self, name: str, alias: str, version: Any) -> dict[str, Any]:
+        path = f"/api/v1/registry/{_segment(name)}/aliases/{_segment(alias)}"
+        if version is None:
+            return dict(self._call("DELETE", path))
+        return dict(self._call("PUT", path, json={"version": version}))
+
+    def download(self, name: str, ref: Any = None) -> tuple[dict[str, Any], bytes]:
+        """A version and its bytes; the bytes are checked against the version's SHA-256 here too."""
+        version = self.show(name, ref)
+        response = self._raw(f"/api/v1/registry/{_segment(name)}/versions/{version['version']}/download")
+        data = response.content
+        if hashlib.sha256(data).hexdigest() != version["artifact"]["sha256"]:
+            raise ArtifactCorrupt(f"{name} version {version['version']}: the downloaded bytes do not match its "
+                                  "SHA-256")
+        return version, data
+
+
+def _segment(value: Any) -> str:
+    """A value as one path segment: registry names and aliases never hold '/', and a typed one is refused."""
+    text = str(value)
+    if not text or "/" in text or text in (".", ".."):
+        raise BadInput(f"not a name: {text!r}")
+    return text
