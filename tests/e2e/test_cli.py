@@ -112,6 +112,8 @@ def test_demo_runs_real_jobs_and_exits(tmp_path):
     assert "[red]off" not in text and "5 of 5" in text
     # the LLM part: a real embedding model behind the gateway, the summaries embedded as jobs
     assert "Semantic search over the clip summaries" in text and "5 llm.embed jobs, one live request" in text
+    # the training part: a sweep whose best model lands in the registry and scores on held-out digits
+    assert "Sweep demo-digits: 12 trials of train.sgd_digits" in text and "Model registry: digits" in text
     store = open_store(tmp_path / ".clusterai" / "clusterai.db")
     try:
         (run,) = store.list_runs()
@@ -121,7 +123,11 @@ def test_demo_runs_real_jobs_and_exits(tmp_path):
         jobs = store.list_jobs(limit=1000)
         assert sum(j.task in ("primes.count", "image.filter", "hash.chain", "demo.flaky") for j in jobs) == 60
         assert sum(j.task == "llm.embed" for j in jobs) == 5
-        assert all(j.state.value == "succeeded" for j in jobs)
+        (sweep,) = store.list_sweeps()
+        assert sweep.state == "succeeded" and len(store.trials(sweep.id)) == 12
+        version = store.get_model_version("digits", "staging")
+        assert version.sweep_id == sweep.id and version.metrics["accuracy"] > 0.9
+        assert all(j.state.value == "succeeded" for j in jobs)  # a pruned trial's job succeeded too
         assert store.stats(0)["retries"] >= 1  # the demo's flaky jobs show retries at work
         assert {s["camera"] for s in store.count_series()} >= {"street-camera"}
     finally:

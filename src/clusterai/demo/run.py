@@ -1,8 +1,8 @@
 """`clusterai demo`: start an embedded cluster; run the video-analysis pipeline over synthetic
-clips with known object counts, a camera count, and a mix of CPU-bound jobs across its worker
-processes; embed the clips' summaries through the LLM gateway and rank them against a question;
-show progress, results beside the ground truth and a summary; then keep the cluster and its
-dashboard up until Ctrl-C."""
+clips with known object counts, a camera count, a hyper-parameter sweep whose best model lands in
+the registry, and a mix of CPU-bound jobs across its worker processes; embed the clips' summaries
+through the LLM gateway and rank them against a question; show progress, results beside the
+ground truth and a summary; then keep the cluster and its dashboard up until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from clusterai.autoscale import parse_autoscale
 from clusterai.config import ClusterConfig
 from clusterai.core.model import Job, State
 from clusterai.demo import llm as demo_llm
+from clusterai.demo import training as demo_training
 from clusterai.demo import video as demo_video
 from clusterai.head.runtime import BackgroundRuntime
 from clusterai.head.serve import start_api
@@ -153,6 +154,13 @@ def run_demo(config: ClusterConfig, *, jobs: int = 300, keep_running: bool = Tru
                           f"report) and camera job {camera_job}")
         else:
             console.print("[yellow]OpenCV is not installed (extra clusterai[video]): the video part is skipped[/]")
+        sweep = demo_training.start_sweep(client) if demo_training.available() else None
+        if sweep is not None:
+            console.print(f"started sweep {sweep['id']}: {demo_training.TRIALS} trials of train.sgd_digits "
+                          "(scikit-learn on digits), its best model to the registry as digits@staging")
+        else:
+            console.print("[yellow]scikit-learn or Optuna is not installed (extra clusterai[train]): the sweep is "
+                          "skipped[/]")
         work = demo_workload(jobs)
         ids = submit_workload(client, work)
         console.print(f"submitted {len(ids)} CPU jobs beside them (image filters, prime sieves, hash chains, "
@@ -172,6 +180,11 @@ def run_demo(config: ClusterConfig, *, jobs: int = 300, keep_running: bool = Tru
         elapsed = follow(client, ids, console)
         for table in summary_tables(client, ids, elapsed):
             console.print(table)
+        if sweep is not None:
+            swept = demo_training.follow_sweep(client, sweep["id"], console)
+            sweep_tables, outcome["sweep"] = demo_training.sweep_tables(client, swept)
+            for sweep_table in sweep_tables:
+                console.print(sweep_table)
         outcome["jobs"] = dict(Counter(s.value for s in client.store.states_of(ids).values()))
         if keep_running:
             _serve_until_interrupted(runtime, config, console, api, written if api is not None else None)
@@ -221,6 +234,7 @@ def _serve_until_interrupted(runtime: BackgroundRuntime, config: ClusterConfig, 
     console.print(f"    {cli} jobs list   # recent jobs;  {cli} jobs show ID")
     console.print(f"    {cli} pipeline list;  {cli} pipeline status 1;  {cli} counts")
     console.print(f"    {cli} pipeline run video-analysis {demo_video.CLIPS_DIR}   # again: every stage reused")
+    console.print(f"    {cli} sweep list;  {cli} sweep status 1;  {cli} registry show digits staging")
     console.print(f"    {cli} logline verify {demo_video.LOG_NAME}   # who asked for each line, and about what")
     console.print(f"    {cli} submit primes.count --payload '{{\"limit\": 100000}}' --wait",
                   markup=False)

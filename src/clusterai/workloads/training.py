@@ -50,6 +50,12 @@ def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x[:cut], y[:cut], x[cut:], y[cut:]
 
 
+def validation_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The held-out digits as raw pixels and labels: what a stored model's `predict` takes."""
+    x, y, cut, _, _ = _split()
+    return x[cut:], y[cut:]
+
+
 def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
     order = np.random.default_rng([seed, epoch]).permutation(n)
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
