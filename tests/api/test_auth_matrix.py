@@ -18,7 +18,11 @@ from fastapi.routing import APIRoute
 from clusterai.api.app import create_app
 from clusterai.api.routes.system import PUBLIC_PATHS
 from clusterai.config import ClusterConfig
+from clusterai.core.artifacts import ENV_ROOT, ArtifactStore
 from clusterai.core.model import Outcome, State
+from clusterai.service.registry import RegistryService
+from clusterai.service.submission import spec_factory
+from clusterai.service.sweeps import SweepService
 from clusterai.store.open import open_store
 
 PUBLIC = frozenset({"/healthz", "/livez", "/readyz", "/login", "/logout", "/static/{name}", "/", "/api/v1/join/ca"})
@@ -69,6 +73,22 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("GET", "/api/v1/counts"): READERS,
     ("GET", "/api/v1/autoscale"): READERS,
     ("PUT", "/api/v1/autoscale"): OPERATORS,
+    # sweeps: a submitter starts, lists and reads its own (test_sweeps_api); the sweep here is the submitter's
+    ("POST", "/api/v1/sweeps"): SUBMITTERS,
+    ("GET", "/api/v1/sweeps"): ALL,
+    ("GET", "/api/v1/sweeps/{sweep_id}"): ALL,
+    ("GET", "/api/v1/sweeps/{sweep_id}/best"): ALL,
+    ("GET", "/api/v1/sweeps/{sweep_id}/trials/{number}/metrics"): ALL,
+    ("POST", "/api/v1/sweeps/{sweep_id}/cancel"): OPERATORS,  # the roles with `cancel`
+    ("POST", "/api/v1/sweeps/{sweep_id}/resume"): OPERATORS,
+    # the model registry: reading needs `read`, changing it `operate`
+    ("GET", "/api/v1/registry"): READERS,
+    ("POST", "/api/v1/registry/{name}"): OPERATORS,
+    ("GET", "/api/v1/registry/{name}/versions"): READERS,
+    ("GET", "/api/v1/registry/{name}/versions/{ref}"): READERS,
+    ("GET", "/api/v1/registry/{name}/versions/{ref}/download"): READERS,
+    ("PUT", "/api/v1/registry/{name}/aliases/{alias}"): OPERATORS,
+    ("DELETE", "/api/v1/registry/{name}/aliases/{alias}"): OPERATORS,
     ("GET", "/api/v1/join/ca"): None,  # the CA is public: a joining machine checks it against its pin
     ("POST", "/api/v1/join"): ADMIN,  # and worker join tokens (tests/e2e/test_join.py)
     # the gateway: inference needs a token that may submit; the model lists any token
@@ -142,10 +162,36 @@ def test_every_route_has_a_decided_policy() -> None:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """One API for the whole module (the matrix makes a few hundred calls). Hundreds of them fail
     authentication on purpose, all from loopback: the throttle of failed authentications per address
-    (tests/security/test_sec_api_auth.py) is off here, or it would answer 429 from the tenth on."""
-    with running_api(tmp_path_factory.mktemp("matrix"), {"api": {"auth_failures": 0}}) as api:
-        api.add_worker()
-        yield api
+    (tests/security/test_sec_api_auth.py) is off here, or it would answer 429 from the tenth on. The
+    model registry's artifacts live in a folder of the module's own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV_ROOT, str(tmp_path_factory.mktemp("matrix-artifacts")))
+        with running_api(tmp_path_factory.mktemp("matrix"), {"api": {"auth_failures": 0}}) as api:
+            api.add_worker()
+            yield api
+
+
+MODEL = "matrix-model"
+SWEEP = {"objective": "train.sgd_digits", "space": {"alpha": {"loguniform": [1e-5, 0.1]}}, "trials": 2,
+         "sampler": "random"}
+
+
+def add_sweep(api: Api, *, cancelled: bool = False) -> int:
+    """A sweep of the submitter's with one trial that reported a step (the API runs no sweep driver)."""
+    sweeps = SweepService(api.store, api.config)
+    sweep_id = int(sweeps.start(SWEEP, owner="submitter")["id"])
+    make = spec_factory(api.config, "train.sgd_digits", owner="submitter")
+    api.store.add_trials(sweep_id, [(0, {"alpha": 0.01}, make({"alpha": 0.01}))], time.time())
+    api.store.add_trial_metrics([(sweep_id, 0, 1, {"accuracy": 0.5}, time.time())])
+    if cancelled:
+        sweeps.cancel(sweep_id)
+    return sweep_id
+
+
+def add_model_version(api: Api) -> int:
+    """A new version of MODEL whose artifact is really in the artifact store (downloads check it)."""
+    ref = ArtifactStore().put_bytes("matrix", f"model-{time.monotonic_ns()}.bin", b"weights")
+    return RegistryService(api.store).register(MODEL, ref, metrics={"accuracy": 0.5})["version"]
 
 
 def fill(api: Api, method: str, path: str, role: str | None) -> dict[str, Any]:
@@ -178,6 +224,21 @@ def fill(api: Api, method: str, path: str, role: str | None) -> dict[str, Any]:
     if "{token_id}" in path:
         _, token_id = api.add_token("viewer")
         path = path.replace("{token_id}", token_id)
+    if "{sweep_id}" in path:
+        sweep_id = add_sweep(api, cancelled=path.endswith("/resume"))  # cancel needs a running one
+        path = path.replace("{sweep_id}", str(sweep_id)).replace("{number}", "0")
+    elif (method, path) == ("POST", "/api/v1/sweeps"):
+        body = SWEEP
+    if path.startswith("/api/v1/registry/{name}"):
+        version = add_model_version(api)
+        path = path.replace("{name}", MODEL).replace("{ref}", str(version))
+        if "{alias}" in path:
+            api.store.set_model_alias(MODEL, "matrix-alias", version, time.time())  # DELETE removes it
+            path = path.replace("{alias}", "matrix-alias")
+            body = {"version": version} if method == "PUT" else None
+        elif method == "POST":
+            ref = ArtifactStore().put_bytes("matrix", f"made-{time.monotonic_ns()}.bin", b"more weights")
+            body = {"artifact": ref, "metrics": {"accuracy": 0.75}, "params": {"alpha": 0.01}}
     if path == "/static/{name}":
         path = "/static/app.js"
     if "{name}" in path:
@@ -299,7 +360,8 @@ def test_unknown_paths_are_404(served: Api) -> None:
     assert r.status_code == 404
 
 
-@pytest.mark.parametrize("path", ["/api/v1/jobs", "/api/v1/tokens", "/api/v1/dlq/requeue"])
+@pytest.mark.parametrize("path", ["/api/v1/jobs", "/api/v1/tokens", "/api/v1/dlq/requeue", "/api/v1/sweeps",
+                                  "/api/v1/registry/digits"])
 def test_a_malformed_body_without_a_token_is_401(served: Api, path: str) -> None:
     """The token is checked before the body is parsed (FastAPI parses a route's body model before
     its dependencies run, so these routes read their bodies themselves)."""

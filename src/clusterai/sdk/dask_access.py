@@ -150,7 +150,7 @@ def _scheduler_address(scheduler: str | None) -> str:
 
 
 def _certs_dir(certs: str | os.PathLike[str] | None) -> Path:
-    return Path(certs if certs is not None else os.environ.get(CERTS_ENV) or DEFAULT_CERTS)
+    return Path(certs if certs is not None else os.environ.get(CERTS_ENV) or DEFAULT_CERTS).expanduser()
 
 
 def _connect(address: str, security: Security | None, timeout: float) -> Client:

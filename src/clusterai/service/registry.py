@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from clusterai.core.artifacts import ArtifactStore
+from clusterai.core.artifacts import ArtifactCorrupt, ArtifactStore
 from clusterai.core.trials import ModelVersion
 from clusterai.errors import BadInput
 from clusterai.store.protocol import JobStore
@@ -104,7 +104,10 @@ class RegistryService:
         if not isinstance(artifact, Mapping) or not {"artifact", "sha256", "size"} <= set(artifact):
             raise BadInput("artifact: a reference {artifact: URL, size, sha256}, as a job's result holds it")
         ref = {"artifact": artifact["artifact"], "size": artifact["size"], "sha256": artifact["sha256"]}
-        self.artifacts.verify(ref)
+        try:
+            self.artifacts.verify(ref)
+        except ArtifactCorrupt as exc:  # the caller's reference is wrong, not the store
+            raise BadInput(f"artifact: {exc}") from None
         version = ModelVersion(name=name, version=0, artifact=ref, created_at=0.0, params=dict(params or {}),
                                metrics=dict(metrics or {}), job_id=job_id, created_by=created_by,
                                aliases=(alias,) if alias else ())
