@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import zipfile
 from typing import Any
 
 from clusterai.errors import BadInput
@@ -48,7 +49,7 @@ def decode(data: bytes) -> Any:
         with np.load(io.BytesIO(data[1:]), allow_pickle=False) as archive:
             skeleton = json.loads(archive[_STATE].tobytes())
             arrays = {name: archive[name] for name in archive.files if name != _STATE}
-    except (ValueError, OSError, KeyError) as exc:
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise BadInput(f"damaged checkpoint: {exc}") from None
     return _fill(skeleton, arrays)
 
@@ -64,6 +65,9 @@ def _strip(value: Any, arrays: dict[str, Any], where: str) -> Any:
         for key in value:
             if not isinstance(key, str):
                 raise BadInput(f"checkpoint: {where} has a key {key!r} that is not a string")
+        if set(value) == {_MARK}:
+            raise BadInput(f"checkpoint: {where} is an object with only the key {_MARK!r}, which marks an array "
+                           "here; rename that key")
         return {key: _strip(item, arrays, f"{where}.{key}") for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_strip(item, arrays, f"{where}[{i}]") for i, item in enumerate(value)]
@@ -87,8 +91,10 @@ def _as_array(value: Any) -> Any:
         return value
     detach = getattr(value, "detach", None)  # a torch tensor: to host memory first
     if callable(detach):
-        value = detach().cpu().numpy()
-        return value
+        try:
+            return detach().cpu().numpy()
+        except TypeError:  # a dtype numpy has no equal for (bfloat16): kept as float32
+            return detach().cpu().float().numpy()
     if hasattr(value, "__array__"):
         array = np.asarray(value)
         return None if array.dtype == object else array

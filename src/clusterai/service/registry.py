@@ -35,7 +35,7 @@ def parse_ref(ref: Any) -> int | str | None:
         return None
     if isinstance(ref, bool):
         raise BadInput(f"version: a number or an alias, got {ref!r}")
-    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isascii() and ref.isdigit()):
         number = int(ref)
         if number < 1:
             raise BadInput(f"version: numbers start at 1, got {number}")

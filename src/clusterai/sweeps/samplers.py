@@ -96,14 +96,14 @@ class TpeSampler:
         for d in self._searched:
             if d.name not in params or not d.contains(params[d.name]):
                 return None  # made under another space (the sweep was resumed with a changed one)
-            out[d.name] = d.values.index(params[d.name]) if d.kind == "choice" else params[d.name]
+            out[d.name] = _index_of(d.values, params[d.name]) if d.kind == "choice" else params[d.name]
         return out
 
     def suggest(self, number: int, history: Sequence[TrialView]) -> dict[str, Any]:
         optuna = self.optuna
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(seed=self.seed * 100_003 + number, constant_liar=True,
+            sampler = optuna.samplers.TPESampler(seed=(self.seed * 100_003 + number) % 2**32, constant_liar=True,
                                                  n_startup_trials=self.startup_trials)
             study = optuna.create_study(direction="maximize" if self.maximize else "minimize", sampler=sampler)
             for view in history:
@@ -143,3 +143,8 @@ def make_sampler(kind: str, space: Space, *, seed: int, maximize: bool, options:
     if kind == "tpe":
         return TpeSampler(space, seed=seed, maximize=maximize, startup_trials=int(options.get("startup_trials", 10)))
     raise SweepInvalid(f"sampler.kind: {kind!r}; one of grid, random, tpe")
+
+
+def _index_of(values: Sequence[Any], value: Any) -> int:
+    """Where `value` is among a choice's values, by type too: True, 1 and 1.0 are different choices."""
+    return next(i for i, v in enumerate(values) if type(v) is type(value) and v == value)

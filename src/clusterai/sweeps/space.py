@@ -23,7 +23,6 @@ from clusterai.errors import SweepInvalid
 
 MAX_DIMENSIONS = 64
 MAX_CHOICES = 1000
-MAX_GRID = 100_000
 _FORMS = ("uniform", "loguniform", "int", "choice")
 
 
@@ -60,6 +59,12 @@ class Dimension:
             return tuple(range(int(self.low), int(self.high) + 1))
         raise SweepInvalid(f"space.{self.name}: a {self.kind} range has no grid; list the values to try "
                            f"({{\"choice\": [...]}}) or use the random or tpe sampler")
+
+    def grid_count(self) -> int:
+        if self.kind == "int":
+            assert self.low is not None and self.high is not None
+            return int(self.high) - int(self.low) + 1
+        return len(self.grid_values())
 
     def extremes(self) -> tuple[Any, ...]:
         """The values that check the objective accepts the whole dimension (its ends, every choice)."""
@@ -106,15 +111,15 @@ class Space:
         return {d.name: d.sample(rng) for d in self.dimensions}
 
     def grid_size(self) -> int:
-        return math.prod(len(d.grid_values()) for d in self.dimensions)
+        """How many points the grid has, counted without listing them (an int range may be huge)."""
+        return math.prod(d.grid_count() for d in self.dimensions)
 
     def grid_point(self, index: int) -> dict[str, Any]:
         """The index-th point of the grid, the last dimension changing fastest."""
         point: dict[str, Any] = {}
         for d in reversed(self.dimensions):
-            values = d.grid_values()
-            index, i = divmod(index, len(values))
-            point[d.name] = values[i]
+            index, i = divmod(index, d.grid_count())
+            point[d.name] = int(d.low or 0) + i if d.kind == "int" else d.grid_values()[i]
         return {d.name: point[d.name] for d in self.dimensions}
 
     def probes(self) -> Iterator[dict[str, Any]]:
@@ -168,7 +173,7 @@ def _dimension(name: str, raw: Any) -> Dimension:
         return Dimension(name, "choice", values=tuple(values))
     bounds = raw[form]
     if (not isinstance(bounds, list) or len(bounds) != 2
-            or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) for b in bounds)):
+            or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not _finite(b) for b in bounds)):
         raise SweepInvalid(f"{where}: {form} needs [low, high], two finite numbers; got {bounds!r}")
     low, high = float(bounds[0]), float(bounds[1])
     log = raw.get("log", False)
@@ -211,3 +216,11 @@ def grid_points(space: Space) -> Iterator[dict[str, Any]]:
     names = space.names
     for combo in itertools.product(*(d.grid_values() for d in space.dimensions)):
         yield dict(zip(names, combo))
+
+
+def _finite(value: int | float) -> bool:
+    """A finite number a float can hold (a JSON integer may be too big for one)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

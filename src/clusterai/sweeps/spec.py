@@ -67,14 +67,16 @@ def parse_spec(raw: Any, *, default_sampler: str = "tpe") -> SweepSpec:
     objective = raw.get("objective")
     if not isinstance(objective, str) or not objective.strip():
         raise SweepInvalid("objective: the task to run for each trial, e.g. train.sgd_digits or pkg.module:function")
+    objective = objective.strip()
     space = parse_space(raw.get("space"))
     sampler = _sampler(raw.get("sampler", default_sampler))
-    trials = _integer("trials", raw.get("trials", space.grid_size() if sampler["kind"] == "grid" else None),
-                      1, MAX_TRIALS)
     if sampler["kind"] == "grid":
         size = space.grid_size()
         if size > MAX_TRIALS:
             raise SweepInvalid(f"space: the grid has {size} points; at most {MAX_TRIALS}")
+    trials = _integer("trials", raw.get("trials", space.grid_size() if sampler["kind"] == "grid" else None),
+                      1, MAX_TRIALS)
+    if sampler["kind"] == "grid":
         if trials > size:
             raise SweepInvalid(f"trials: {trials}, but the grid has only {size} points")
     metric = raw.get("metric", "score")
@@ -97,7 +99,7 @@ def parse_spec(raw: Any, *, default_sampler: str = "tpe") -> SweepSpec:
     name = raw.get("name") or objective.replace(":", ".")
     if not isinstance(name, str) or not NAME.match(name):
         raise SweepInvalid(f"name: letters, digits and _.:- (at most 128), got {name!r}")
-    return SweepSpec(name=name, objective=objective.strip(), space=space, trials=trials, sampler=sampler,
+    return SweepSpec(name=name, objective=objective, space=space, trials=trials, sampler=sampler,
                      metric=metric, mode=mode, concurrency=concurrency,
                      pruner=dict(pruner) if pruner is not None else None,
                      register=_register(raw.get("register")), job=_job(raw.get("job")))

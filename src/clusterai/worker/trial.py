@@ -45,7 +45,7 @@ def report(step: int, **metrics: float) -> None:
         raise BadInput(f"trial.report: step must be an integer >= 0, got {step!r}")
     clean: dict[str, float] = {}
     for name, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             raise BadInput(f"trial.report: metric {name!r} must be a finite number, got {value!r}")
         clean[name] = float(value)
     job = current_job()
@@ -55,6 +55,13 @@ def report(step: int, **metrics: float) -> None:
     reason = stop_requested(job.job_id, job.attempt)
     if reason is not None:
         raise StopRequested(reason, step, clean)
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int too big for a float
+        return False
 
 
 def should_stop() -> bool:
