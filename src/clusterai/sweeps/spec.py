@@ -70,15 +70,12 @@ def parse_spec(raw: Any, *, default_sampler: str = "tpe") -> SweepSpec:
     objective = objective.strip()
     space = parse_space(raw.get("space"))
     sampler = _sampler(raw.get("sampler", default_sampler))
-    if sampler["kind"] == "grid":
-        size = space.grid_size()
-        if size > MAX_TRIALS:
-            raise SweepInvalid(f"space: the grid has {size} points; at most {MAX_TRIALS}")
-    trials = _integer("trials", raw.get("trials", space.grid_size() if sampler["kind"] == "grid" else None),
-                      1, MAX_TRIALS)
-    if sampler["kind"] == "grid":
-        if trials > size:
-            raise SweepInvalid(f"trials: {trials}, but the grid has only {size} points")
+    size = space.grid_size() if sampler["kind"] == "grid" else None
+    if size is not None and size > MAX_TRIALS:
+        raise SweepInvalid(f"space: the grid has {size} points; at most {MAX_TRIALS}")
+    trials = _integer("trials", raw.get("trials", size), 1, MAX_TRIALS)
+    if size is not None and trials > size:
+        raise SweepInvalid(f"trials: {trials}, but the grid has only {size} points")
     metric = raw.get("metric", "score")
     if not isinstance(metric, str) or not metric.isidentifier():
         raise SweepInvalid(f"metric: a name (letters, digits, _), got {metric!r}")
