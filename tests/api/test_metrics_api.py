@@ -85,6 +85,31 @@ def test_worker_gauge_follows_the_registry(api: Api) -> None:
     assert values(samples, "clusterai_workers", "status") == {("ready",): 1, ("gone",): 2}
 
 
+def test_sweep_gauges_follow_the_store(api: Api) -> None:
+    from clusterai.core.trials import ModelVersion
+    from clusterai.service.submission import spec_factory
+
+    c = api.client("viewer")
+    _, samples = scrape(c)
+    assert values(samples, "clusterai_sweeps", "state")[("running",)] == 0
+    now = time.time()
+    spec = {"objective": "bench.noop", "metric": "score"}
+    running = api.store.create_sweep("a", spec, now)
+    done = api.store.create_sweep("b", spec, now)
+    make = spec_factory(api.config, "bench.noop")
+    api.store.add_trials(running, [(n, {}, make({}, idempotency_key=f"a{n}")) for n in range(3)], now)
+    api.store.add_trials(done, [(0, {}, make({}, idempotency_key="b0"))], now)
+    api.store.finish_trials([(running, 0, "pruned", 0.1, "median"), (done, 0, "succeeded", 0.5, None)], now)
+    api.store.update_sweep(done, "succeeded", now, best=0, register=ModelVersion(
+        name="m", version=0, artifact={"artifact": "file:///x", "size": 1, "sha256": "0" * 64}, created_at=0.0))
+    _, samples = scrape(c)
+    assert values(samples, "clusterai_sweeps", "state") == {("running",): 1, ("succeeded",): 1, ("failed",): 0,
+                                                            ("cancelled",): 0}
+    trials = values(samples, "clusterai_sweep_trials", "state")  # of running sweeps only
+    assert trials[("running",)] == 2 and trials[("pruned",)] == 1 and trials[("succeeded",)] == 0
+    assert values(samples, "clusterai_model_versions") == {(): 1}
+
+
 def test_request_counts(api: Api) -> None:
     c = api.client("viewer")
     for _ in range(7):

@@ -37,7 +37,21 @@ class StoreCollector(Collector):
         for status, n in sorted(by_status.items()):
             workers.add_metric([status], n)
         yield workers
+        yield from self._sweeps()
         yield from self._autoscale()
+
+    def _sweeps(self) -> Iterator[Metric]:
+        counts = self.store.sweep_counts()
+        sweeps = GaugeMetricFamily("clusterai_sweeps", "Sweeps in the store, by state", labels=["state"])
+        for state in ("running", "succeeded", "failed", "cancelled"):
+            sweeps.add_metric([state], counts["sweeps"].get(state, 0))
+        yield sweeps
+        trials = GaugeMetricFamily("clusterai_sweep_trials", "Trials of running sweeps, by state", labels=["state"])
+        for state in ("running", "succeeded", "pruned", "failed", "cancelled"):
+            trials.add_metric([state], counts["trials"].get(state, 0))
+        yield trials
+        yield GaugeMetricFamily("clusterai_model_versions", "Model versions in the registry",
+                                value=counts["model_versions"])
 
     def _autoscale(self) -> Iterator[Metric]:
         """The autoscaler's last report: an HPA or KEDA scales a worker Deployment on

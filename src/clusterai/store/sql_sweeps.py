@@ -77,6 +77,15 @@ class SweepTables:
     def active_sweeps(self) -> list[int]:
         return [r[0] for r in self._read("SELECT id FROM sweeps WHERE state='running' ORDER BY id")]
 
+    def sweep_counts(self) -> dict[str, Any]:
+        """For the metrics: sweeps by state, the trials of running sweeps by state, registered versions."""
+        sweeps = {str(s): int(n) for s, n in self._read("SELECT state, COUNT(*) FROM sweeps GROUP BY state")}
+        trials = {str(s): int(n) for s, n in self._read(
+            "SELECT t.state, COUNT(*) FROM trials t JOIN sweeps s ON s.id = t.sweep_id WHERE s.state='running'"
+            " GROUP BY t.state")}
+        versions = int(self._read("SELECT COUNT(*) FROM models")[0][0])
+        return {"sweeps": sweeps, "trials": trials, "model_versions": versions}
+
     def update_sweep(self, sweep_id: int, state: str, now: float, *, expected: str | None = None,
                      best: int | None = None, note: str | None = None,
                      register: ModelVersion | None = None) -> ModelVersion | bool:
