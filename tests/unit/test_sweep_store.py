@@ -82,6 +82,17 @@ def test_active_sweeps_are_the_running_ones(store):
     assert store.active_sweeps() == ids[1:]
 
 
+def test_sweep_counts_for_the_metrics(store):
+    assert store.sweep_counts() == {"sweeps": {}, "trials": {}, "model_versions": 0}
+    running, done = (store.create_sweep(f"s{i}", SPEC, T0) for i in range(2))
+    store.add_trials(running, [trial_entry(running, n) for n in range(2)], T0)
+    store.add_trials(done, [trial_entry(done, 0)], T0)
+    store.finish_trials([(running, 0, "pruned", 0.5, None), (done, 0, "succeeded", 0.9, None)], T0)
+    store.update_sweep(done, "succeeded", T0 + 1, best=0, register=version())
+    assert store.sweep_counts() == {"sweeps": {"running": 1, "succeeded": 1},
+                                    "trials": {"running": 1, "pruned": 1}, "model_versions": 1}
+
+
 def test_update_sweep_with_an_expected_state(store):
     sweep_id = store.create_sweep("s", SPEC, T0)
     assert store.update_sweep(sweep_id, "failed", T0 + 1, expected="cancelled", note="nope") is False
