@@ -2,7 +2,8 @@
 // The dashboard: reads the REST API with the session cookie, listens to /api/v1/events, and writes
 // every value with textContent (never as HTML): payloads, labels and error text stay inert.
 
-const state = {role: null, canOperate: false, reads: false, refreshTimer: null, pending: new Set(), autoscale: []};
+const state = {role: null, canOperate: false, reads: false, refreshTimer: null, pending: new Set(), autoscale: [],
+               sweep: null, sweepAt: null, model: null, registry: false};
 
 function el(tag, text, attrs) {
   const node = document.createElement(tag);
@@ -16,7 +17,7 @@ async function api(path, options = {}) {
   const answer = await fetch(path, {credentials: "same-origin", ...options, headers});
   if (answer.status === 401) { window.location.assign("/login"); throw new Error("signed out"); }
   const body = await answer.json().catch(() => ({}));
-  if (!answer.ok) throw new Error(body.error || `HTTP ${answer.status}`);
+  if (!answer.ok) throw Object.assign(new Error(body.error || `HTTP ${answer.status}`), {status: answer.status});
   return body;
 }
 
@@ -440,6 +441,171 @@ function autoscaleForm() {
   document.getElementById("autoscale-controls").replaceChildren(form, error);
 }
 
+// -- sweeps and the model registry --------------------------------------------------------------
+
+function num(value) {  // a metric or a parameter: at most 4 significant digits
+  if (value === null || value === undefined) return "-";
+  if (typeof value === "number") return String(Number(value.toPrecision(4)));
+  return typeof value === "object" ? JSON.stringify(value) : String(value);
+}
+
+function params(mapping) { return Object.entries(mapping || {}).map(([k, v]) => `${k}=${num(v)}`).join(", ") || "-"; }
+
+function byState(counts) {
+  return ["running", "succeeded", "pruned", "failed", "cancelled"].filter((s) => counts[s])
+    .map((s) => `${counts[s]} ${s}`).join(" · ") || "none yet";
+}
+
+function headed(headers, rows, attrs) {
+  const table = el("table", null, attrs);
+  const head = el("tr");
+  head.append(...headers.map((h) => el("th", h)));
+  table.append(el("thead"), el("tbody"));
+  table.tHead.append(head);
+  table.tBodies[0].append(...rows);
+  return table;
+}
+
+function extent(values) {  // (not Math.min(...values): long curves would pass too many arguments)
+  return values.reduce(([lo, hi], v) => [Math.min(lo, v), Math.max(hi, v)], [Infinity, -Infinity]);
+}
+
+function svgText(tag, text, attrs) {
+  const node = svgNode(tag, attrs);
+  node.textContent = text;
+  return node;
+}
+
+// every trial's curve (the sweep's metric by step) on one scale: pruned dashed, the best drawn last, on top
+function curveChart(sweep) {
+  const [W, H, left, right, top, bottom] = [900, 300, 52, 10, 10, 30];
+  const best = sweep.best ? sweep.best.number : null;
+  const drawn = sweep.trials.filter((t) => (t.curve || []).length)
+    .sort((a, b) => (a.number === best) - (b.number === best));
+  const figure = el("figure", null, {class: "curves"});
+  const caption = el("figcaption", `${sweep.metric} by step, one line per trial (${sweep.mode}imise) `);
+  const keys = [[best !== null, "best", "best"], [drawn.some((t) => t.state === "pruned"), "pruned", "pruned"],
+                [drawn.some((t) => ["failed", "cancelled"].includes(t.state)), "failed", "failed or cancelled"],
+                [drawn.some((t) => t.number !== best && !["pruned", "failed", "cancelled"].includes(t.state)), "other", "others"]];
+  caption.append(...keys.filter(([shown]) => shown).map(([, cls, label]) => el("span", label, {class: `key trial ${cls}`})));
+  figure.append(caption);
+  if (!drawn.length) { figure.append(el("p", "no trial has reported yet", {class: "hint"})); return figure; }
+  const [x0, x1] = extent(drawn.flatMap((t) => t.curve.map(([step]) => step)));
+  const [y0, y1] = extent(drawn.flatMap((t) => t.curve.map(([, value]) => value)));
+  const x = (step) => (left + ((step - x0) / (x1 - x0 || 1)) * (W - left - right)).toFixed(1);
+  const y = (value) => (H - bottom - ((value - y0) / (y1 - y0 || 1)) * (H - top - bottom)).toFixed(1);
+  const svg = svgNode("svg", {viewBox: `0 0 ${W} ${H}`, class: "curves", role: "img",
+                              "aria-label": `${sweep.metric} by step for ${drawn.length} trials`});
+  svg.append(svgNode("polyline", {class: "axis", points: `${left},${top} ${left},${H - bottom} ${W - right},${H - bottom}`}),
+             svgText("text", num(y1), {x: left - 4, y: top + 8, "text-anchor": "end"}),
+             svgText("text", num(y0), {x: left - 4, y: H - bottom, "text-anchor": "end"}),
+             svgText("text", sweep.metric, {x: 12, y: (H - bottom + top) / 2, "text-anchor": "middle",
+                                    transform: `rotate(-90 12 ${(H - bottom + top) / 2})`}),
+             svgText("text", num(x0), {x: left, y: H - bottom + 14}),
+             svgText("text", num(x1), {x: W - right, y: H - bottom + 14, "text-anchor": "end"}),
+             svgText("text", "step", {x: (left + W - right) / 2, y: H - 4, "text-anchor": "middle"}));
+  for (const t of drawn) {
+    const points = t.curve.map(([step, value]) => `${x(step)},${y(value)}`);
+    if (points.length === 1) points.push(points[0]);  // one report: a dot (round caps)
+    const line = svgNode("polyline", {class: `trial ${t.state}${t.number === best ? " best" : ""}`,
+                                      points: points.join(" "), "data-trial": t.number});
+    const [step, value] = t.curve[t.curve.length - 1];
+    line.append(svgText("title", `trial ${t.number} (${t.state}${t.number === best ? ", best" : ""}): ${sweep.metric} `
+                        + `${num(value)} at step ${num(step)}; ${params(t.params)}`));
+    svg.append(line);
+  }
+  figure.append(svg);
+  return figure;
+}
+
+async function refreshSweeps() {
+  const {sweeps} = await api("/api/v1/sweeps?limit=50");
+  fillRows("sweeps-table", sweeps.map((s) => {
+    const b = s.best;
+    const r = row([s.id, s.name, s.objective, s.state, `${s.counts.done}/${s.trials_wanted}`, byState(s.counts),
+                   b ? `${s.metric} ${num(b.value)} (trial ${b.number})` : "-", b ? params(b.params) : "-",
+                   button("Trials", () => showSweep(s.id))]);
+    for (const i of [5, 7]) r.children[i].className = "wrap";
+    r.dataset.sweep = s.id;
+    r.dataset.state = s.state;
+    return r;
+  }));
+  // the open sweep again while its trials may still report, or once it changed (finished, resumed)
+  const open = sweeps.find((s) => s.id === state.sweep);
+  if (open && (open.state === "running" || open.updated_at !== state.sweepAt)) await showSweep(open.id, false);
+}
+
+async function showSweep(id, focus = true) {
+  const s = await api(`/api/v1/sweeps/${id}`);
+  if (!focus && state.sweep !== id) return;  // closed, or another chosen, while this was loading
+  state.sweep = id;
+  state.sweepAt = s.updated_at;
+  const box = document.getElementById("sweep-detail");
+  const best = s.best ? s.best.number : null;
+  const trials = headed(["trial", "state", "params", s.metric, "steps", "job", "note"], s.trials.map((t) => {
+    const r = row([t.number, t.state, params(t.params), num(t.value), t.steps, t.job_id, t.note]);
+    r.children[2].className = "long";
+    r.children[6].className = "long";
+    r.dataset.trial = t.number;
+    r.dataset.state = t.state;
+    if (t.number === best) r.className = "best";
+    return r;
+  }), {id: "trials-table"});
+  const summary = `${s.objective} · ${s.mode}imise ${s.metric} · sampler ${s.sampler} · `
+                  + `${s.counts.done}/${s.trials_wanted} trials done (${byState(s.counts)}) · owner ${s.owner || "-"}`;
+  box.replaceChildren(el("h3", `Sweep ${s.id}: ${s.name}, ${s.state}`), el("p", summary),
+                      ...(s.note ? [el("p", s.note, {class: s.state === "failed" ? "error" : "hint"})] : []),
+                      curveChart(s), el("h4", "Trials"), trials,
+                      button("Close", () => { state.sweep = null; box.hidden = true; }));
+  box.hidden = false;
+  if (focus) box.querySelector("button").focus();
+}
+
+function aliases(mapping) { return Object.entries(mapping || {}).sort().map(([a, v]) => `${a} → v${v}`).join(", ") || "-"; }
+
+function noRegistry() {  // a role without `read`: no section to go to
+  state.registry = false;
+  document.querySelector("nav a[href='#registry']").hidden = true;
+  document.getElementById("registry-refused").hidden = false;
+  document.getElementById("registry-table").hidden = true;
+}
+
+async function refreshRegistry() {
+  let models;
+  try {
+    ({models} = await api("/api/v1/registry"));
+  } catch (error) {
+    if (error.status === 403) { noRegistry(); return; }
+    throw error;
+  }
+  fillRows("registry-table", models.map((m) => {
+    const r = row([m.name, `v${m.latest}`, m.versions, aliases(m.aliases), params(m.metrics), when(m.updated_at),
+                   button("Versions", () => showVersions(m.name))]);
+    r.dataset.model = m.name;
+    return r;
+  }));
+  if (state.model !== null) await showVersions(state.model, false);
+}
+
+async function showVersions(name, focus = true) {
+  const {versions} = await api(`/api/v1/registry/${encodeURIComponent(name)}/versions?limit=50`);
+  if (!focus && state.model !== name) return;
+  state.model = name;
+  const box = document.getElementById("registry-detail");
+  const table = headed(["version", "aliases", "created", "by", "from", "metrics", "params", "sha256"], versions.map((v) => {
+    const from = v.sweep_id !== null ? `sweep ${v.sweep_id} trial ${v.trial}` : v.job_id !== null ? `job ${v.job_id}` : "-";
+    const r = row([`v${v.version}`, v.aliases.join(", ") || "-", when(v.created_at), v.created_by, from,
+                   params(v.metrics), params(v.params), (v.artifact.sha256 || "-").slice(0, 12)]);
+    r.children[6].className = "long";
+    r.dataset.version = v.version;
+    return r;
+  }), {id: "versions-table"});
+  box.replaceChildren(el("h3", `Model ${name}: ${versions.length} versions, newest first`), table,
+                      button("Close", () => { state.model = null; box.hidden = true; }));
+  box.hidden = false;
+  if (focus) box.querySelector("button").focus();
+}
+
 // -- live updates --------------------------------------------------------------------------------
 
 function soon(what) {
@@ -506,9 +672,14 @@ async function start() {
   show();
   const reads = me.permissions.includes("read");
   state.reads = reads;
-  await Promise.all([refreshJobs(), ...(reads ? [refreshStatus(), refreshWorkers(), refreshDlq(), refreshHistory(),
-                                                 refreshPipelines(), refreshCounts(), refreshModels(), refreshAutoscale()] : [])]);
+  state.registry = reads;
+  if (!reads) noRegistry();  // a submitter: its own sweeps, no registry
+  // trouble with sweeps or the registry leaves the rest of the page working
+  const trained = [refreshSweeps(), ...(reads ? [refreshRegistry()] : [])].map((p) => p.catch((error) => say(error.message)));
+  await Promise.all([refreshJobs(), ...trained, ...(reads ? [refreshStatus(), refreshWorkers(), refreshDlq(), refreshHistory(),
+                                                            refreshPipelines(), refreshCounts(), refreshModels(), refreshAutoscale()] : [])]);
   listen();
+  setInterval(() => { soon(refreshSweeps); if (state.registry) soon(refreshRegistry); }, 5000);
   if (reads) {
     setInterval(() => {
       soon(refreshStatus); soon(refreshWorkers); soon(refreshPipelines); soon(refreshCounts); soon(refreshModels);
