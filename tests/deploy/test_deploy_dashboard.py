@@ -37,6 +37,9 @@ class _Store:
     def list_workers(self) -> list[Any]:
         return [SimpleNamespace(status="ready")]
 
+    def sweep_counts(self) -> dict[str, Any]:
+        return {"sweeps": {"running": 1}, "trials": {"running": 2}, "model_versions": 1}
+
     def get_autoscale(self, key: str) -> tuple[dict[str, Any], float]:
         profile = {"name": "cpu", "desired": 2, "min": 1, "max": 4, "ready": 1, "starting": 0, "draining": 0}
         return {"profiles": [profile], "unschedulable": [], "enabled": True}, 0.0
