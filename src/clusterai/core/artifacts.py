@@ -12,6 +12,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 from urllib.parse import unquote
@@ -264,15 +265,17 @@ class ArtifactStore:
                     os.fsync(out.fileno())
                 os.replace(tmp, final)
             else:
-                if not self._object_store:
-                    self.fs.makedirs(directory, exist_ok=True)
-                with self.fs.open(tmp, "wb") as out:
-                    for chunk in chunks:
-                        out.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-                # on an object store this move is a server-side copy; still no reader sees a partial object
-                self.fs.mv(tmp, final)
+                with self._backend(f"{namespace}/{name}"):
+                    if not self._object_store:
+                        self.fs.makedirs(directory, exist_ok=True)
+                    with self.fs.open(tmp, "wb") as out:
+                        for chunk in chunks:
+                            out.write(chunk)
+                            digest.update(chunk)
+                            size += len(chunk)
+                    # on an object store this move is a server-side copy; still no reader sees a partial object
+                    self.fs.mv(tmp, final)
+                    self._fresh(final)
         except BaseException:
             self._discard(tmp)
             raise
@@ -284,14 +287,36 @@ class ArtifactStore:
         # object stores have no directories to make (and s3fs would try to create a bucket)
         return bool(self._protocols & set(_MISSING_LIBRARY))
 
+    @contextmanager
+    def _backend(self, shown: str) -> Iterator[None]:
+        """An object store's client is made at first use: a misspelt option shows up only here, as a
+        TypeError from deep inside its library; and an object replaced while it was being read (a
+        checkpoint rewritten by another worker, a tampered file) is the store's to report."""
+        try:
+            yield
+        except TypeError as exc:
+            if self._local:
+                raise
+            raise ConfigError(f"artifact root {self.root}: {exc} (check {ENV_OPTIONS})") from None
+        except OSError as exc:
+            if type(exc).__name__ != "FileExpired":  # s3fs: the object's ETag changed under the reader
+                raise
+            raise ArtifactCorrupt(f"{shown} changed while it was being read") from None
+
+    def _fresh(self, path: str) -> None:
+        # fsspec keeps one filesystem per root and process, with its listings: another worker may have
+        # replaced this object since (a checkpoint's manifest), so never read by a stale listing
+        if not self._local:
+            self.fs.invalidate_cache(path)
+
     def _discard(self, tmp: str) -> None:
         try:
             if self._local:
                 os.unlink(tmp)
             else:
                 self.fs.rm_file(tmp)
-        except OSError:
-            pass  # never written, or already gone: nothing to clean up
+        except (OSError, TypeError):
+            pass  # never written, already gone, or the backend cannot even start (its error is raised above)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -300,14 +325,16 @@ class ArtifactStore:
         if mode not in ("rb", "r"):
             raise BadInput(f"artifacts open read-only ('rb' or 'r'), not {mode!r}; write with put_bytes/put_file")
         path = self._resolve(ref_or_url)
+        self._fresh(path)
         try:
-            return self.fs.open(path, mode)
+            with self._backend(_url_of(ref_or_url)):
+                return self.fs.open(path, mode)
         except FileNotFoundError:
             raise ArtifactNotFound(f"no artifact at {_url_of(ref_or_url)}") from None
 
     def get_bytes(self, ref_or_url: Ref | str) -> bytes:
         """The artifact's bytes; given a reference, checked against its size and sha256."""
-        with self.open(ref_or_url) as f:
+        with self.open(ref_or_url) as f, self._backend(_url_of(ref_or_url)):
             data: bytes = f.read()
         if isinstance(ref_or_url, dict):
             _check(ref_or_url, len(data), hashlib.sha256(data).hexdigest())
@@ -319,22 +346,27 @@ class ArtifactStore:
             raise BadInput("verify needs a reference (a dict with artifact, size and sha256)")
         digest = hashlib.sha256()
         size = 0
-        with self.open(ref) as f:
+        with self.open(ref) as f, self._backend(_url_of(ref)):
             for chunk in _chunks(f):
                 digest.update(chunk)
                 size += len(chunk)
         _check(ref, size, digest.hexdigest())
 
     def exists(self, ref_or_url: Ref | str) -> bool:
-        return bool(self.fs.isfile(self._resolve(ref_or_url)))
+        path = self._resolve(ref_or_url)
+        self._fresh(path)
+        with self._backend(_url_of(ref_or_url)):
+            return bool(self.fs.isfile(path))
 
     def list(self, namespace: str) -> list[Ref]:
         """Artifacts directly in a namespace (not nested ones), by name: artifact URL, name and size.
 
         No sha256: that would mean reading every artifact; keep the references put_* returned."""
         directory = f"{self._root_path}/{safe_namespace(namespace)}"
+        self._fresh(directory)
         try:
-            entries = self.fs.ls(directory, detail=True)
+            with self._backend(directory):
+                entries = self.fs.ls(directory, detail=True)
         except (FileNotFoundError, NotADirectoryError):
             return []
         refs: list[Ref] = []
@@ -352,10 +384,13 @@ class ArtifactStore:
     def delete(self, ref_or_url: Ref | str) -> bool:
         """Remove an artifact; False when there was none."""
         path = self._resolve(ref_or_url)
-        try:
-            self.fs.rm_file(path)
-        except FileNotFoundError:
-            return False
+        with self._backend(_url_of(ref_or_url)):
+            if self._object_store and not self.exists(ref_or_url):
+                return False  # an object store deletes a missing key without a word
+            try:
+                self.fs.rm_file(path)
+            except FileNotFoundError:
+                return False
         return True
 
 
