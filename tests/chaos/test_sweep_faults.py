@@ -9,11 +9,11 @@ import hashlib
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 from conftest import accepted_successes, kill_group, live_workers, start_coordinator, stop_coordinator, wait_for
+from testtasks import steps_done
 
 import clusterai
 from clusterai import State
@@ -22,13 +22,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 
 CHECKPOINT_EVERY = 2
 STEPS = 8
-
-
-def _steps_done(log: Path) -> list[tuple[int, int, int]]:
-    """(job, step, attempt) for every step a trial really computed."""
-    if not log.exists():
-        return []
-    return [tuple(int(x) for x in line.split()) for line in log.read_text().splitlines()]  # type: ignore[misc]
 
 
 @pytest.mark.timeout(180)
@@ -43,7 +36,7 @@ def test_sigkill_a_worker_mid_sweep(config_factory, start_cluster, tmp_path, mon
 
     def a_trial_past_its_first_checkpoint():
         running = [j for j in client.list(state="running", task="test.train_steps", limit=10) if j.worker]
-        done = {job for job, step, _ in _steps_done(log) if step > CHECKPOINT_EVERY}
+        done = {job for job, step, _ in steps_done(log) if step > CHECKPOINT_EVERY}
         return next((j for j in running if j.id in done), None)
 
     victim_job = wait_for(a_trial_past_its_first_checkpoint, 60, "a trial to pass its first checkpoint")
@@ -62,7 +55,7 @@ def test_sigkill_a_worker_mid_sweep(config_factory, start_cluster, tmp_path, mon
     assert all(j.state == State.SUCCEEDED and accepted_successes(j) == 1 for j in jobs.values())
     lost = [j for j in jobs.values() if any(a.outcome and a.outcome.value == "lost" for a in j.attempts)]
     assert victim_job.id in {j.id for j in lost}, "the killed worker's trial should be recorded as lost"
-    steps = _steps_done(log)
+    steps = steps_done(log)
     for job in lost:
         dead, rerun = job.attempts[0], job.attempts[-1]
         assert rerun.worker != victim_job.worker or rerun.started_at > killed_at

@@ -6,25 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import start_coordinator, stop_coordinator
+from test_cli import run_cli
 
 from clusterai.store.open import open_store
-
-SUPPORT = Path(__file__).resolve().parents[1] / "support"
-
-
-def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(SUPPORT), "COLUMNS": "200"}
-    env.pop("CLUSTERAI_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "clusterai.cli.main", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

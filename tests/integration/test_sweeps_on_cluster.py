@@ -5,18 +5,12 @@ and the PyTorch trainer runs as a sweep's objective."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from testtasks import steps_done
 
 pytestmark = [pytest.mark.cluster]
-
-
-def _steps(log: Path) -> list[tuple[int, int, int]]:
-    if not log.exists():
-        return []
-    return [tuple(int(x) for x in line.split()) for line in log.read_text().splitlines()]  # type: ignore[misc]
 
 
 @pytest.mark.timeout(150)
@@ -38,7 +32,7 @@ def test_median_pruning_stops_poor_trials_on_the_workers(config_factory, start_c
         assert t["steps"] < 10
         job = client.get(t["job_id"])
         assert job.state.value == "succeeded" and job.result["stopped"].startswith("median stopping")
-        assert max(s for j, s, _ in _steps(log) if j == t["job_id"]) < 10
+        assert max(s for j, s, _ in steps_done(log) if j == t["job_id"]) < 10
     assert status["best"]["params"]["x"] == 0.3
 
 
@@ -50,13 +44,13 @@ def test_a_cancelled_sweep_resumes_from_its_checkpoints(config_factory, start_cl
     started = client.sweep("test.train_steps", {"x": {"uniform": [0, 1]}, "path": str(log), "steps": 10,
                                                 "checkpoint_every": 2, "pace": 0.2},
                            trials=4, sampler={"kind": "random", "seed": 5}, metric="score", concurrency=2)
-    wait_for(lambda: sum(1 for _, s, _ in _steps(log) if s >= 4) >= 2, 60, "two trials past step 4")
+    wait_for(lambda: sum(1 for _, s, _ in steps_done(log) if s >= 4) >= 2, 60, "two trials past step 4")
     cancelled = client.sweeps.cancel(started["id"])
     assert cancelled["state"] == "cancelled"
     stopped = [t for t in cancelled["trials"] if t["state"] == "cancelled"]
     assert stopped, "the running trials are cancelled with the sweep"
     time.sleep(1.0)
-    checkpointed = {t["job_id"]: max(s for j, s, _ in _steps(log) if j == t["job_id"]) // 2 * 2 for t in stopped}
+    checkpointed = {t["job_id"]: max(s for j, s, _ in steps_done(log) if j == t["job_id"]) // 2 * 2 for t in stopped}
 
     resumed = client.sweeps.resume(started["id"])
     assert resumed["state"] == "running"

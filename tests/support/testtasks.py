@@ -143,3 +143,11 @@ def train_steps(path: str, x: float, steps: int = 8, checkpoint_every: int = 2, 
         if (step + 1) % checkpoint_every == 0:
             trial.checkpoint({"step": step + 1}, step=step + 1)
     return {"score": -((x - 0.3) ** 2), "steps": steps, "resumed_from": start}
+
+
+def steps_done(log: str | Path) -> list[tuple[int, int, int]]:
+    """(job, step, attempt) for every step test.train_steps really computed."""
+    path = Path(log)
+    if not path.exists():
+        return []
+    return [(int(a), int(b), int(c)) for a, b, c in (line.split() for line in path.read_text().splitlines())]
