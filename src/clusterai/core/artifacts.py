@@ -383,14 +383,14 @@ class ArtifactStore:
 
     def delete(self, ref_or_url: Ref | str) -> bool:
         """Remove an artifact; False when there was none."""
+        if self._object_store and not self.exists(ref_or_url):
+            return False  # an object store deletes a missing key without a word
         path = self._resolve(ref_or_url)
-        with self._backend(_url_of(ref_or_url)):
-            if self._object_store and not self.exists(ref_or_url):
-                return False  # an object store deletes a missing key without a word
-            try:
+        try:
+            with self._backend(_url_of(ref_or_url)):
                 self.fs.rm_file(path)
-            except FileNotFoundError:
-                return False
+        except FileNotFoundError:
+            return False
         return True
 
 

@@ -11,6 +11,7 @@ from clusterai.core.chunks import chunked
 from clusterai.core.model import CountPoint, Job, JobSpec, RunRecord, State
 from clusterai.errors import RunNotFound
 from clusterai.store.sql_events import job_events
+from clusterai.store.sql_where import listing_where
 
 _RUN_COLUMNS = "id, name, spec, input, state, fresh, problems, owner, created_at, updated_at, finished_at"
 _COUNT_COLUMNS = "job_id, camera, frame, video_time, at, total, left_to_right, right_to_left"
@@ -50,16 +51,7 @@ class PipelineTables:
 
     def list_runs(self, *, name: str | None = None, state: str | None = None, limit: int = 50,
                   before_id: int | None = None) -> list[RunRecord]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("name", name), ("state", state)):
-            if value is not None:
-                where.append(f"{column}=?")
-                params.append(value)
-        if before_id is not None:
-            where.append("id<?")
-            params.append(before_id)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = listing_where((("name", name), ("state", state)), before_id)
         rows = self._read(f"SELECT {_RUN_COLUMNS} FROM pipeline_runs {clause} ORDER BY id DESC LIMIT ?",
                           (*params, limit))
         return [_row_to_run(r) for r in rows]

@@ -12,6 +12,7 @@ from clusterai.core.chunks import chunked
 from clusterai.core.model import Job, JobSpec
 from clusterai.core.trials import ModelVersion, SweepRecord, TrialRecord
 from clusterai.errors import RegistryNotFound, StoreUnavailable, SweepNotFound
+from clusterai.store.sql_where import listing_where
 
 _SWEEP_COLUMNS = "id, name, spec, state, owner, created_at, updated_at, finished_at, best, note"
 _TRIAL_COLUMNS = "sweep_id, number, params, job_id, state, created_at, value, note, finished_at"
@@ -61,17 +62,8 @@ class SweepTables:
 
     def list_sweeps(self, *, state: str | None = None, owner: str | None = None, limit: int = 50,
                     before_id: int | None = None) -> list[SweepRecord]:
-        where: list[str] = ["1=1"]
-        params: list[Any] = []
-        for column, value in (("state", state), ("owner", owner)):
-            if value is not None:
-                where.append(f"{column}=?")
-                params.append(value)
-        if before_id is not None:
-            where.append("id<?")
-            params.append(before_id)
-        rows = self._read(f"SELECT {_SWEEP_COLUMNS} FROM sweeps WHERE {' AND '.join(where)} ORDER BY id DESC"
-                          " LIMIT ?", (*params, limit))
+        clause, params = listing_where((("state", state), ("owner", owner)), before_id)
+        rows = self._read(f"SELECT {_SWEEP_COLUMNS} FROM sweeps {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
         return [_sweep(r) for r in rows]
 
     def active_sweeps(self) -> list[int]:
