@@ -12,6 +12,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from clusterai.core.keep_alive import keep_alive_seconds
 from clusterai.core.media_policy import SourcePolicy
 from clusterai.core.pipelines import Pipeline
 from clusterai.errors import BadInput, ConfigError
@@ -163,6 +164,14 @@ class BackendSection(_Section):
         "model servers do); openai: an OpenAI-compatible server only (vLLM, llama.cpp, LM Studio)")
     token_env: str | None = Field(None, description="environment variable holding the bearer token to send")
     max_concurrency: int = Field(4, ge=1, le=10_000, description="requests in flight at once on this backend")
+    memory: int | None = Field(None, ge=1, description="bytes its models may take (GPU or unified memory); "
+                               "with it the gateway knows which models fit beside the loaded ones. A number of "
+                               "bytes or a size such as 24GiB")
+
+    @pydantic.field_validator("memory", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
 
     @pydantic.field_validator("url")
     @classmethod
@@ -173,6 +182,46 @@ class BackendSection(_Section):
 
 
 HEAD_BACKEND = "head"  # the backend of the models the head serves itself (gateway.serve)
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '24GiB', '512MB', '1.5 GB' or a plain number."""
+    import re
+
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = found.group(2).lower() if found else ""
+    if found is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size such as 24GiB, 512MB or a number of bytes")
+    return int(float(found.group(1)) * _SIZE_UNITS[unit])
+
+
+class ModelPlacementSection(_Section):
+    """Where the gateway keeps one model: on how many backends, loaded for how long."""
+
+    replicas: int = Field(1, ge=0, le=1000, description="backends that keep it (pulled there when missing, on "
+                          "the backends with the most free memory)")
+    keep_alive: str | float | None = Field(None, description="how long backends keep it loaded, pinned: it "
+                                           "overrides what clients send (Ollama's form: '30m', seconds, a negative "
+                                           "number for good, 0 to unload after each request)")
+    preload: bool = Field(False, description="load it when a backend joins, and keep `replicas` of it loaded")
+    pull: bool = Field(True, description="pull it onto backends that lack it until `replicas` have it (backends "
+                       "that cannot pull, such as clusterai's model servers, are skipped)")
+
+    @pydantic.field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            try:
+                keep_alive_seconds(value)
+            except BadInput as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def keep_alive_seconds(self) -> float | None:
+        return None if self.keep_alive is None else keep_alive_seconds(self.keep_alive)
 
 
 class GatewaySection(_Section):
@@ -185,6 +234,10 @@ class GatewaySection(_Section):
     health_interval: float = Field(5.0, gt=0, description="seconds between model lists (/api/tags) per backend")
     attempts: int = Field(2, ge=1, le=10, description="backends tried before the first byte reaches the client")
     worker_concurrency: int = Field(2, ge=1, le=10_000, description="requests at once on a worker's model server")
+    models: dict[str, ModelPlacementSection] = Field(default_factory=dict, description="per model: replicas, "
+                                                     "a pinned keep_alive, preload")
+    cold_load_wait: float = Field(5.0, ge=0, le=3600, description="seconds a request waits for a busy backend that "
+                                  "has its model loaded before it takes a free one that must load it first")
     open_inference: bool = Field(False, description="inference without a token from loopback and open_networks "
                                  "(a trusted network only); the API must then listen on loopback or one of them")
     open_networks: list[str] = Field(default_factory=list, description="CIDRs whose clients need no token, "

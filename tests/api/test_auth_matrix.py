@@ -96,6 +96,10 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
                                                "/api/show", "/v1/chat/completions", "/v1/completions",
                                                "/v1/embeddings", "/api/v1/generate")},
     **{("GET", path): ALL for path in ("/api/tags", "/api/ps", "/api/version", "/v1/models", "/api/v1/models")},
+    # the model fleet changes what the backends hold: operators only (an inference token cannot pull or delete)
+    **{("POST", path): OPERATORS for path in ("/api/pull", "/api/copy", "/api/create", "/api/v1/models/load",
+                                              "/api/v1/models/unload")},
+    ("DELETE", "/api/delete"): OPERATORS,
     # the dashboard: its page (a redirect to the login without a session), the login and its assets
     ("GET", "/"): None,
     ("GET", "/login"): None,
@@ -253,6 +257,10 @@ def fill(api: Api, method: str, path: str, role: str | None) -> dict[str, Any]:
         body = {"node": "matrix-node"}
     elif (method, path) == ("PUT", "/api/v1/autoscale"):
         body = {"enabled": False}
+    elif path in ("/api/pull", "/api/delete", "/api/create", "/api/v1/models/load", "/api/v1/models/unload"):
+        body = {"model": "matrix-model"}
+    elif path == "/api/copy":
+        body = {"source": "matrix-model", "destination": "matrix-copy"}
     elif (method, path) == ("POST", "/login"):
         body = {"token": api.tokens["viewer"]}
     elif (method, path) == ("POST", "/api/v1/dlq/requeue"):

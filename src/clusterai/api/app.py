@@ -38,6 +38,7 @@ from clusterai.api.routes import (
     system,
     workers,
 )
+from clusterai.api.routes import fleet as fleet_routes
 from clusterai.api.routes import gateway as gateway_routes
 from clusterai.api.routes import (
     registry as registry_routes,
@@ -179,6 +180,7 @@ def create_app(
                    counts, system, docs, dashboard):
         app.include_router(module.router)
     app.include_router(gateway_routes.router)
+    app.include_router(fleet_routes.router)
     _declare_bearer_auth(app)
     app.add_middleware(gateway_routes.InferenceFastPath)  # innermost: inside the limits and the counting
     app.add_middleware(AuditAndCount, store=store, registry=registry)

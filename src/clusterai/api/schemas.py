@@ -163,3 +163,51 @@ def submission_schema() -> dict[str, Any]:
     batch = {"title": "BatchRequest", "type": "object", "additionalProperties": False, "required": ["jobs"],
              "properties": {"jobs": {"type": "array", "minItems": 1, "maxItems": 100_000, "items": job}}}
     return {"oneOf": [job, batch]}
+
+
+# -- the model fleet (Ollama's management endpoints on the gateway, and load/unload) -------------
+
+BackendNames = Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=1000)]
+
+
+class _FleetBody(_Body):
+    """Ollama's requests name the model `model` (older clients: `name`); `backends` (clusterai's)
+    chooses where, by backend name."""
+
+    model: str | None = Field(None, min_length=1, max_length=300)
+    name: str | None = Field(None, min_length=1, max_length=300)
+    backends: BackendNames | None = Field(None, description="backend names; default: the gateway chooses")
+
+    @property
+    def model_name(self) -> str:
+        found = self.model or self.name
+        if not found:
+            raise RequestInvalid([{"field": "model", "message": "'model' is required"}])
+        return found
+
+
+class PullRequest(_FleetBody):
+    replicas: int | None = Field(None, ge=1, le=1000, description="pull onto this many backends, those with the "
+                                 "most free memory (default: gateway.models' replicas, else every Ollama backend)")
+    stream: bool = True
+    insecure: bool = False
+
+
+class DeleteRequest(_FleetBody):
+    pass
+
+
+class CopyRequest(_Body):
+    source: str = Field(min_length=1, max_length=300)
+    destination: str = Field(min_length=1, max_length=300)
+    backends: BackendNames | None = None
+
+
+class LoadRequest(_FleetBody):
+    replicas: int | None = Field(None, ge=1, le=1000, description="load on this many of the backends that have it")
+    keep_alive: str | float | None = Field(None, description="Ollama's form: '30m', seconds, a negative number "
+                                           "for good (default: gateway.models' pin, else the backend's default)")
+
+
+class UnloadRequest(_FleetBody):
+    pass

@@ -93,6 +93,8 @@ class ApiServer:
                 raise ConfigError(f"api: cannot listen on {self.host}:{self.port} (address in use or not "
                                   "available); choose another with --api-port or api.port")
             await asyncio.sleep(0.02)
+        if self.context.gateway is not None:
+            self.context.gateway.start()
         return self.url
 
     async def _serve(self) -> None:

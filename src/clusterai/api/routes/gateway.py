@@ -202,13 +202,11 @@ async def tags(request: Request, principal: Principal = Depends(LISTS)) -> dict[
                         "backends": [b["name"] for b in m["backends"]]} for m in gw.models()]}
 
 
-@router.get("/api/ps", summary="Ollama: the models loaded on some backend")
+@router.get("/api/ps", summary="Ollama: the models loaded on some backend, where, and until when")
 async def ps(request: Request, principal: Principal = Depends(LISTS)) -> dict[str, Any]:
     gw = gateway(request)
     await gw.fresh()
-    return {"models": [{"name": m["model"], "model": m["model"],
-                        "backends": [b["name"] for b in m["backends"] if b["loaded"]]}
-                       for m in gw.models() if any(b["loaded"] for b in m["backends"])]}
+    return {"models": gw.fleet.ps()}
 
 
 @router.get("/api/version", summary="Ollama: version")

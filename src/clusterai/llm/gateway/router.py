@@ -1,8 +1,11 @@
-"""Which backend serves a live request: model-aware first (a backend with the model loaded, else
-one that has it, never one that lacks it), then the fewer requests in flight of two picked at
-random (power of two choices), under a per-backend cap and a circuit breaker (the placement
-plane's). When every eligible backend is busy the request waits in a bounded queue, highest
-priority first; a full queue, or a wait past its timeout, is a 503 with Retry-After.
+"""Which backend serves a live request. Never one that lacks the model; first one that has it loaded
+and not about to expire (the fewest requests in flight among those); when all of those are busy the
+request waits for one up to `cold_load_wait`, because loading a model elsewhere costs seconds and
+evicts what that backend held. Past that, or when no backend holds it, a free one that must load it:
+the least busy, then one whose free memory fits the model, then the one with the most free memory.
+Each backend has a cap on requests in flight and a circuit breaker (the placement plane's). When no
+backend can take the request it waits in a bounded queue, highest priority first; a full queue, or
+a wait past its timeout, is a 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -10,17 +13,35 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import random
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from clusterai.errors import BackendsBusy, ModelNotFound
 from clusterai.placement.breaker import BreakerState, CircuitBreaker
 
 AFFINITY_SESSIONS = 10_000
+EXPIRY_MARGIN = 10.0  # seconds: a model due to unload sooner than this is not counted as loaded
+
+
+@dataclass
+class ModelStats:
+    """One model on one backend, as the gateway saw it."""
+
+    requests: int = 0
+    warm: int = 0  # requests that found it loaded (the cache hits)
+    cold_loads: int = 0
+    load_seconds: float = 0.0  # over the cold loads whose answer said how long the load took
+    timed_loads: int = 0
+    inference_seconds: float = 0.0  # request to last byte, over `answered`
+    answered: int = 0
+    tokens: int = 0
+    token_seconds: float = 0.0
 
 
 @dataclass(eq=False)
@@ -34,7 +55,13 @@ class Backend:
     inflight: int = 0
     models: frozenset[str] = frozenset()  # what it has
     loaded: frozenset[str] = frozenset()  # what it holds in memory now (Ollama's /api/ps)
+    expires: dict[str, float] = field(default_factory=dict)  # loaded model -> when it unloads (epoch; inf: never)
+    loaded_sizes: dict[str, int] = field(default_factory=dict)  # loaded model -> bytes it takes (/api/ps)
     described: dict[str, dict[str, Any]] = field(default_factory=dict)  # its /api/tags entries, by name
+    memory: int | None = None  # bytes its models may take, when known
+    version: str = ""  # what its /api/version says (clusterai's model servers: clusterai-...)
+    stats: dict[str, ModelStats] = field(default_factory=dict)  # by model
+    busy_with: Counter[str] = field(default_factory=Counter)  # requests in flight, by model: loading or loaded
     checked_at: float = 0.0
     reachable: bool = False
     requests: int = 0
@@ -49,6 +76,64 @@ class Backend:
 
     def holds(self, model: str) -> bool:
         return model in self.loaded or _base(model) in {_base(m) for m in self.loaded}
+
+    def _loaded_name(self, model: str) -> str | None:
+        for m in self.loaded:
+            if m == model or _base(m) == _base(model):
+                return m
+        return None
+
+    def warm(self, model: str, now: float) -> bool:
+        """Loaded, and not due to unload within EXPIRY_MARGIN."""
+        name = self._loaded_name(model)
+        return name is not None and self.expires.get(name, math.inf) - now > EXPIRY_MARGIN
+
+    def free_memory(self) -> int | None:
+        if self.memory is None:
+            return None
+        return self.memory - sum(self.loaded_sizes.values())
+
+    def fits(self, size: int | None) -> bool:
+        free = self.free_memory()
+        return free is None or size is None or size <= free
+
+    def size_of(self, model: str) -> int | None:
+        entry = self.described.get(model) or self.described.get(f"{_base(model)}:latest") or \
+            self.described.get(_base(model))
+        size = entry.get("size") if entry else None
+        return size if isinstance(size, int) else None
+
+    def model_stats(self, model: str) -> ModelStats:
+        return self.stats.setdefault(_base(model), ModelStats())
+
+    def note_loaded(self, model: str, until: float) -> None:
+        """What the gateway expects after sending it a request for the model, until its next /api/ps
+        says: loaded until `until`; when its memory is known, the least recently used models it can
+        no longer hold beside it are taken out."""
+        name = self._loaded_name(model) or model
+        size = self.loaded_sizes.get(name) or self.size_of(model) or 0
+        expires = {m: t for m, t in self.expires.items() if m != name}
+        sizes = {m: b for m, b in self.loaded_sizes.items() if m != name}
+        loaded = [m for m in self.loaded if m != name]
+        if until <= time.time():
+            self.loaded, self.expires, self.loaded_sizes = frozenset(loaded), expires, sizes
+            return
+        if self.memory is not None:
+            loaded.sort(key=lambda m: expires.get(m, math.inf))
+            while loaded and sum(sizes.get(m, 0) for m in loaded) + size > self.memory:
+                gone = loaded.pop(0)
+                expires.pop(gone, None)
+                sizes.pop(gone, None)
+        expires[name] = until
+        sizes[name] = size
+        self.loaded, self.expires, self.loaded_sizes = frozenset([*loaded, name]), expires, sizes
+
+
+def iso_time(epoch: float) -> str:
+    """An epoch as Ollama writes times (UTC, ending in Z); never (inf) as the last second of 9999."""
+    if math.isinf(epoch):
+        return "9999-12-31T23:59:59Z"
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _base(model: str) -> str:
@@ -82,37 +167,52 @@ class Router:
         speaks OpenAI's too, and the gateway translates Ollama's for OpenAI-only servers)."""
         return [b for b in self.backends if b.has(model)]
 
-    def pick(self, model: str, *, session: str | None = None, exclude: Iterable[Backend] = ()) -> Backend | None:
-        """A backend free now, or None (all busy or out of rotation). NoBackend if none has it."""
+    def pick(self, model: str, *, session: str | None = None, exclude: Iterable[Backend] = (),
+             patient: bool = False) -> Backend | None:
+        """A backend free now, or None (all busy or out of rotation; or, when `patient`, every backend
+        that holds the model busy). ModelNotFound if none has it."""
         excluded = set(exclude)
         having = [b for b in self.candidates(model) if b not in excluded]
         if not having:
             known = sorted({m for b in self.backends for m in b.models})
             raise ModelNotFound(f"model '{model}' not found on any backend; models: {', '.join(known) or 'none'}")
         now = time.time()
-        free = [b for b in having if b.inflight < b.max_concurrency and b.breaker.allows(now)]
-        if not free:
-            return None
+        usable = [b for b in having if b.breaker.allows(now)]
+        free = [b for b in usable if b.inflight < b.max_concurrency]
         if session is not None:
             sticky = self._sessions.get(session)
             for b in free:
                 if b.name == sticky:
                     return b
-        loaded = [b for b in free if b.holds(model)]
-        pool = loaded or free
+        warm = [b for b in usable if b.warm(model, now)]
+        warm_free = [b for b in warm if b in free]
+        if warm_free:
+            return self._least_busy(warm_free)
+        if not free or (warm and patient):
+            return None
+        size = next((s for b in having if (s := b.size_of(model)) is not None), None)
+        return min(free, key=lambda b: (b.inflight / b.max_concurrency, not b.holds(model), not b.fits(size),
+                                        -(b.free_memory() or 0), self.rng.random()))
+
+    def _least_busy(self, pool: list[Backend]) -> Backend:
         if len(pool) == 1:
             return pool[0]
-        a, b = self.rng.sample(pool, 2)
-        return a if a.inflight <= b.inflight else b
+        return min(pool, key=lambda b: (b.inflight / b.max_concurrency, self.rng.random()))
 
     async def acquire(self, model: str, *, session: str | None = None, priority: int = 0,
-                      exclude: Iterable[Backend] = ()) -> Backend:
+                      exclude: Iterable[Backend] = (), cold_load_wait: float = 0.0) -> Backend:
+        """A backend for the request, waiting when none can take it; up to `cold_load_wait` seconds of
+        that wait is for a busy backend that holds the model rather than a free one that must load it."""
         excluded = list(exclude)
-        deadline = time.monotonic() + self.queue_timeout
+        started = time.monotonic()
+        deadline = started + self.queue_timeout
+        seq = next(self._seq)  # its place in the queue, kept across wake-ups
         while True:
-            backend = self.pick(model, session=session, exclude=excluded)
+            patience = cold_load_wait - (time.monotonic() - started)
+            backend = self.pick(model, session=session, exclude=excluded, patient=patience > 0)
             if backend is not None:
                 self._take(backend, session)
+                backend.busy_with[_base(model)] += 1
                 return backend
             if self.queued >= self.queue_size:
                 raise BackendsBusy(f"every backend with model '{model}' is busy and the queue is full "
@@ -121,12 +221,13 @@ class Router:
             if left <= 0:
                 raise BackendsBusy(f"no backend with model '{model}' came free within {self.queue_timeout:g} s",
                                  retry_after=self._retry_after())
-            waiter = _Waiter(-priority, next(self._seq), asyncio.get_running_loop().create_future())
+            waiter = _Waiter(-priority, seq, asyncio.get_running_loop().create_future())
             heapq.heappush(self._waiting, waiter)
+            wait = min(left, 1.0, patience) if patience > 0 else min(left, 1.0)
             try:
-                await asyncio.wait_for(asyncio.shield(waiter.future), timeout=min(left, 1.0))
+                await asyncio.wait_for(asyncio.shield(waiter.future), timeout=wait)
             except asyncio.TimeoutError:
-                pass  # look again: a breaker's cooldown may have ended without anyone releasing
+                pass  # look again: a breaker's cooldown, or the patience, may have ended without a release
             finally:
                 if not waiter.future.done():
                     waiter.future.cancel()
@@ -141,23 +242,28 @@ class Router:
             while len(self._sessions) > AFFINITY_SESSIONS:
                 self._sessions.popitem(last=False)
 
-    def release(self, backend: Backend, ok: bool | None) -> None:
-        """The request is over: `ok` False counts against the backend's breaker, None not at all
-        (the client went away, or sent a bad request)."""
+    def release(self, backend: Backend, ok: bool | None, model: str | None = None) -> None:
+        """The request (for `model`, when it came through acquire) is over: `ok` False counts against
+        the backend's breaker, None not at all (the client went away, or sent a bad request)."""
         backend.inflight -= 1
+        if model is not None:
+            backend.busy_with[_base(model)] -= 1
+            if backend.busy_with[_base(model)] <= 0:
+                del backend.busy_with[_base(model)]
         if ok is None:
             backend.breaker.abandon_trial()
         else:
             backend.breaker.record(ok, time.time())
             backend.errors += 0 if ok else 1
-        self._wake_one()
+        self._wake_all()
 
-    def _wake_one(self) -> None:
-        while self._waiting:
-            waiter = heapq.heappop(self._waiting)
+    def _wake_all(self) -> None:
+        """Every waiter looks again, highest priority first (they resume in this order): the freed
+        backend may hold one waiter's model and not another's, so waking one could wake the wrong one."""
+        waiting, self._waiting = sorted(self._waiting), []
+        for waiter in waiting:
             if not waiter.future.done():
                 waiter.future.set_result(None)
-                return
 
     def _retry_after(self) -> float:
         now = time.time()

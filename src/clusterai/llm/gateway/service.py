@@ -2,24 +2,34 @@
 /v1/models; never a generation), forwards a request to the backend the router picks, and
 passes the answer through as it arrives. A backend that fails before the first byte reached the
 client is left for another; once bytes flowed, an error ends the stream the protocol's way.
+
+A model's keep_alive pinned in gateway.models replaces the one an Ollama request carries. Each
+answer is counted per model and backend: whether the model had to be loaded first (the answer's
+load_duration says so when the backend is Ollama's kind; else whether the gateway knew it loaded),
+the load's seconds, the request's seconds and the tokens generated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import aiohttp
 
 from clusterai.config import GatewaySection
-from clusterai.errors import GatewayRefused, ModelNotFound, UpstreamFailed
-from clusterai.llm.gateway.router import Backend, Router
+from clusterai.core.keep_alive import keep_alive_seconds
+from clusterai.errors import BadInput, GatewayRefused, ModelNotFound, UpstreamFailed
+from clusterai.llm.gateway.fleet import Fleet
+from clusterai.llm.gateway.router import Backend, ModelStats, Router, iso_time
 from clusterai.llm.gateway.translate import (
     TRANSLATED,
     StreamToNdjson,
@@ -33,6 +43,9 @@ from clusterai.placement.breaker import BreakerState, CircuitBreaker
 
 log = logging.getLogger("clusterai.llm.gateway")
 PASSED_HEADERS = ("content-type",)
+OLLAMA_KEEP_ALIVE = 300.0  # Ollama's default: what a backend does with a request that names none
+COLD_LOAD_SECONDS = 0.05  # a load_duration past this was a load from disk, not a model already in memory
+KEEP_ALIVE_PATHS = ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings")
 
 
 @dataclass
@@ -52,13 +65,17 @@ class Gateway:
         self.worker_slots = worker_slots  # the coordinator's live registry: workers that serve models
         backends = [Backend(name=b.name, url=b.url, kind=b.kind,
                             token=os.environ.get(b.token_env) if b.token_env else None,
-                            max_concurrency=b.max_concurrency,
+                            max_concurrency=b.max_concurrency, memory=b.memory,
                             breaker=CircuitBreaker(failures=settings.breaker.failures,
                                                    cooldown=settings.breaker.cooldown))
                     for b in settings.backends]
         self.router = Router(backends, queue_size=settings.queue_size, queue_timeout=settings.queue_timeout)
         self._http: aiohttp.ClientSession | None = None
         self._refreshing: asyncio.Task[None] | None = None
+        self._rechecks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_checked: list[Callable[[Backend, bool], None]] = []  # (backend, it just became reachable)
+        self.fleet = Fleet(self)
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -68,9 +85,16 @@ class Gateway:
             self._http = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=1000))
         return self._http
 
+    def start(self) -> None:
+        """Begin keeping gateway.models' placement (the API server calls this once it runs)."""
+        self.fleet.start()
+
     async def close(self) -> None:
+        await self.fleet.stop()
         if self._refreshing is not None:
             self._refreshing.cancel()
+        for task in [*self._rechecks.values(), *self._tasks]:
+            task.cancel()
         if self._http is not None:
             await self._http.close()
 
@@ -101,6 +125,7 @@ class Gateway:
     async def fresh(self) -> None:
         """Make sure the model lists are no older than the health interval (the first call waits;
         later ones refresh in the background)."""
+        self.fleet.start()
         self._sync_workers()
         now = time.time()
         stale = [b for b in self.router.backends if now - b.checked_at >= self.settings.health_interval]
@@ -116,8 +141,16 @@ class Gateway:
     async def _check(self, backends: list[Backend]) -> None:
         await asyncio.gather(*(self._check_one(b) for b in backends))
 
+    def recheck(self, backend: Backend) -> None:
+        """Read the backend's model lists again now, in the background (after it loaded, pulled or
+        dropped a model: what it holds changed)."""
+        running = self._rechecks.get(backend.name)
+        if running is None or running.done():
+            self._rechecks[backend.name] = asyncio.create_task(self._check_one(backend))
+
     async def _check_one(self, backend: Backend) -> None:
         try:
+            loaded: dict[str, dict[str, Any]] = {}
             if backend.kind == "ollama":
                 tags = await self._get_json(backend, "/api/tags")
                 entries = [m for m in tags.get("models", []) if isinstance(m, dict)]
@@ -125,18 +158,31 @@ class Gateway:
                 backend.described = {str(m.get("model") or m.get("name")): m for m in entries}
                 try:
                     ps = await self._get_json(backend, "/api/ps")
-                    loaded = {m.get("model") or m.get("name") for m in ps.get("models", [])}
+                    loaded = {str(m.get("model") or m.get("name")): m for m in ps.get("models", [])
+                              if isinstance(m, dict) and (m.get("model") or m.get("name"))}
                 except aiohttp.ClientResponseError:
-                    loaded = set()
+                    pass
             else:
                 listed = await self._get_json(backend, "/v1/models")
                 models = {m.get("id") for m in listed.get("data", [])}
-                loaded = set()
             backend.models = frozenset(m for m in models if m)
-            backend.loaded = frozenset(m for m in loaded if m)
-            if not backend.reachable:
+            # a model whose requests are in flight is loading or loaded, whatever /api/ps said
+            # while it was loading (Ollama lists a model once it is loaded)
+            kept = {m: (backend.expires.get(m, math.inf), backend.loaded_sizes.get(m, 0))
+                    for m in backend.loaded if backend.busy_with.get(m.removesuffix(":latest")) and m not in loaded}
+            backend.loaded = frozenset(loaded) | frozenset(kept)
+            backend.expires = {name: _epoch(m.get("expires_at")) for name, m in loaded.items()} | \
+                {m: until for m, (until, _) in kept.items()}
+            backend.loaded_sizes = {name: int(m["size"]) if isinstance(m.get("size"), int) else 0
+                                    for name, m in loaded.items()} | {m: size for m, (_, size) in kept.items()}
+            joined = not backend.reachable
+            if joined and backend.kind == "ollama":
+                self._background(self._learn_version(backend))
+            if joined:
                 log.info("backend %s is reachable: %s", backend.name, ", ".join(sorted(backend.models)))
             backend.reachable = True
+            for listener in self.on_checked:
+                listener(backend, joined)
             if backend.breaker.state(time.time()) is BreakerState.HALF_OPEN and not backend.inflight:
                 # after the cooldown a good health check is the trial; during it, it does not
                 # count (a server can list its models while every generation fails)
@@ -147,6 +193,19 @@ class Gateway:
             backend.reachable = False
             backend.breaker.record(False, time.time())
         backend.checked_at = time.time()
+
+    async def _learn_version(self, backend: Backend) -> None:
+        """Which server it is (clusterai's model servers manage no models): asked aside from the
+        health check, which a server slow to say its version must not fail."""
+        try:
+            backend.version = str((await self._get_json(backend, "/api/version")).get("version", ""))
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):
+            backend.version = ""
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
 
     async def _get_json(self, backend: Backend, path: str) -> dict[str, Any]:
         async with self.http.get(f"{backend.url}{path}", headers=self._auth(backend),
@@ -164,13 +223,33 @@ class Gateway:
         return {}
 
     def models(self) -> list[dict[str, Any]]:
-        """Every model, and on which backends it is (and is loaded)."""
-        names = sorted({m for b in self.router.backends for m in b.models})
-        return [{"model": name,
-                 "backends": [{"name": b.name, "url": b.url, "kind": b.kind, "loaded": b.holds(name),
-                               "breaker": b.breaker.state(time.time()).value, "in_flight": b.inflight}
-                              for b in self.router.backends if b.has(name)]}
-                for name in names]
+        """Every model: where it is, whether loaded there and until when, what gateway.models asks for
+        it, and what the gateway counted (requests, cold loads, the share that found it loaded,
+        tokens/s), per backend and in all."""
+        now = time.time()
+        names = sorted({m for b in self.router.backends for m in b.models} |
+                       {m for m in self.settings.models if any(b.reachable for b in self.router.backends)})
+        listed = []
+        for name in names:
+            placement = self.settings.models.get(self._placement_name(name))
+            rows, total = [], ModelStats()
+            for b in self.router.backends:
+                if not b.has(name):
+                    continue
+                stats = b.stats.get(name.removesuffix(":latest"), ModelStats())
+                _add(total, stats)
+                until = next((t for m, t in b.expires.items() if m == name or m.removesuffix(":latest") ==
+                              name.removesuffix(":latest")), math.inf) if b.holds(name) else None
+                rows.append({"name": b.name, "url": b.url, "kind": b.kind, "loaded": b.holds(name),
+                             "expires_at": None if until is None else iso_time(until),
+                             "expiring": until is not None and until - now <= 60.0,
+                             "breaker": b.breaker.state(now).value, "in_flight": b.inflight,
+                             **_summary(stats)})
+            listed.append({"model": name, "replicas": placement.replicas if placement else None,
+                           "keep_alive": placement.keep_alive if placement else None,
+                           "preload": placement.preload if placement else False,
+                           "loaded_on": sum(1 for r in rows if r["loaded"]), "backends": rows, **_summary(total)})
+        return listed
 
     def backends(self) -> list[dict[str, Any]]:
         now = time.time()
@@ -194,6 +273,10 @@ class Gateway:
         await self.fresh()
         started = time.perf_counter()
         fields = parsed if parsed is not None else json.loads(body or b"{}") if protocol == "ollama" else {}
+        keep = self._keep_alive(model, fields if protocol == "ollama" else {})
+        if protocol == "ollama" and path in KEEP_ALIVE_PATHS and self.pinned(model) is not None:
+            fields = {**fields, "keep_alive": self.settings.models[self._placement_name(model)].keep_alive}
+            body = json.dumps(fields).encode()
         # Ollama's "load this model" (an empty prompt): an OpenAI server would generate for it
         loading = protocol == "ollama" and path in ("/api/generate", "/api/chat") and \
             loads_only(fields, path == "/api/chat")
@@ -212,18 +295,21 @@ class Gateway:
         for _ in range(self.settings.attempts):
             try:
                 backend = await self.router.acquire(model, session=session, priority=priority,
-                                                    exclude=tried + skipped)
+                                                    exclude=tried + skipped,
+                                                    cold_load_wait=self.settings.cold_load_wait)
             except ModelNotFound:
                 if skipped and any(b.has(model) for b in skipped):
                     raise GatewayRefused(f"{untranslatable} (every backend with model '{model}' speaks OpenAI's "
                                   "API only)") from None
                 raise
+            held = backend.holds(model)
+            backend.note_loaded(model, time.time() + keep)
             converting = protocol == "ollama" and backend.kind == "openai"
             if converting and path == "/api/show":
-                self.router.release(backend, None)
+                self.router.release(backend, None, model)
                 return _shown(backend)
             if converting and loading:
-                self.router.release(backend, None)
+                self.router.release(backend, None, model)
                 return _loaded(backend, model, path == "/api/chat", stream)
             if converting:
                 assert translated is not None
@@ -242,14 +328,16 @@ class Gateway:
                                                           time.perf_counter() - started)).encode()
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
                 # ValueError: an OpenAI answer that is not what the protocol says (nothing was sent yet)
-                self.router.release(backend, ok=False)
+                self.router.release(backend, False, model)
+                self.recheck(backend)
                 tried.append(backend)
                 last = f"{backend.name}: {type(exc).__name__}: {exc}"
                 log.warning("backend %s failed before answering: %s", backend.name, exc)
                 continue
             if response.status >= 500:
                 response.release()
-                self.router.release(backend, ok=False)
+                self.router.release(backend, False, model)
+                self.recheck(backend)
                 tried.append(backend)
                 last = f"{backend.name}: HTTP {response.status}: {content[:300].decode(errors='replace')}"
                 continue
@@ -264,17 +352,66 @@ class Gateway:
                 took = time.perf_counter() - started
                 backend.first_byte_seconds += took
                 backend.answered += 1
-                _count(backend, content[-4096:], took)
+                self._count(backend, model, held, content[-4096:], took)
                 response.release()
-                self.router.release(backend, ok)
+                self.router.release(backend, ok, model)
                 return Answer(response.status, headers, content=content)
             convert = StreamToNdjson(path, model, started) if converting else None
             return Answer(response.status, headers,
-                          stream=self._relay(response, backend, protocol, ok, started, convert))
+                          stream=self._relay(response, backend, protocol, ok, started, convert, (model, held)))
         raise UpstreamFailed(f"every backend tried failed before answering ({last})")
 
+    # -- where models are kept ------------------------------------------------------------------
+
+    def _placement_name(self, model: str) -> str:
+        for name in (model, model.removesuffix(":latest"), f"{model}:latest"):
+            if name in self.settings.models:
+                return name
+        return model
+
+    def pinned(self, model: str) -> float | None:
+        """The keep_alive (seconds) gateway.models pins for the model; None when clients choose."""
+        placement = self.settings.models.get(self._placement_name(model))
+        return None if placement is None else placement.keep_alive_seconds
+
+    def _keep_alive(self, model: str, fields: dict[str, Any]) -> float:
+        """How long the backend will keep the model after this request."""
+        pinned = self.pinned(model)
+        if pinned is not None:
+            return pinned
+        if fields.get("keep_alive") is not None:
+            try:
+                return keep_alive_seconds(fields["keep_alive"])
+            except BadInput:
+                return OLLAMA_KEEP_ALIVE  # the backend will refuse it and say why
+        return OLLAMA_KEEP_ALIVE
+
+    def _count(self, backend: Backend, model: str, held: bool, tail: bytes, elapsed: float) -> None:
+        """One answer, on the backend and on the model there: tokens, seconds, and whether it was a
+        cold load (then: the load's seconds, and read the backend's lists again, as it may have
+        dropped another model to make room)."""
+        usage = usage_of(tail, elapsed)
+        backend.tokens += usage.tokens
+        backend.token_seconds += usage.seconds if usage.tokens else 0.0
+        stats = backend.model_stats(model)
+        stats.requests += 1
+        stats.answered += 1
+        stats.inference_seconds += elapsed
+        stats.tokens += usage.tokens
+        stats.token_seconds += usage.seconds if usage.tokens else 0.0
+        cold = usage.load_seconds >= COLD_LOAD_SECONDS if usage.load_seconds is not None else not held
+        if cold:
+            stats.cold_loads += 1
+            if usage.load_seconds is not None:
+                stats.load_seconds += usage.load_seconds
+                stats.timed_loads += 1
+            self.recheck(backend)
+        else:
+            stats.warm += 1
+
     async def _relay(self, response: aiohttp.ClientResponse, backend: Backend, protocol: str,
-                     ok: bool | None, started: float, convert: StreamToNdjson | None = None) -> AsyncIterator[bytes]:
+                     ok: bool | None, started: float, convert: StreamToNdjson | None = None,
+                     counted: tuple[str, bool] | None = None) -> AsyncIterator[bytes]:
         outcome = ok
         tail = b""
         first = True
@@ -296,7 +433,8 @@ class Gateway:
                 if convert.failed:
                     outcome = False
                 yield end
-            _count(backend, tail, time.perf_counter() - started)
+            if counted is not None:
+                self._count(backend, counted[0], counted[1], tail, time.perf_counter() - started)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             outcome = False
             log.warning("backend %s broke off a stream: %s", backend.name, exc)
@@ -312,7 +450,19 @@ class Gateway:
                 response.release()  # read to its end: the connection goes back to the pool
             else:
                 response.close()  # a broken or abandoned answer: drop the connection (the backend stops)
-            self.router.release(backend, outcome)
+            self.router.release(backend, outcome, counted[0] if counted else None)
+
+
+def _add(total: ModelStats, more: ModelStats) -> None:
+    for name in vars(total):
+        setattr(total, name, getattr(total, name) + getattr(more, name))
+
+
+def _summary(stats: ModelStats) -> dict[str, Any]:
+    return {"requests": stats.requests, "cold_loads": stats.cold_loads,
+            "cache_hit_rate": round(stats.warm / stats.requests, 4) if stats.requests else None,
+            "tokens_per_second": round(stats.tokens / stats.token_seconds, 2) if stats.token_seconds else None,
+            "load_seconds": round(stats.load_seconds / stats.timed_loads, 3) if stats.timed_loads else None}
 
 
 def _loaded(backend: Backend, model: str, chat: bool, stream: bool) -> Answer:
@@ -330,15 +480,16 @@ def _shown(backend: Backend) -> Answer:
                   content=json.dumps(body).encode())
 
 
-def _count(backend: Backend, tail: bytes, elapsed: float) -> None:
-    generated, seconds = usage_of(tail, elapsed)
-    backend.tokens += generated
-    backend.token_seconds += seconds if generated else 0.0
+@dataclass(frozen=True)
+class Usage:
+    tokens: int = 0
+    seconds: float = 0.0  # generating them
+    load_seconds: float | None = None  # loading the model first, when the answer says
 
 
-def usage_of(tail: bytes, elapsed: float) -> tuple[int, float]:
-    """Tokens generated and the seconds they took, from the end of an answer: Ollama's last frame
-    (eval_count, eval_duration) or OpenAI's usage (timed here); (0, 0) when it says nothing."""
+def usage_of(tail: bytes, elapsed: float) -> Usage:
+    """What the end of an answer says: Ollama's last frame (eval_count, eval_duration,
+    load_duration) or OpenAI's usage (timed here); nothing when it says nothing."""
     for line in reversed(tail.decode(errors="replace").splitlines()):
         text = line.removeprefix("data: ").strip()
         if not text.startswith("{"):
@@ -347,12 +498,37 @@ def usage_of(tail: bytes, elapsed: float) -> tuple[int, float]:
             frame = json.loads(text)
         except ValueError:
             continue
+        if not isinstance(frame, dict):
+            continue
+        loading = frame.get("load_duration")
+        load_seconds = loading / 1e9 if isinstance(loading, (int, float)) and not isinstance(loading, bool) else None
         if isinstance(frame.get("eval_count"), int):
-            return frame["eval_count"], float(frame.get("eval_duration") or 0) / 1e9 or elapsed
+            return Usage(frame["eval_count"], float(frame.get("eval_duration") or 0) / 1e9 or elapsed, load_seconds)
         usage = frame.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            return usage["completion_tokens"], elapsed
-    return 0, 0.0
+            return Usage(usage["completion_tokens"], elapsed)
+        if load_seconds is not None:
+            return Usage(0, 0.0, load_seconds)
+    return Usage()
+
+
+def _epoch(expires_at: Any) -> float:
+    """Ollama's expires_at (ISO 8601, nanoseconds and a zone offset) as seconds since the epoch; a
+    date past the year 2200 (Ollama's way to say never) or none at all: never."""
+    if not isinstance(expires_at, str) or not expires_at:
+        return math.inf
+    text = expires_at.replace("Z", "+00:00")
+    head, dot, rest = text.partition(".")
+    if dot:  # Python reads at most microseconds
+        digits = "".join(itertools.takewhile(str.isdigit, rest))
+        text = f"{head}.{digits[:6]}{rest[len(digits):]}"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return math.inf
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return math.inf if moment.year >= 2200 else moment.timestamp()
 
 
 def _sse(protocol: str, content_type: str) -> bool:
