@@ -24,7 +24,7 @@ from clusterai.cli.common import (
 )
 from clusterai.cli.head import join, join_code, scheduler, serve_model, worker
 from clusterai.cli.logline import logline_app
-from clusterai.cli.models import models
+from clusterai.cli.models import models_app
 from clusterai.cli.pipelines import counts, pipeline_app
 from clusterai.cli.sweeps import registry_app, sweep_app
 from clusterai.cli.tokens import audit, token_app
@@ -57,7 +57,7 @@ app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(sweep_app, name="sweep")
 app.add_typer(registry_app, name="registry")
 app.command("counts")(counts)
-app.command("models")(models)
+app.add_typer(models_app, name="models")
 app.command("audit")(audit)
 app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                         "help_option_names": []})(worker)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import json
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,58 @@ class RemoteClient:
         """The LLM gateway's models and backends (GET /api/v1/models)."""
         result: dict[str, Any] = self._call("GET", "/api/v1/models")
         return result
+
+    # -- the model fleet (an operator's token) ----------------------------------------------------
+
+    def pull_model(self, model: str, *, backends: Sequence[str] | None = None,
+                   replicas: int | None = None) -> Iterator[dict[str, Any]]:
+        """Pull onto the gateway's backends (the chosen ones, `replicas` by free memory, or all);
+        yields the progress lines as they come, the last one success or the error."""
+        body: dict[str, Any] = {"model": model}
+        if backends:
+            body["backends"] = list(backends)
+        if replicas is not None:
+            body["replicas"] = replicas
+        try:
+            with self._http.stream("POST", "/api/pull", json=body, timeout=httpx.Timeout(60.0, read=3600.0)) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    _raise_for(r)
+                for line in r.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach the clusterai API at {self.url}: {exc}") from None
+
+    def delete_model(self, model: str, *, backends: Sequence[str] | None = None) -> dict[str, Any]:
+        return self._fleet("DELETE", "/api/delete", {"model": model, "backends": list(backends) if backends else None})
+
+    def loaded_models(self) -> builtins.list[dict[str, Any]]:
+        """Ollama's /api/ps across the backends: each model loaded somewhere, where, until when."""
+        return list(self._call("GET", "/api/ps")["models"])
+
+    def load_model(self, model: str, *, backends: Sequence[str] | None = None, replicas: int | None = None,
+                   keep_alive: str | float | None = None) -> dict[str, Any]:
+        return self._fleet("POST", "/api/v1/models/load", {"model": model, "replicas": replicas,
+                                                           "keep_alive": keep_alive,
+                                                           "backends": list(backends) if backends else None})
+
+    def unload_model(self, model: str, *, backends: Sequence[str] | None = None) -> dict[str, Any]:
+        return self._fleet("POST", "/api/v1/models/unload",
+                           {"model": model, "backends": list(backends) if backends else None})
+
+    def _fleet(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A fleet call's answer: which backends did it and which failed (an answer of 502 says some
+        failed; it is returned, not raised, so that the caller sees both)."""
+        try:
+            response = self._http.request(method, path, json={k: v for k, v in body.items() if v is not None},
+                                          timeout=3600.0)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach the clusterai API at {self.url}: {exc}") from None
+        if response.status_code == 502 and "failed" in response.json():
+            return dict(response.json())
+        _raise_for(response)
+        return dict(response.json())
 
     def close(self) -> None:
         self._http.close()
