@@ -259,3 +259,27 @@ def test_models_the_head_serves_are_checked_for_their_form_and_name() -> None:
     assert "expected NAME=PATH or NAME=pkg:MODULE" in config_error({"gateway": {"serve": ["minilm"]}})
     taken = config_error({"gateway": {"serve": ["m=/models/m"], "backends": [{"name": "head", "url": "http://x:1"}]}})
     assert "the backend name 'head' is taken by the models of gateway.serve" in taken
+
+
+def test_the_model_fleets_settings() -> None:
+    config = parse_config({"gateway": {
+        "backends": [{"name": "a", "url": "http://a:11434", "memory": "24GiB"},
+                     {"name": "b", "url": "http://b:11434", "memory": 8_000_000_000}],
+        "models": {"llama3.2": {"replicas": 2, "keep_alive": -1, "preload": True}, "qwen3": {"keep_alive": "30m"}},
+        "cold_load_wait": 2}})
+    assert [b.memory for b in config.gateway.backends] == [24 * 2**30, 8_000_000_000]
+    assert config.gateway.models["llama3.2"].keep_alive_seconds == float("inf")
+    assert config.gateway.models["qwen3"].keep_alive_seconds == 1800 and config.gateway.models["qwen3"].replicas == 1
+    assert ClusterConfig().gateway.models == {} and ClusterConfig().gateway.cold_load_wait == 5.0
+
+
+@pytest.mark.parametrize(("gateway", "where"), [
+    ({"models": {"m": {"keep_alive": "5x"}}}, "gateway.models.m.keep_alive"),
+    ({"models": {"m": {"replicas": -1}}}, "gateway.models.m.replicas"),
+    ({"models": {"m": {"pin": True}}}, "gateway.models.m.pin"),
+    ({"backends": [{"name": "a", "url": "http://a", "memory": "lots"}]}, "gateway.backends.0.memory"),
+    ({"cold_load_wait": -1}, "gateway.cold_load_wait"),
+])
+def test_bad_model_fleet_settings_say_where(gateway: dict, where: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(where)):
+        parse_config({"gateway": gateway})

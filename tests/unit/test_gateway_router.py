@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import pytest
 
@@ -103,3 +104,66 @@ def test_a_wait_past_the_timeout_is_overloaded() -> None:
             await r.acquire("m")
 
     asyncio.run(scenario())
+
+
+def test_a_backend_holding_the_model_is_waited_for_before_a_cold_load_elsewhere() -> None:
+    async def scenario() -> tuple[str, float, str, float]:
+        warm, cold = backend("warm", {"m"}, loaded={"m"}, cap=1), backend("cold", {"m"}, cap=1)
+        r = router(warm, cold, timeout=5)
+        held = await r.acquire("m")
+        assert held is warm
+        started = time.monotonic()
+        asyncio.get_running_loop().call_later(0.1, r.release, held, True)
+        waited = await r.acquire("m", cold_load_wait=2.0)  # warm came free within the patience
+        first = (waited.name, time.monotonic() - started)
+        started = time.monotonic()
+        spilled = await r.acquire("m", cold_load_wait=0.2)  # warm still busy: past the patience, the cold one
+        return first[0], first[1], spilled.name, time.monotonic() - started
+
+    name, took, spilled, spill_took = asyncio.run(scenario())
+    assert name == "warm" and took < 1.0
+    assert spilled == "cold" and 0.15 <= spill_took < 1.5
+
+
+def test_a_model_about_to_expire_is_not_counted_as_loaded() -> None:
+    now = time.time()
+    soon, later = backend("soon", {"m"}, loaded={"m"}), backend("later", {"m"}, loaded={"m"})
+    soon.expires, later.expires = {"m": now + 2}, {"m": now + 600}
+    r = router(soon, later)
+    assert all(r.pick("m") is later for _ in range(20))
+    later.inflight = later.max_concurrency
+    assert r.pick("m", patient=True) is None  # wait for the one that keeps it
+    assert r.pick("m") is soon  # not patient: the one about to expire still has it, better than loading
+
+
+def test_a_release_wakes_the_waiter_that_can_use_the_backend() -> None:
+    async def scenario() -> str:
+        a, b = backend("a", {"m1"}, cap=1), backend("b", {"m2"}, cap=1)
+        r = router(a, b, timeout=5)
+        held_a, held_b = await r.acquire("m1"), await r.acquire("m2")
+        first = asyncio.create_task(r.acquire("m1", priority=5))  # waits for a
+        second = asyncio.create_task(r.acquire("m2"))  # waits for b
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        r.release(held_b, ok=True)  # b frees: the m2 waiter gets it at once, though m1's waiter ranks higher
+        got = await asyncio.wait_for(second, 0.5)
+        assert time.monotonic() - started < 0.5
+        r.release(held_a, ok=True)
+        await first
+        return got.name
+
+    assert asyncio.run(scenario()) == "b"
+
+
+def test_free_memory_decides_among_cold_backends_and_evicts_in_the_local_view() -> None:
+    full, roomy = backend("full", {"big", "other"}, loaded={"other"}), backend("roomy", {"big"})
+    full.memory, roomy.memory = 10, 10
+    full.loaded_sizes = {"other": 8}
+    full.described = roomy.described = {"big": {"size": 6}}
+    r = router(full, roomy)
+    assert full.free_memory() == 2 and not full.fits(6) and roomy.fits(6)
+    assert all(r.pick("big") is roomy for _ in range(10))
+    full.note_loaded("big", time.time() + 60)  # it loaded there anyway: "other" cannot stay beside it
+    assert full.loaded == {"big"} and full.free_memory() == 4
+    full.note_loaded("big", time.time() - 1)  # keep_alive 0: gone after the request
+    assert full.loaded == frozenset()
