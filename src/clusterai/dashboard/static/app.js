@@ -267,10 +267,54 @@ async function refreshCounts() {
 
 // -- the LLM gateway's backends ------------------------------------------------------------------
 
+const NONE = "\u2014";  // an em dash: not configured, or nothing measured yet
+
+function ago(at) {  // an ISO time ahead as "in 4 min"; kept for good (9999-12-31, or Ollama's own far future): "kept"
+  const ms = Date.parse(at) - Date.now();
+  if (Number.isNaN(ms)) return "?";
+  if (ms > 100 * 365 * 86400e3) return "kept";
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `in ${s} s`;
+  if (s < 3600) return `in ${Math.round(s / 60)} min`;
+  return s < 86400 ? `in ${fmt(s / 3600)} h` : `in ${fmt(s / 86400)} d`;
+}
+
+function placed(m) {  // where the model is loaded: one mark per backend, expiring ones flagged
+  const cell = el("span", null, {class: "where"});
+  const loaded = m.backends.filter((b) => b.loaded);
+  for (const b of loaded) {
+    const until = b.expires_at ? ago(b.expires_at) : null;
+    const text = `${b.name}${b.expiring ? ` expiring${until ? ` ${until}` : ""}` : until ? ` (${until})` : ""}`;
+    cell.append(el("span", text, {class: b.expiring ? "backend expiring" : "backend", "data-backend": b.name,
+                                  "data-state": b.expiring ? "expiring" : "loaded",
+                                  title: b.expires_at ? `loaded on ${b.name} until ${b.expires_at}` : `loaded on ${b.name}`}));
+  }
+  const idle = m.backends.filter((b) => !b.loaded).map((b) => b.name).join(", ");  // they have it, not loaded
+  if (!loaded.length) cell.append(el("span", idle ? `not loaded (on ${idle})` : "not loaded", {class: "hint"}));
+  else if (idle) cell.append(el("span", `also on ${idle}`, {class: "hint"}));
+  return cell;
+}
+
+function rate(value) { return value === null || value === undefined ? NONE : `${fmt(value * 100, 0)} %`; }
+
 async function refreshModels() {
-  const {backends, queued} = await api("/api/v1/models");
+  const {models, backends, queued} = await api("/api/v1/models");
   document.getElementById("models-queued").textContent =
     backends.length ? `${queued} requests waiting for a free backend` : "no model servers: see gateway.backends and --serve-model";
+  fillRows("fleet-table", (models || []).map((m) => {
+    const asked = m.replicas === null || m.replicas === undefined ? NONE : m.replicas;
+    const r = row([m.model, asked, placed(m), m.cold_loads, rate(m.cache_hit_rate),
+                   m.tokens_per_second === null || m.tokens_per_second === undefined ? NONE : fmt(m.tokens_per_second),
+                   m.requests]);
+    if (asked !== NONE) {
+      const keep = m.keep_alive === null || m.keep_alive === undefined ? "the backend's default" : m.keep_alive;
+      r.children[1].title = `gateway.models: ${plural(m.replicas, "replica")}${m.preload ? ", preloaded" : ""}, keep_alive ${keep}`;
+    }
+    r.children[2].className = "wrap";
+    r.dataset.model = m.model;
+    r.dataset.loadedOn = m.loaded_on;
+    return r;
+  }));
   fillRows("models-table", backends.map((b) => {
     const models = b.models.map((m) => (b.loaded.includes(m) ? `${m}*` : m)).join(", ");
     const r = row([b.name, b.kind, b.reachable ? "yes" : "no", b.breaker, `${b.in_flight}/${b.max_concurrency}`, models,
