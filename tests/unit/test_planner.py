@@ -409,7 +409,9 @@ def test_the_given_order_wins_over_priority():
 def test_fetch_limit_counts_free_rooms_of_ready_workers():
     slots = [make_slot("a", nthreads=2), make_slot("b", nthreads=1, calls=1),
              make_slot("c", nthreads=4, status="draining"), make_slot("d", nthreads=4, status="joining")]
-    assert planner().fetch_limit(slots) == (3 + 1) * 1 + 16
+    # rooms: 3 on a, 1 on b (both with the one a worker may prefetch into); but enough to tell
+    # whether the queue is deep: a's 2 idle rooms and 2 per ready worker
+    assert planner().fetch_limit(slots) == max(3 + 1, 2 + 2 * 2) + 16
 
 
 def test_fetch_limit_scales_with_the_largest_learnt_batch():
@@ -431,17 +433,27 @@ def test_fetch_limit_is_zero_when_no_ready_worker_has_room(slots):
     assert planner().fetch_limit(slots) == 0
 
 
-@pytest.mark.parametrize(
-    "slot",
-    [
-        make_slot("a", nthreads=1, calls=1, long_calls=1),  # nothing waits behind a long batch
-        make_slot("a", nthreads=1, calls=1, isolated=True),  # running a suspect job alone
-    ],
-    ids=["long batch running", "isolated"],
-)
-def test_fetch_limit_is_zero_when_the_only_worker_takes_nothing_more(slot):
-    assert not slot.has_room(True) and not slot.has_room(False)
+def test_fetch_limit_is_zero_when_the_only_worker_takes_nothing_more():
+    slot = make_slot("a", nthreads=1, calls=1, isolated=True)  # running a suspect job alone
+    assert not slot.has_room(True) and not slot.has_room(False) and not slot.has_room(False, prefetch=True)
     assert planner().fetch_limit([slot]) == 0
+
+
+def test_a_job_waits_behind_a_long_one_only_when_the_queue_is_deep():
+    def busy():
+        return make_slot("a", nthreads=1, calls=1, jobs=1, long_calls=1)
+
+    assert not busy().has_room(True) and busy().has_room(False, prefetch=True)
+    p = planner()
+    p.observe("unit.t", 5.0)  # long: one job per batch
+    assert p.fetch_limit([busy()]) == 0 + 2 * 1 + 16  # enough rows to tell whether the queue is deep
+    shallow = p.plan(make_jobs(1), [busy()], NOW)
+    assert shallow.batches == []  # one job: it may yet go to a worker that frees up first
+    slot = busy()
+    deep = p.plan(make_jobs(2), [slot], NOW)
+    assert [len(b.jobs) for b in deep.batches] == [1] and slot.calls == 2  # the next one waits on the worker
+    full = p.plan(make_jobs(5), [slot], NOW)
+    assert full.batches == []  # one waiting per worker, never more
 
 
 # -- spreading within one plan ---------------------------------------------------------------------
@@ -466,3 +478,10 @@ def test_dask_choice_spreads_within_one_plan():
     slots = [make_slot("a", nthreads=4), make_slot("b", nthreads=4)]
     plan = Planner({}, make_strategy("dask")).plan(make_jobs(2), slots, NOW)
     assert sorted(placed(plan).values()) == ["a", "b"]
+
+
+def test_short_jobs_never_wait_behind_a_long_one_however_deep_the_queue():
+    long_busy = make_slot("a", nthreads=1, calls=1, jobs=1, long_calls=1)
+    p = planner()
+    p.observe("unit.t", SHORT_SECONDS / 10)  # short: batched, and no prefetch behind a long job
+    assert p.plan(make_jobs(500), [long_busy], NOW).batches == []

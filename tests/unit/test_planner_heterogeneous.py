@@ -29,12 +29,13 @@ def test_the_last_jobs_wait_for_the_fast_worker():
 
 
 def test_the_slow_worker_takes_a_job_once_the_fast_backlog_is_longer():
-    _, slow, result = plan("least_loaded", 20)
-    assert [b.slot for b in result.batches] == [slow]
-    # fast finishes the next job in 0.2 s, +0.1 s for each one held for it; slow takes 1.0 s:
-    # jobs 1..8 wait for fast (0.2 .. 0.9 s), job 9 would finish no sooner there (1.0 s)
-    assert result.batches[0].jobs[0].id == 9
-    assert [i for i, why in result.waiting.items() if "faster worker (fast)" in why] == list(range(1, 9))
+    fast, slow, result = plan("least_loaded", 20)
+    # 20 jobs for 2 workers: the queue is deep, so each worker may hold one job waiting; fast's
+    # next job (1) waits on fast. Fast finishes the next ones in 0.2 s, +0.1 s for each held for
+    # it; slow takes 1.0 s: jobs 2..8 wait for fast, job 9 would finish no sooner there (1.0 s);
+    # job 20 waits on slow behind job 9 (done at 2.0 s, as soon as fast would after 10..19)
+    assert [(b.slot, b.jobs[0].id) for b in result.batches] == [(fast, 1), (slow, 9), (slow, 20)]
+    assert [i for i, why in result.waiting.items() if "faster worker (fast)" in why] == [*range(2, 9), *range(10, 20)]
 
 
 def test_hybrid_with_load_waits_too_and_round_robin_never_does():

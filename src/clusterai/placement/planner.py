@@ -13,6 +13,7 @@ from clusterai.placement.slots import Constraints, WorkerSlot
 from clusterai.placement.strategies import PriorityReserve, Strategy
 
 SHORT_SECONDS = 0.05  # a task faster than this may be prefetched and batched
+DEEP_QUEUE = 2  # ready jobs beyond the free rooms, per worker, from which every worker prefetches one
 
 
 class Batch:
@@ -96,12 +97,14 @@ class Planner:
         return self.duration.get(task, float("inf")) < SHORT_SECONDS
 
     def fetch_limit(self, slots: Sequence[WorkerSlot]) -> int:
-        """About as many jobs as the free rooms can take: rows that stay queued are wasted work."""
-        rooms = sum(max(0, s.capacity + 1 - s.calls) for s in slots if s.has_room(True))
+        """About as many jobs as the free rooms can take (a room each worker may prefetch into
+        included): rows that stay queued are wasted work. At least enough to tell whether the
+        queue is deep, so that a full fetch always is."""
+        rooms = _rooms(slots, prefetch=True)
         if rooms == 0:
             return 0
         per_room = max((self.size_for(t) for t in self.duration), default=1)
-        return rooms * per_room + 16
+        return max(rooms * per_room, _deep(slots)) + 16
 
     def plan(self, jobs: Sequence[Job], slots: Sequence[WorkerSlot], now: float,
              version: int | None = None) -> Plan:
@@ -112,9 +115,11 @@ class Planner:
             self._version = version
         plan = Plan()
         open_batch: dict[tuple[object, ...], Batch] = {}
-        free_rooms = sum(max(0, s.capacity + 1 - s.calls) for s in slots if s.has_room(True))
         reasons: dict[tuple[object, ...], str] = {}
         idle_slots = sum(max(0, s.capacity - s.calls) for s in slots if s.status == "ready")
+        # a queue deep enough that each worker's next job is certain: each may hold one waiting
+        prefetch = len(jobs) >= _deep(slots)
+        free_rooms = _rooms(slots, prefetch)
         virtual: dict[str, float] = {}  # seconds of held-back work counted against busy workers
         for job in jobs:
             c = Constraints.of(job)
@@ -126,7 +131,9 @@ class Planner:
                 continue
             short = self.is_short(job.task)
             strategy = self.strategy_for(job.queue)
-            candidates = self.candidates_for(job, c, slots, short, now, strategy)
+            # only a long job is prefetched: a short one queued behind a long job would wait for
+            # it while other workers get through hundreds like it (short ones have their own rule)
+            candidates = self.candidates_for(job, c, slots, short, now, strategy, prefetch and not short)
             self._fill_latency(job.task, candidates)
             for keep in getattr(strategy, "filters", ()):
                 if isinstance(keep, PriorityReserve):
@@ -163,7 +170,7 @@ class Planner:
         return plan
 
     def candidates_for(self, job: Job, c: Constraints, slots: Sequence[WorkerSlot], short: bool,
-                       now: float, strategy: Strategy) -> list[WorkerSlot]:
+                       now: float, strategy: Strategy, prefetch: bool = False) -> list[WorkerSlot]:
         key = (c.key, job.queue, job.task)
         eligible = self._eligible.get(key)
         if eligible is None:
@@ -171,14 +178,15 @@ class Planner:
             if self._version is not None:
                 self._eligible[key] = eligible
         if len(eligible) > self.sample_size and getattr(strategy, "samples", False):
-            picked = self.candidates(job, c, self.rng.sample(eligible, self.sample_size), short, now, True)
+            picked = self.candidates(job, c, self.rng.sample(eligible, self.sample_size), short, now, True,
+                                     prefetch)
             if picked:
                 return picked
-        return self.candidates(job, c, eligible, short, now, True)
+        return self.candidates(job, c, eligible, short, now, True, prefetch)
 
     @staticmethod
     def candidates(job: Job, c: Constraints, slots: Sequence[WorkerSlot], short: bool,
-                   now: float, eligible: bool = False) -> list[WorkerSlot]:
+                   now: float, eligible: bool = False, prefetch: bool = False) -> list[WorkerSlot]:
         """The workers that may take the job now; `eligible`: they are known to meet its hard
         constraints already (this runs once per decision, so it skips what it can)."""
         suspect = job.lost_count > 0
@@ -190,7 +198,7 @@ class Planner:
                 # nothing joins it there: if it is poison, it takes no innocent job down with it
                 if s.status != "ready" or s.isolated or s.calls:
                     continue
-            elif not s.has_room(short):
+            elif not s.has_room(short, prefetch):
                 continue
             if s.breaker.opened_at is not None and not s.breaker.allows(now):
                 continue
@@ -210,7 +218,9 @@ class Planner:
         eligible = self._eligible.get((c.key, job.queue, job.task))
         if mine is None or eligible is None or len(eligible) > self.sample_size * 4:
             return None
-        finish_here = mine / max(1, chosen.capacity) + virtual.get(chosen.address, 0.0)
+        # a prefetch room is behind what the worker runs: the job starts when one of those ends
+        ahead = max(0, chosen.jobs + 1 - chosen.capacity)
+        finish_here = (ahead + 1) * mine / max(1, chosen.capacity) + virtual.get(chosen.address, 0.0)
         best, best_finish = None, finish_here
         for s in eligible:
             lat = s.latency.get(job.task)
@@ -258,3 +268,13 @@ class Planner:
         if not any(s.fits_now(c) for s in able):
             return f"waiting for free resources {dict(c.requires)} on a matching worker"
         return "every worker that can run it is busy"
+
+
+def _rooms(slots: Sequence[WorkerSlot], prefetch: bool) -> int:
+    return sum(max(0, s.capacity + 1 - s.calls) for s in slots if s.has_room(True, prefetch))
+
+
+def _deep(slots: Sequence[WorkerSlot]) -> int:
+    """Ready jobs from which the queue counts as deep: the idle rooms, and DEEP_QUEUE per worker."""
+    ready = [s for s in slots if s.status == "ready"]
+    return sum(max(0, s.capacity - s.calls) for s in ready) + DEEP_QUEUE * len(ready)

@@ -66,11 +66,13 @@ class WorkerSlot:
     def capacity(self) -> int:
         return self.concurrency or self.nthreads
 
-    def has_room(self, short: bool) -> bool:
+    def has_room(self, short: bool, prefetch: bool = False) -> bool:
         # One batch of known-short jobs may wait on the worker while another short batch runs,
-        # so the worker is never idle between replies. Nothing waits behind a long job, and a
-        # long job never waits behind anything: both would leave another worker idle.
-        limit = self.capacity + (1 if short and self.long_calls == 0 else 0)
+        # so the worker is never idle between replies. Otherwise nothing waits behind a long job,
+        # and a long job waits behind nothing: either could leave another worker idle. Unless the
+        # queue is deep (`prefetch`, for long jobs): then every worker will be busy anyway, and one
+        # long job waiting on each saves the round trip to the head between two long jobs.
+        limit = self.capacity + (1 if prefetch or (short and self.long_calls == 0) else 0)
         return self.status == "ready" and not self.isolated and self.calls < limit
 
     @property
