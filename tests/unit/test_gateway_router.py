@@ -167,3 +167,15 @@ def test_free_memory_decides_among_cold_backends_and_evicts_in_the_local_view() 
     assert full.loaded == {"big"} and full.free_memory() == 4
     full.note_loaded("big", time.time() - 1)  # keep_alive 0: gone after the request
     assert full.loaded == frozenset()
+
+
+def test_without_its_memory_a_backend_holds_as_many_models_as_it_was_seen_to():
+    b = backend("b", {"m1", "m2", "m3"}, loaded={"m1"})
+    b.note_loaded("m2", time.time() + 60)
+    assert b.loaded == {"m1", "m2"}  # never seen holding any: no guess
+    b.loaded, b.expires, b.most_loaded = frozenset({"m1"}), {"m1": time.time() + 30}, 1
+    b.note_loaded("m2", time.time() + 60)
+    assert b.loaded == {"m2"}  # it was only ever seen with one: m1 made room
+    b.most_loaded = 2
+    b.note_loaded("m3", time.time() + 90)
+    assert b.loaded == {"m2", "m3"}

@@ -59,6 +59,7 @@ class Backend:
     loaded_sizes: dict[str, int] = field(default_factory=dict)  # loaded model -> bytes it takes (/api/ps)
     described: dict[str, dict[str, Any]] = field(default_factory=dict)  # its /api/tags entries, by name
     memory: int | None = None  # bytes its models may take, when known
+    most_loaded: int = 0  # the most models /api/ps ever showed at once: what it holds when memory is not known
     version: str = ""  # what its /api/version says (clusterai's model servers: clusterai-...)
     stats: dict[str, ModelStats] = field(default_factory=dict)  # by model
     busy_with: Counter[str] = field(default_factory=Counter)  # requests in flight, by model: loading or loaded
@@ -108,8 +109,8 @@ class Backend:
 
     def note_loaded(self, model: str, until: float) -> None:
         """What the gateway expects after sending it a request for the model, until its next /api/ps
-        says: loaded until `until`; when its memory is known, the least recently used models it can
-        no longer hold beside it are taken out."""
+        says: loaded until `until`; the models it can no longer hold beside it (by its memory, else
+        by the most it was seen to hold at once) are taken out, those due to expire first."""
         name = self._loaded_name(model) or model
         size = self.loaded_sizes.get(name) or self.size_of(model) or 0
         expires = {m: t for m, t in self.expires.items() if m != name}
@@ -118,12 +119,18 @@ class Backend:
         if until <= time.time():
             self.loaded, self.expires, self.loaded_sizes = frozenset(loaded), expires, sizes
             return
-        if self.memory is not None:
-            loaded.sort(key=lambda m: expires.get(m, math.inf))
-            while loaded and sum(sizes.get(m, 0) for m in loaded) + size > self.memory:
-                gone = loaded.pop(0)
-                expires.pop(gone, None)
-                sizes.pop(gone, None)
+        loaded.sort(key=lambda m: expires.get(m, math.inf))
+        memory = self.memory
+
+        def full() -> bool:
+            if memory is not None:
+                return sum(sizes.get(m, 0) for m in loaded) + size > memory
+            return 0 < self.most_loaded <= len(loaded)  # as many as it was seen to hold; none seen: no guess
+
+        while loaded and full():
+            gone = loaded.pop(0)
+            expires.pop(gone, None)
+            sizes.pop(gone, None)
         expires[name] = until
         sizes[name] = size
         self.loaded, self.expires, self.loaded_sizes = frozenset([*loaded, name]), expires, sizes

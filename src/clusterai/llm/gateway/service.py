@@ -171,6 +171,7 @@ class Gateway:
             kept = {m: (backend.expires.get(m, math.inf), backend.loaded_sizes.get(m, 0))
                     for m in backend.loaded if backend.busy_with.get(m.removesuffix(":latest")) and m not in loaded}
             backend.loaded = frozenset(loaded) | frozenset(kept)
+            backend.most_loaded = max(backend.most_loaded, len(loaded))
             backend.expires = {name: _epoch(m.get("expires_at")) for name, m in loaded.items()} | \
                 {m: until for m, (until, _) in kept.items()}
             backend.loaded_sizes = {name: int(m["size"]) if isinstance(m.get("size"), int) else 0
