@@ -78,7 +78,7 @@ class Fleet:
         return sorted(pool, key=key)
 
     def replicas(self, model: str) -> int | None:
-        placement = self.gateway.settings.models.get(self.gateway._placement_name(model))
+        placement = self.gateway.settings.models.get(self.gateway.placement_name(model))
         return None if placement is None else placement.replicas
 
     def pull_targets(self, model: str, backends: Sequence[str] | None, replicas: int | None) -> list[Backend]:
@@ -182,7 +182,7 @@ class Fleet:
             yield {"status": "success", **summary}
 
     async def _stream(self, backend: Backend, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        async with self.gateway.http.post(f"{backend.url}{path}", json=body, headers=self.gateway._auth(backend),
+        async with self.gateway.http.post(f"{backend.url}{path}", json=body, headers=self.gateway.auth(backend),
                                           timeout=aiohttp.ClientTimeout(total=MANAGE_TIMEOUT,
                                                                         sock_read=MANAGE_TIMEOUT)) as response:
             if response.status in (404, 405, 501) and path == "/api/create":
@@ -205,7 +205,7 @@ class Fleet:
         async def one(backend: Backend) -> tuple[str, str | None]:
             try:
                 async with self.gateway.http.request(method, f"{backend.url}{path}", json=body,
-                                                     headers=self.gateway._auth(backend),
+                                                     headers=self.gateway.auth(backend),
                                                      timeout=aiohttp.ClientTimeout(total=timeout)) as response:
                     content = await response.read()
                     return backend.name, None if response.status < 400 else _error_text(response.status, content)
@@ -391,7 +391,7 @@ class Fleet:
             finally:
                 self._acting.discard(key)
 
-        self.gateway._background(run())
+        self.gateway.background(run())
 
     async def _ensure_loaded(self, model: str, backend: Backend) -> bool:
         pinned = self.gateway.pinned(model)
@@ -410,7 +410,7 @@ class Fleet:
         if "error" in last:
             log.warning("%s", last["error"])
             return False
-        await self.gateway._check_one(backend)
+        await self.gateway.check_one(backend)
         return await self._ensure_loaded(model, backend) if load else True
 
 

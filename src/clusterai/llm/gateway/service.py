@@ -139,16 +139,16 @@ class Gateway:
             self._refreshing = asyncio.create_task(self._check(known))
 
     async def _check(self, backends: list[Backend]) -> None:
-        await asyncio.gather(*(self._check_one(b) for b in backends))
+        await asyncio.gather(*(self.check_one(b) for b in backends))
 
     def recheck(self, backend: Backend) -> None:
         """Read the backend's model lists again now, in the background (after it loaded, pulled or
         dropped a model: what it holds changed)."""
         running = self._rechecks.get(backend.name)
         if running is None or running.done():
-            self._rechecks[backend.name] = asyncio.create_task(self._check_one(backend))
+            self._rechecks[backend.name] = asyncio.create_task(self.check_one(backend))
 
-    async def _check_one(self, backend: Backend) -> None:
+    async def check_one(self, backend: Backend) -> None:
         try:
             loaded: dict[str, dict[str, Any]] = {}
             if backend.kind == "ollama":
@@ -178,12 +178,10 @@ class Gateway:
                                     for name, m in loaded.items()} | {m: size for m, (_, size) in kept.items()}
             joined = not backend.reachable
             if joined and backend.kind == "ollama":
-                self._background(self._learn_version(backend))
+                self.background(self._learn_version(backend))
             if joined:
                 log.info("backend %s is reachable: %s", backend.name, ", ".join(sorted(backend.models)))
             backend.reachable = True
-            for listener in self.on_checked:
-                listener(backend, joined)
             if backend.breaker.state(time.time()) is BreakerState.HALF_OPEN and not backend.inflight:
                 # after the cooldown a good health check is the trial; during it, it does not
                 # count (a server can list its models while every generation fails)
@@ -193,7 +191,11 @@ class Gateway:
                 log.warning("backend %s failed its health check: %s", backend.name, exc)
             backend.reachable = False
             backend.breaker.record(False, time.time())
+            joined = False
         backend.checked_at = time.time()
+        if backend.reachable:
+            for listener in self.on_checked:
+                listener(backend, joined)
 
     async def _learn_version(self, backend: Backend) -> None:
         """Which server it is (clusterai's model servers manage no models): asked aside from the
@@ -203,13 +205,14 @@ class Gateway:
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):
             backend.version = ""
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task the gateway holds (and cancels when it closes)."""
         task = asyncio.create_task(work)
         self._tasks.add(task)  # held until done: the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
 
     async def _get_json(self, backend: Backend, path: str) -> dict[str, Any]:
-        async with self.http.get(f"{backend.url}{path}", headers=self._auth(backend),
+        async with self.http.get(f"{backend.url}{path}", headers=self.auth(backend),
                                  timeout=aiohttp.ClientTimeout(total=5.0)) as response:
             response.raise_for_status()
             found = await response.json(content_type=None)
@@ -232,7 +235,7 @@ class Gateway:
                        {m for m in self.settings.models if any(b.reachable for b in self.router.backends)})
         listed = []
         for name in names:
-            placement = self.settings.models.get(self._placement_name(name))
+            placement = self.settings.models.get(self.placement_name(name))
             rows, total = [], ModelStats()
             for b in self.router.backends:
                 if not b.has(name):
@@ -261,7 +264,7 @@ class Gateway:
 
     # -- forwarding ------------------------------------------------------------------------------
 
-    def _auth(self, backend: Backend) -> dict[str, str]:
+    def auth(self, backend: Backend) -> dict[str, str]:
         return {"Authorization": f"Bearer {backend.token}"} if backend.token else {}
 
     async def forward(self, path: str, body: bytes, *, protocol: str, model: str, stream: bool,
@@ -276,7 +279,7 @@ class Gateway:
         fields = parsed if parsed is not None else json.loads(body or b"{}") if protocol == "ollama" else {}
         keep = self._keep_alive(model, fields if protocol == "ollama" else {})
         if protocol == "ollama" and path in KEEP_ALIVE_PATHS and self.pinned(model) is not None:
-            fields = {**fields, "keep_alive": self.settings.models[self._placement_name(model)].keep_alive}
+            fields = {**fields, "keep_alive": self.settings.models[self.placement_name(model)].keep_alive}
             body = json.dumps(fields).encode()
         # Ollama's "load this model" (an empty prompt): an OpenAI server would generate for it
         loading = protocol == "ollama" and path in ("/api/generate", "/api/chat") and \
@@ -319,7 +322,7 @@ class Gateway:
                 target, payload = path, body
             try:
                 response = await self.http.post(f"{backend.url}{target}", data=payload,
-                                                headers={"Content-Type": "application/json", **self._auth(backend)})
+                                                headers={"Content-Type": "application/json", **self.auth(backend)})
                 whole = not stream or response.status >= 500 or (converting and response.status >= 400)
                 content = await response.read() if whole else b""
                 if converting and response.status >= 400:
@@ -364,7 +367,8 @@ class Gateway:
 
     # -- where models are kept ------------------------------------------------------------------
 
-    def _placement_name(self, model: str) -> str:
+    def placement_name(self, model: str) -> str:
+        """The key of gateway.models the model goes by (with or without :latest)."""
         for name in (model, model.removesuffix(":latest"), f"{model}:latest"):
             if name in self.settings.models:
                 return name
@@ -372,7 +376,7 @@ class Gateway:
 
     def pinned(self, model: str) -> float | None:
         """The keep_alive (seconds) gateway.models pins for the model; None when clients choose."""
-        placement = self.settings.models.get(self._placement_name(model))
+        placement = self.settings.models.get(self.placement_name(model))
         return None if placement is None else placement.keep_alive_seconds
 
     def _keep_alive(self, model: str, fields: dict[str, Any]) -> float:
