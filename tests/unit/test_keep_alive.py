@@ -14,16 +14,18 @@ from clusterai.llm.gateway.service import _epoch, usage_of
 
 
 @pytest.mark.parametrize(("value", "seconds"), [
-    ("5m", 300.0), ("1h30m", 5400.0), ("300ms", 0.3), ("10s", 10.0), ("2.5s", 2.5), (30, 30.0), ("30", 30.0),
+    ("5m", 300.0), ("1h30m", 5400.0), ("1.5h", 5400.0), ("300ms", 0.3), ("10s", 10.0), ("2.5s", 2.5), (".5s", 0.5),
+    (30, 30.0), ("30", 30.0), (2.5, 2.5),
     (0, 0.0), ("0", 0.0), ("0s", 0.0), (-1, FOREVER), ("-1", FOREVER), ("-5m", FOREVER), (-0.5, FOREVER),
 ])
 def test_ollamas_forms(value: object, seconds: float) -> None:
     assert keep_alive_seconds(value) == seconds
 
 
-@pytest.mark.parametrize("value", ["5x", "", "m5", "5 m", "five", True, None, [], {"m": 5}, "nan", float("nan")])
+@pytest.mark.parametrize("value", ["5x", "", "m", "m5", "5 m", "5min", "1h30", "five", True, None, [], {"m": 5}, "nan",
+                                   float("nan")])
 def test_anything_else_is_refused_clearly(value: object) -> None:
-    with pytest.raises(BadInput, match="keep_alive"):
+    with pytest.raises(BadInput, match="invalid keep_alive"):
         keep_alive_seconds(value)
 
 

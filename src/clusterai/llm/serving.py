@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from clusterai.core.keep_alive import FOREVER, keep_alive_seconds
 from clusterai.core.net import is_loopback
 from clusterai.errors import BadInput, ConfigError
 from clusterai.llm.models import ModelSpec, ServedModel, pick_device
@@ -37,14 +38,20 @@ def require_token(host: str, token: str | None) -> None:
                           "the models")
 
 
-def load_models(specs: Sequence[str], device: str = "auto") -> dict[str, ServedModel]:
-    """NAME=SPEC texts, loaded on `device` (auto: the GPU when torch sees one)."""
+def load_models(specs: Sequence[str], device: str = "auto", *, keep_alive: float | str | None = None,
+                max_batch: int = 8) -> dict[str, ServedModel]:
+    """NAME=SPEC texts, loaded on `device` (auto: the GPU when torch sees one). `keep_alive` is how
+    long a model stays loaded after a request that names none (Ollama's forms; None: forever);
+    `max_batch` how many concurrent requests one generation round takes."""
     parsed = [ModelSpec.parse(text) for text in specs]
     names = [s.name for s in parsed]
     if len(set(names)) != len(names):
         raise BadInput(f"a model name is given twice: {names}")
     pick_device(device)  # a wrong device is refused before anything loads
-    return {s.name: ServedModel(s, device) for s in parsed}
+    kept = FOREVER if keep_alive is None else keep_alive_seconds(keep_alive)
+    if max_batch < 1:
+        raise BadInput(f"max_batch must be at least 1, got {max_batch}")
+    return {s.name: ServedModel(s, device, keep_alive=kept, max_batch=max_batch) for s in parsed}
 
 
 def serve(models: dict[str, ServedModel], *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
@@ -55,6 +62,9 @@ def serve(models: dict[str, ServedModel], *, host: str = "127.0.0.1", port: int 
     require_token(host, token)
     server = ModelServer(models, token=token)
     sock = socket.create_server((host, port))
+    # asyncio turns Nagle's algorithm off only on sockets that say they are TCP, and create_server's
+    # do not: without this every answer's body waits ~40 ms for the client's delayed ACK
+    sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
     config = uvicorn.Config(create_app(server), log_level="warning", lifespan="off", access_log=False)
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, name="clusterai-model-server",

@@ -68,6 +68,11 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve-port", type=_bounded_int(0, 65535), default=0, help="its port (default: any free one)")
     p.add_argument("--serve-device", default="auto", metavar="DEVICE",
                    help="where served models run: auto (the GPU when torch sees one), cpu, cuda, cuda:N, mps")
+    p.add_argument("--serve-keep-alive", type=_keep_alive, default=None, metavar="DURATION",
+                   help=f"how long a served model stays loaded after a request that gives no keep_alive: "
+                        f"{KEEP_ALIVE_FORMS} (default: forever)")
+    p.add_argument("--serve-max-batch", type=_bounded_int(1, 256), default=8, metavar="N",
+                   help="concurrent generation requests run together as one batch, at most (default: 8)")
     p.add_argument("--tls-node", default="worker", help="which certificate in --tls-dir: NAME.pem/NAME.key")
     p.add_argument("--install-service", action="store_true", help="write a systemd unit (termux-services entry "
                    "under Termux) that runs this worker command at boot and restarts it on failure, then exit")
@@ -87,6 +92,22 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+KEEP_ALIVE_FORMS = "a duration like 5m, 30s or 1h30m, seconds, 0 to unload after each request, or forever"
+
+
+def _keep_alive(text: str) -> float | None:
+    """A keep-alive option: seconds, or None for forever."""
+    from clusterai.core.keep_alive import FOREVER, keep_alive_seconds  # the standard library only
+
+    if text.strip().lower() == "forever":
+        return None
+    try:
+        seconds = keep_alive_seconds(text)
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return None if seconds == FOREVER else seconds
 
 
 def _bounded_float(low: float) -> Callable[[str], float]:
@@ -141,7 +162,8 @@ def worker_main(argv: list[str]) -> int:
             nthreads=args.nthreads, memory_limit=args.memory_limit, death_timeout=args.death_timeout,
             max_restarts=args.max_restarts, host=args.host, security=_security(args.tls_dir, args.tls_node),
             serve_models=list(args.serve_model), serve_host=args.serve_host, serve_port=args.serve_port,
-            serve_device=args.serve_device,
+            serve_device=args.serve_device, serve_keep_alive=args.serve_keep_alive,
+            serve_max_batch=args.serve_max_batch,
         )
         asyncio.run(_until_signal(lambda stop: run_worker(opts, stop)))
         return 0
@@ -208,6 +230,12 @@ def serve_model_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_bounded_int(0, 65535), default=11434, help="port (default: 11434, Ollama's)")
     p.add_argument("--device", default="auto",
                    help="where the models run: auto (the GPU when torch sees one), cpu, cuda, cuda:N, mps")
+    p.add_argument("--keep-alive", type=_keep_alive, default=None, metavar="DURATION",
+                   help=f"how long a model stays loaded after a request that gives no keep_alive (Ollama's "
+                        f"OLLAMA_KEEP_ALIVE): {KEEP_ALIVE_FORMS} (default: forever). All load at start.")
+    p.add_argument("--max-batch", type=_bounded_int(1, 256), default=8, metavar="N",
+                   help="concurrent generation requests run together as one batch, at most (default: 8; 1 runs "
+                        "them one at a time)")
     p.add_argument("--token-env", default=SERVE_TOKEN_ENV, metavar="VAR",
                    help=f"environment variable holding the bearer token clients must send (default: "
                         f"{SERVE_TOKEN_ENV}); required off loopback. Never on the command line: others "
@@ -229,7 +257,8 @@ def serve_model_main(argv: list[str]) -> int:
             require_token(args.host, token)
         except ConfigError as exc:
             raise ConfigError(f"{exc}; put one in ${args.token_env}") from None
-        models = load_models(args.models, args.device)  # after the cheap checks: loading takes a while
+        # after the cheap checks: loading takes a while
+        models = load_models(args.models, args.device, keep_alive=args.keep_alive, max_batch=args.max_batch)
         running = serve(models, host=args.host, port=args.port, token=token)
         guarded = f"token from ${args.token_env}" if token else "no token: loopback only"
         devices = ", ".join(sorted({m.device for m in models.values()}))

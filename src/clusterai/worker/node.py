@@ -56,6 +56,8 @@ class WorkerOptions:
     serve_host: str | None = None
     serve_port: int = 0
     serve_device: str = "auto"  # auto: the GPU when torch sees one
+    serve_keep_alive: float | None = None  # seconds a served model stays loaded after a request; None: forever
+    serve_max_batch: int = 8  # concurrent generation requests run as one batch, at most
     model_server: dict[str, Any] | None = None  # {"url", "token", "models"} once serving
 
     @property
@@ -148,7 +150,8 @@ def _serve_models(opts: WorkerOptions, head: str) -> Any:
     from clusterai.llm.serving import load_models, serve
 
     host = opts.serve_host or opts.host or _route_to(head)
-    models = load_models(opts.serve_models, opts.serve_device)
+    models = load_models(opts.serve_models, opts.serve_device, keep_alive=opts.serve_keep_alive,
+                         max_batch=opts.serve_max_batch)
     token = secrets.token_urlsafe(32)
     running = serve(models, host=host, port=opts.serve_port, token=token)
     opts.model_server = {"url": running.url, "token": token, "models": sorted(models)}
