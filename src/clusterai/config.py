@@ -245,6 +245,10 @@ class GatewaySection(_Section):
     serve: list[str] = Field(default_factory=list, description="models the head serves itself, as NAME=PATH or "
                              "NAME=pkg:MODULE (extra clusterai[llm]); a backend named 'head' on loopback")
     serve_device: str = Field("auto", description="where `serve` models run: auto, cpu, cuda, cuda:N, mps")
+    serve_keep_alive: str | float | None = Field(None, description="how long a `serve` model stays loaded after a "
+                                                 "request that names no keep_alive (Ollama's form); default: for good")
+    serve_max_batch: int = Field(8, ge=1, le=1024, description="concurrent requests one generation round of a "
+                                 "`serve` model takes (dynamic batching)")
 
     @pydantic.field_validator("serve")
     @classmethod
@@ -253,6 +257,16 @@ class GatewaySection(_Section):
             name, sep, where = spec.partition("=")
             if not sep or not name.strip() or not where.strip():
                 raise ValueError(f"{spec!r}: expected NAME=PATH or NAME=pkg:MODULE")
+        return value
+
+    @pydantic.field_validator("serve_keep_alive")
+    @classmethod
+    def _serve_keep_alive(cls, value: str | float | None) -> str | float | None:
+        if value is not None:
+            try:
+                keep_alive_seconds(value)
+            except BadInput as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @pydantic.field_validator("open_networks")

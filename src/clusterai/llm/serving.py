@@ -96,7 +96,8 @@ def serve_for_head(config: ClusterConfig) -> tuple[RunningServer | None, Cluster
     from clusterai.config import HEAD_BACKEND
 
     token = secrets.token_urlsafe(32)
-    running = serve(load_models(settings.serve, settings.serve_device), token=token)
+    running = serve(load_models(settings.serve, settings.serve_device, keep_alive=settings.serve_keep_alive,
+                                max_batch=settings.serve_max_batch), token=token)
     os.environ[HEAD_TOKEN_ENV] = token
     backends = [*settings.model_dump()["backends"],
                 {"name": HEAD_BACKEND, "url": running.url, "token_env": HEAD_TOKEN_ENV}]
