@@ -197,27 +197,29 @@ def parse_size(text: str) -> int:
     return int(float(found.group(1)) * _SIZE_UNITS[unit])
 
 
+def _valid_keep_alive(value: str | float | None) -> str | float | None:
+    if value is not None:
+        try:
+            keep_alive_seconds(value)
+        except BadInput as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+KeepAlive = typing.Annotated[str | float | None, pydantic.AfterValidator(_valid_keep_alive)]  # Ollama's forms
+
+
 class ModelPlacementSection(_Section):
     """Where the gateway keeps one model: on how many backends, loaded for how long."""
 
     replicas: int = Field(1, ge=0, le=1000, description="backends that keep it (pulled there when missing, on "
                           "the backends with the most free memory)")
-    keep_alive: str | float | None = Field(None, description="how long backends keep it loaded, pinned: it "
+    keep_alive: KeepAlive = Field(None, description="how long backends keep it loaded, pinned: it "
                                            "overrides what clients send (Ollama's form: '30m', seconds, a negative "
                                            "number for good, 0 to unload after each request)")
     preload: bool = Field(False, description="load it when a backend joins, and keep `replicas` of it loaded")
     pull: bool = Field(True, description="pull it onto backends that lack it until `replicas` have it (backends "
                        "that cannot pull, such as clusterai's model servers, are skipped)")
-
-    @pydantic.field_validator("keep_alive")
-    @classmethod
-    def _keep_alive(cls, value: str | float | None) -> str | float | None:
-        if value is not None:
-            try:
-                keep_alive_seconds(value)
-            except BadInput as exc:
-                raise ValueError(str(exc)) from None
-        return value
 
     @property
     def keep_alive_seconds(self) -> float | None:
@@ -245,7 +247,7 @@ class GatewaySection(_Section):
     serve: list[str] = Field(default_factory=list, description="models the head serves itself, as NAME=PATH or "
                              "NAME=pkg:MODULE (extra clusterai[llm]); a backend named 'head' on loopback")
     serve_device: str = Field("auto", description="where `serve` models run: auto, cpu, cuda, cuda:N, mps")
-    serve_keep_alive: str | float | None = Field(None, description="how long a `serve` model stays loaded after a "
+    serve_keep_alive: KeepAlive = Field(None, description="how long a `serve` model stays loaded after a "
                                                  "request that names no keep_alive (Ollama's form); default: for good")
     serve_max_batch: int = Field(8, ge=1, le=1024, description="concurrent requests one generation round of a "
                                  "`serve` model takes (dynamic batching)")
@@ -257,16 +259,6 @@ class GatewaySection(_Section):
             name, sep, where = spec.partition("=")
             if not sep or not name.strip() or not where.strip():
                 raise ValueError(f"{spec!r}: expected NAME=PATH or NAME=pkg:MODULE")
-        return value
-
-    @pydantic.field_validator("serve_keep_alive")
-    @classmethod
-    def _serve_keep_alive(cls, value: str | float | None) -> str | float | None:
-        if value is not None:
-            try:
-                keep_alive_seconds(value)
-            except BadInput as exc:
-                raise ValueError(str(exc)) from None
         return value
 
     @pydantic.field_validator("open_networks")
