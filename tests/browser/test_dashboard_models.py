@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from api_support import Api, running_api
 from fake_ollama import FakeOllama
-from test_dashboard import CHROMIUM, FLAGS, playwright_api, shot
+from test_dashboard import shot
+from test_dashboard_sweeps import browser, open_section  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -26,14 +27,6 @@ EVIL = "<img src=x onerror='window.__pwned = 1'>"  # a model name as a server ma
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 FLEET = "#fleet-table tr[data-model='llama3.2']"
 REFRESH_MS = 15_000  # the page refreshes the section every 5 s
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -55,31 +48,10 @@ def gateway(tmp_path: Path) -> Iterator[Api]:
 
 
 @pytest.fixture
-def open_models(browser: Any) -> Iterator[Callable[[Api, str], tuple[Any, list[str]]]]:
-    """Sign in as `who` and go to the Models section; the page and every error it logs. Every page
-    closes before the API stops (an open event stream would hold up its shutdown)."""
-    pages: list[Any] = []
-
-    def open_(api: Api, who: str) -> tuple[Any, list[str]]:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        pages.append(page)
-        errors: list[str] = []
-        page.on("console", lambda m: errors.append(f"{m.text} {m.location}") if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-        page.set_default_timeout(30_000)
-        page.goto(api.url + "/")
-        page.wait_for_url("**/login")
-        page.fill("#token", api.tokens[who])
-        page.keyboard.press("Enter")
-        page.wait_for_url(api.url + "/")
-        page.wait_for_selector("#whoami:not(:empty)")
-        page.click("nav a[href='#models']")
-        return page, errors
-
-    yield open_
-    for page in pages:
-        page.close()
+def open_models(open_section: Callable[..., tuple[Any, list[str]]]  # noqa: F811 - the fixture
+                ) -> Callable[[Api, str], tuple[Any, list[str]]]:
+    """Sign in as `who` and go to the Models section; the page and every error it logs."""
+    return lambda api, who: open_section(api, who, "models")
 
 
 def cells(page: Any, selector: str) -> list[str]:
