@@ -105,6 +105,10 @@ class PlacementSection(_Section):
     reserve: int | None = Field(
         None, ge=0, description="free rooms held back for high and critical jobs; unset: 1 for the priority "
         "strategy, 0 in hybrid chains (an idle reserve costs a small pool a large share of its capacity)")
+    prefetch: bool = Field(True, description="with a deep queue, each worker holds one long job (of a task whose "
+                           "duration is known) waiting behind what it runs, so that it starts without a round trip; "
+                           "a job of higher priority that arrives later may wait behind that one job. false: "
+                           "strict priority order")
     breaker: BreakerSection = BreakerSection()
 
     @pydantic.field_validator("strategy")

@@ -485,3 +485,13 @@ def test_short_jobs_never_wait_behind_a_long_one_however_deep_the_queue():
     p = planner()
     p.observe("unit.t", SHORT_SECONDS / 10)  # short: batched, and no prefetch behind a long job
     assert p.plan(make_jobs(500), [long_busy], NOW).batches == []
+
+
+def test_no_prefetch_for_a_task_not_yet_timed_nor_when_turned_off():
+    def busy():
+        return make_slot("a", nthreads=1, calls=1, jobs=1, long_calls=1)
+
+    assert planner().plan(make_jobs(10), [busy()], NOW).batches == []  # unit.t's duration is not known yet
+    strict = planner(prefetch=False)
+    strict.observe("unit.t", 5.0)
+    assert strict.plan(make_jobs(10), [busy()], NOW).batches == [] and strict.fetch_limit([busy()]) == 0

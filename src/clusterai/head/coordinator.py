@@ -80,7 +80,7 @@ class Coordinator:
 
         return Planner({queue: build(name) for queue, name in placement.queues.items()},
                        build(placement.strategy), batch_target_seconds=settings.batch_target_seconds,
-                       max_batch=settings.max_batch)
+                       max_batch=settings.max_batch, prefetch=placement.prefetch)
 
     @property
     def slots(self) -> dict[str, WorkerSlot]:

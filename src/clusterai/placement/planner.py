@@ -69,7 +69,7 @@ class Planner:
 
     def __init__(self, strategies: Mapping[str, Strategy], default: Strategy, *,
                  batch_target_seconds: float = 0.02, max_batch: int = 500, explain_limit: int = 50,
-                 sample_size: int = 8, rng: random.Random | None = None):
+                 sample_size: int = 8, rng: random.Random | None = None, prefetch: bool = True):
         self.strategies = dict(strategies)
         self.default = default
         self.batch_target_seconds = batch_target_seconds
@@ -77,6 +77,7 @@ class Planner:
         self.explain_limit = explain_limit
         self.sample_size = sample_size
         self.rng = rng or random.Random()
+        self.prefetch = prefetch  # a long job may wait on a worker when the queue is deep (has_room)
         self.duration: dict[str, float] = {}  # EWMA seconds per job, per task, over all workers
         self._eligible: dict[tuple[object, ...], list[WorkerSlot]] = {}
         self._version: int | None = None
@@ -100,11 +101,11 @@ class Planner:
         """About as many jobs as the free rooms can take (a room each worker may prefetch into
         included): rows that stay queued are wasted work. At least enough to tell whether the
         queue is deep, so that a full fetch always is."""
-        rooms = _rooms(slots, prefetch=True)
+        rooms = _rooms(slots, prefetch=self.prefetch)
         if rooms == 0:
             return 0
         per_room = max((self.size_for(t) for t in self.duration), default=1)
-        return max(rooms * per_room, _deep(slots)) + 16
+        return max(rooms * per_room, _deep(slots) if self.prefetch else 0) + 16
 
     def plan(self, jobs: Sequence[Job], slots: Sequence[WorkerSlot], now: float,
              version: int | None = None) -> Plan:
@@ -118,7 +119,7 @@ class Planner:
         reasons: dict[tuple[object, ...], str] = {}
         idle_slots = sum(max(0, s.capacity - s.calls) for s in slots if s.status == "ready")
         # a queue deep enough that each worker's next job is certain: each may hold one waiting
-        prefetch = len(jobs) >= _deep(slots)
+        prefetch = self.prefetch and len(jobs) >= _deep(slots)
         free_rooms = _rooms(slots, prefetch)
         virtual: dict[str, float] = {}  # seconds of held-back work counted against busy workers
         for job in jobs:
@@ -133,7 +134,9 @@ class Planner:
             strategy = self.strategy_for(job.queue)
             # only a long job is prefetched: a short one queued behind a long job would wait for
             # it while other workers get through hundreds like it (short ones have their own rule)
-            candidates = self.candidates_for(job, c, slots, short, now, strategy, prefetch and not short)
+            # and only of a task whose duration is known: a first job of its kind may be short
+            candidates = self.candidates_for(job, c, slots, short, now, strategy,
+                                             prefetch and not short and job.task in self.duration)
             self._fill_latency(job.task, candidates)
             for keep in getattr(strategy, "filters", ()):
                 if isinstance(keep, PriorityReserve):
