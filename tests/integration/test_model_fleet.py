@@ -239,3 +239,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_delete_where_the_model_is_already_gone_is_not_a_failure(api: Api, fakes: list[FakeOllama]) -> None:
+    for f in fakes:
+        f.models["llama3.2"] = MB
+    c = api.client("operator")
+    wait_for(lambda: c.get("/api/tags").json()["models"], timeout=5, what="the model listed")
+    del fakes[1].models["llama3.2"]  # gone from b behind the gateway's back, before its next health check
+    deleted = c.request("DELETE", "/api/delete", json={"model": "llama3.2"})
+    assert deleted.status_code == 200 and deleted.json()["deleted"] == ["a"] and deleted.json()["failed"] == {}
+    again = c.request("DELETE", "/api/delete", json={"model": "llama3.2"})  # at once: the gateway knows it is gone
+    assert again.status_code == 404

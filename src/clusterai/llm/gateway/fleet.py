@@ -141,6 +141,8 @@ class Fleet:
                         outcome[backend.name] = f"error: {frame['error']}"
                     elif frame.get("status") == "success":
                         outcome[backend.name] = "success"
+                        # known at once, not at the next health check (which also adds its details)
+                        backend.models = backend.models | {str(body.get("model"))}
                     await queue.put((backend, frame))
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
                 outcome[backend.name] = f"error: {type(exc).__name__}: {exc}"
@@ -223,6 +225,15 @@ class Fleet:
         if not targets:
             raise ModelNotFound(f"model '{model}' not found on any backend that manages models")
         done, failed = await self._each("DELETE", "/api/delete", targets, {"model": model})
+        # a 404: that backend no longer had it (the gateway's list was older than the backend's)
+        missing = [n for n, e in failed.items() if e.startswith("HTTP 404")]
+        failed = {n: e for n, e in failed.items() if n not in missing}
+        for b in targets:
+            if b.name in done or b.name in missing:
+                b.models = frozenset(m for m in b.models if m != model and m.removesuffix(":latest") != model)
+                b.loaded = frozenset(m for m in b.loaded if m != model and m.removesuffix(":latest") != model)
+        if not done and not failed:
+            raise ModelNotFound(f"model '{model}' not found on any backend that manages models")
         return {"model": model, "deleted": done, "failed": failed}
 
     async def copy(self, source: str, destination: str, *, backends: Sequence[str] | None = None) -> dict[str, Any]:
