@@ -59,7 +59,7 @@ class Coordinator:
         self.plugins: list[CoordinatorPlugin] = []
         self._hooked: dict[str, list[CoordinatorPlugin]] = {}  # per-item hooks: only the plugins that have them
         self.rng = rng or random.Random()
-        self._inflight: dict[int, Job] = {}
+        self._inflight: dict[int, Job] = {}  # attempts started whose outcome is not stored yet: stop() hands them back
         self._accepted: OrderedDict[int, int] = OrderedDict()  # recent accepted outcomes: job -> attempt
         self._loops: list[asyncio.Task[None]] = []
         self._batches: set[asyncio.Task[None]] = set()
@@ -211,6 +211,8 @@ class Coordinator:
         for batch in plan.batches:
             batch.keep([started[job.id] for job in batch.jobs if job.id in started])
             if batch.jobs:
+                for job in batch.jobs:  # here, not in the task: a task cancelled before it ran still hands them back
+                    self._inflight[job.id] = job
                 task = asyncio.create_task(self._run_batch(batch))
                 self._batches.add(task)
                 task.add_done_callback(self._batches.discard)
@@ -231,8 +233,6 @@ class Coordinator:
 
     async def _run_batch(self, batch: Batch) -> None:
         slot, jobs = batch.slot, batch.jobs
-        for job in jobs:
-            self._inflight[job.id] = job
         # the owner travels with every attempt: a task that says who asked for it learns it from here
         items: list[dict[str, Any]] = [{"id": j.id, "attempt": j.attempt, "task": j.task, "owner": j.owner,
                                         "payload": canonical_json(j.payload), "timeout": j.timeout} for j in jobs]
@@ -243,16 +243,23 @@ class Coordinator:
         if all(j.timeout for j in jobs):
             hard_limit = sum(j.timeout or 0 for j in jobs) + self.settings.hard_timeout_grace
         started = time.monotonic()
+        cancelled = False
         try:
             finishes = await self._call_worker(batch, items, hard_limit)
             elapsed = time.monotonic() - started
             self._update_breakers(batch, finishes)
             await self._commit(finishes, jobs, elapsed)
+        except asyncio.CancelledError:
+            # stop(): the worker's answer never came, or its commit waits for the store; either way
+            # the outcome is not stored, so the attempts stay in _inflight and stop() hands them back
+            cancelled = True
+            raise
         finally:
             batch.release()
-            for job in jobs:
-                if self._inflight.get(job.id) is job:
-                    del self._inflight[job.id]
+            if not cancelled:
+                for job in jobs:
+                    if self._inflight.get(job.id) is job:
+                        del self._inflight[job.id]
             if slot.status == "gone" and slot.calls == 0:
                 self.registry.forget(slot)
             if self._wake is not None:
