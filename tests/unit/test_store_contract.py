@@ -1135,3 +1135,40 @@ def test_a_join_tokens_uses_are_spent_one_at_a_time_and_not_past_zero(store: Job
     assert store.use_token(late.id, T0 + 11) is False, "an expired join token is not spent"
     store.revoke_token(late.id, T0 + 1)
     assert store.use_token(late.id, T0 + 2) is False
+
+
+# -- pipeline runs at scale (issue 21, item 4) ----------------------------------------------------
+
+
+def test_a_runs_head_moves_with_every_write_to_the_run_or_its_links(store: JobStore):
+    run = store.create_run("p", {"stages": []}, {"items": list(range(100))}, T0)
+    assert store.run_head(run) == ("running", T0, T0)
+    store.add_run_jobs(run, [("scan", 0, spec(payload={"i": 0}, idempotency_key="head:0"))], T0 + 1)
+    assert store.run_head(run) == ("running", T0, T0 + 1)
+    store.unlink_run_jobs(run, T0 + 2)
+    assert store.run_head(run) == ("running", T0, T0 + 2)
+    store.update_run(run, "failed", {"scan/0": "bad"}, T0 + 3)
+    assert store.run_head(run) == ("failed", T0, T0 + 3)
+    with pytest.raises(RunNotFound):
+        store.run_head(999)
+
+
+def test_stage_jobs_found_again_together_keep_their_order_conflicts_and_old_keys(store: JobStore,
+                                                                                 backend: Backend):
+    first, second = (store.create_run("p", {"stages": []}, {}, T0, owner="alice") for _ in range(2))
+
+    def entry(item: int, value: int, key: str) -> tuple[str, int, JobSpec]:
+        return ("scan", item, spec(payload={"v": value}, idempotency_key=key, owner="alice"))
+
+    made = store.add_run_jobs(first, [entry(0, 0, "k0"), entry(1, 1, "k1")], T0)
+    _raw(backend, "UPDATE jobs SET idempotency_key=? WHERE id=?", ("k1", made[1].id))  # stored before scoping
+    # new, found, the same new key twice in one batch, found through its old unscoped key
+    jobs = store.add_run_jobs(second, [entry(0, 2, "k2"), entry(1, 0, "k0"), entry(2, 2, "k2"), entry(3, 1, "k1")],
+                              T0 + 1)
+    assert [j.id for j in jobs][1:] == [made[0].id, jobs[0].id, made[1].id] and jobs[0].id not in {m.id for m in made}
+    assert [j.payload for j in jobs] == [{"v": 2}, {"v": 0}, {"v": 2}, {"v": 1}]
+    assert backend.count() == 3 and backend.count("pipeline_jobs") == 6
+    with pytest.raises(IdempotencyConflict) as info:  # a found key with another payload: nothing is written
+        store.add_run_jobs(first, [entry(5, 9, "k9"), entry(6, 99, "k0")], T0 + 2)
+    assert info.value.job_id == made[0].id
+    assert backend.count() == 3 and backend.count("pipeline_jobs") == 6

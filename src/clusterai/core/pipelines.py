@@ -11,13 +11,15 @@ it runs once, after every element has finished, and gets one list entry per elem
 that element failed). Fan-outs do not nest.
 
 `plan()` is a pure function: given the run's jobs so far it says which stage jobs to create next
-and how far each stage is. The runner (service/runs.py) calls it whenever a stage job ends.
+and how far each stage is. `Planner` gives the same answers incrementally: told which jobs changed,
+it plans again only what depends on them, so the runner (service/runs.py), which advances a run
+whenever one of its stage jobs ends, pays for what changed rather than for the size of the run.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import ModuleType
@@ -276,7 +278,11 @@ def input_key(task: str, payload: Mapping[str, Any], salt: str = "") -> str:
 
 # -- planning ---------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+Results = Callable[[Sequence[int]], Mapping[int, Any]]
+_UNFINISHED = frozenset({"waiting", State.PENDING.value, State.QUEUED.value, State.RUNNING.value})
+
+
+@dataclass(frozen=True, slots=True)
 class JobView:
     """What planning needs to know about one stage job."""
 
@@ -309,137 +315,323 @@ class Plan:
 
 
 def plan(pipeline: Pipeline, run_input: Mapping[str, Any], jobs: Mapping[tuple[str, int], JobView],
-         results: Callable[[Sequence[int]], Mapping[int, Any]], problems: Mapping[str, str] = {}) -> Plan:
+         results: Results, problems: Mapping[str, str] = {}) -> Plan:
     """What to create next for one run, and how far every stage is.
 
     `jobs` holds the stage jobs created so far; `results(job_ids)` fetches succeeded jobs'
     outputs (called only for the outputs a new payload needs); `problems` are stage instances that
     could not become jobs earlier (their payload was refused), which count as failed."""
-    domains = _domains(pipeline)
-    widths: dict[str, list[Any] | None] = {}
-    status: dict[tuple[str, int], str] = {}
-    new: list[NewJob] = []
-    found: dict[str, str] = dict(problems)
-    progress: list[StageProgress] = []
+    planner = Planner(pipeline, run_input, jobs, problems)
+    new = planner.step(results)
+    return Plan(new, planner.progress(), planner.state(), dict(planner.problems))
 
-    def ok(stage: str, item: int) -> bool | None:
-        """True: succeeded, False: failed for good, None: not finished."""
-        st = status.get((stage, item))
-        if st == State.SUCCEEDED.value:
-            return True
-        if st in ("waiting", None) or st in (State.PENDING.value, State.QUEUED.value, State.RUNNING.value):
-            return None
-        return False
 
-    for s in pipeline.stages:
-        domain = domains[s.name]
-        items: list[Any] | None = [None]
-        if domain is not None:
-            if domain not in widths:
-                widths[domain] = _fan_out(pipeline.stage(domain), run_input, status, jobs, results, found)
-            items = widths[domain]
-        counts: dict[str, int] = {}
-        for i, element in enumerate(items or []):
-            key = f"{s.name}/{i}"
-            if key in found:
-                st = "error"
-            elif (s.name, i) in jobs:
-                st = jobs[(s.name, i)].state.value
+class Planner:
+    """One run's plan kept up to date as its jobs change. Told that a job's state changed, or that
+    a planned job was created or refused, the next `step()` plans again only the stage instances
+    that depend on it (an element's chain, a fan-in once its last element has finished, a fan-out's
+    elements once its list is known), so a step costs what changed, not the size of the run.
+    `plan()` is the first step of a fresh one; both give the same answers for the same jobs."""
+
+    def __init__(self, pipeline: Pipeline, run_input: Mapping[str, Any],
+                 jobs: Mapping[tuple[str, int], JobView], problems: Mapping[str, str] = {}):
+        self.pipeline = pipeline
+        self.input = run_input
+        self.jobs = dict(jobs)
+        self.problems = dict(problems)
+        self.revision = 0  # counts changes to `problems`
+        self.widths: dict[str, list[Any] | None] = {}  # fan-out -> its list (None: not known yet)
+        stages = pipeline.stages
+        self._stages = {s.name: s for s in stages}
+        self._domains = _domains(pipeline)
+        self._refs = {s.name: s.refs() for s in stages}
+        self._parents = {s.name: s.parents() for s in stages}
+        self._children: dict[str, list[str]] = {s.name: [] for s in stages}
+        self._members: dict[str, list[str]] = {}  # fan-out -> its stages
+        self._gatherers: dict[str, list[str]] = {}  # fan-out -> the stages that gather it
+        self._fans_over: dict[str, list[str]] = {s.name: [] for s in stages}  # stage -> fan-outs over its output
+        for s in stages:
+            domain = self._domains[s.name]
+            if domain is not None:
+                self._members.setdefault(domain, []).append(s.name)
+            for parent in self._parents[s.name]:
+                self._children[parent].append(s.name)
+                pd = self._domains[parent]
+                if pd is not None and pd != domain and s.name not in self._gatherers.setdefault(pd, []):
+                    self._gatherers[pd].append(s.name)
+            each = s.each_ref()
+            if each is not None and each.root != "input":
+                self._fans_over[each.root].append(s.name)
+        self._by_id: dict[int, list[tuple[str, int]]] = {}  # one job may be several instances (same payload)
+        for key, view in self.jobs.items():
+            self._by_id.setdefault(view.job_id, []).append(key)
+        self._status: dict[tuple[str, int], str] = {}
+        self._counts: dict[str, dict[str, int]] = {s.name: {} for s in stages}
+        self._planned: set[tuple[str, int]] = set()  # planned, not created yet
+        self._dirty: dict[str, set[int]] = {}  # stage -> items to plan again
+        self._fetch: Results | None = None
+        for s in stages:  # everything is to be planned; a fan-out over a stage's output waits for it
+            if self._domains[s.name] is None:
+                self._mark(s.name, (0,))
+            elif self._domains[s.name] == s.name and (ref := s.each_ref()) is not None and ref.root == "input":
+                self._refresh_width(s.name)
+
+    # -- telling it what changed ------------------------------------------------------------------
+
+    def changed(self, job_id: int, state: State) -> None:
+        """A job of this run is now in `state` (as the store says)."""
+        for key in self._by_id.get(job_id, ()):
+            view = self.jobs[key]
+            if view.state is not state:
+                self.jobs[key] = JobView(job_id, state, view.error)
+                self._mark(key[0], (key[1],))
+
+    def created(self, stage: str, item: int, view: JobView) -> None:
+        """A planned instance is now this job (made, or found by its key: then its other instances,
+        if any, are in the job's state now too: a dead one found again is queued again)."""
+        key = (stage, item)
+        self._planned.discard(key)
+        old = self.jobs.get(key)
+        if old is not None and old.job_id != view.job_id:
+            self._by_id[old.job_id].remove(key)
+        if old is None or old.job_id != view.job_id:
+            self._by_id.setdefault(view.job_id, []).append(key)
+        self.jobs[key] = view
+        self._mark(stage, (item,))
+        self.changed(view.job_id, view.state)
+
+    def refused(self, stage: str, item: int, why: str) -> None:
+        """A planned instance could not become a job: a problem, which counts as failed."""
+        self._planned.discard((stage, item))
+        self._problem(f"{stage}/{item}", why)
+        self._mark(stage, (item,))
+
+    # -- planning ---------------------------------------------------------------------------------
+
+    def step(self, results: Results) -> list[NewJob]:
+        """Plan every instance that may have changed; the jobs to create now, by stage, then item."""
+        self._fetch = results
+        new: list[NewJob] = []
+        try:
+            for s in self.pipeline.stages:  # parents come first: marks only ever go to later stages
+                items = self._dirty.pop(s.name, None)
+                if items:
+                    new += self._plan_stage(s, sorted(items))
+        finally:
+            self._fetch = None
+        return new
+
+    def progress(self) -> list[StageProgress]:
+        out = []
+        for s in self.pipeline.stages:
+            domain = self._domains[s.name]
+            width = self.widths.get(domain) if domain is not None else [None]
+            out.append(StageProgress(s.name, s.task, None if width is None else len(width),
+                                     dict(self._counts[s.name])))
+        return out
+
+    def state(self) -> RunState:
+        if self._dirty:  # not planned yet
+            return RunState.RUNNING
+        return _run_state(self.progress(), self._planned, self.problems)
+
+    def unfinished(self) -> set[int]:
+        """The ids of the stage jobs that have not finished."""
+        return {v.job_id for v in self.jobs.values() if not v.state.terminal}
+
+    def _plan_stage(self, s: Stage, items: Sequence[int]) -> list[NewJob]:
+        ready = []
+        for i in items:
+            st = self._evaluate(s.name, i)
+            if st == "ready":
+                ready.append(i)
             else:
-                st = _ready(pipeline, s, i, domains, widths, ok)
-                if st == "ready":
-                    try:
-                        payload = _payload(s, i, element, run_input, domains, widths, jobs, ok, results)
-                    except BadInput as exc:
-                        found[key] = str(exc)
-                        st = "error"
-                    else:
-                        new.append(NewJob(s.name, i, payload))
-                        st = State.QUEUED.value
-            status[(s.name, i)] = st
-            counts[st] = counts.get(st, 0) + 1
-        progress.append(StageProgress(s.name, s.task, None if items is None else len(items), counts))
-    return Plan(new, progress, _run_state(progress, new, found), found)
+                self._set(s.name, i, st)
+        new = []
+        for i, payload in self._payloads(s, ready):
+            if isinstance(payload, BadInput):
+                self._problem(f"{s.name}/{i}", str(payload))
+                self._set(s.name, i, "error")
+            else:
+                self._planned.add((s.name, i))
+                new.append(NewJob(s.name, i, payload))
+                self._set(s.name, i, State.QUEUED.value)
+        return new
 
+    def _evaluate(self, stage: str, i: int) -> str:
+        if self.problems and f"{stage}/{i}" in self.problems:
+            return "error"
+        view = self.jobs.get((stage, i))
+        if view is not None:
+            return view.state.value
+        if (stage, i) in self._planned:
+            return State.QUEUED.value
+        return self._ready(stage, i)
 
-def _fan_out(origin: Stage, run_input: Mapping[str, Any], status: Mapping[tuple[str, int], str],
-             jobs: Mapping[tuple[str, int], JobView], results: Callable[[Sequence[int]], Mapping[int, Any]],
-             found: dict[str, str]) -> list[Any] | None:
-    ref = origin.each_ref()
-    assert ref is not None
-    where = f"stage {origin.name!r}: each {ref}"
-    if ref.root == "input":
-        source: Any = run_input
-    else:
-        st = status.get((ref.root, 0))
-        if st != State.SUCCEEDED.value:
-            if st not in (None, "waiting", State.PENDING.value, State.QUEUED.value, State.RUNNING.value):
-                found.setdefault(f"{origin.name}/*", f"{where}: {ref.root} did not succeed")
-            return None
-        job_id = jobs[(ref.root, 0)].job_id
-        source = results([job_id])[job_id]
-    try:
-        value = dig(source, ref.path, ref.root)
-    except BadInput as exc:
-        found[f"{origin.name}/*"] = f"{where}: {exc}"
-        return []
-    if not isinstance(value, list):
-        found[f"{origin.name}/*"] = f"{where}: must be a list, got {type(value).__name__}"
-        return []
-    if len(value) > MAX_ITEMS:
-        found[f"{origin.name}/*"] = f"{where}: {len(value)} elements; at most {MAX_ITEMS} per fan-out"
-        return []
-    return value
-
-
-def _ready(pipeline: Pipeline, s: Stage, i: int, domains: Mapping[str, str | None],
-           widths: Mapping[str, list[Any] | None], ok: Callable[[str, int], bool | None]) -> str:
-    """ready, waiting (a parent has not finished) or blocked (a parent failed)."""
-    waiting = False
-    for parent in s.parents():
-        pd = domains[parent]
-        if pd is None:
-            outcome = ok(parent, 0)
-        elif domains[s.name] == pd:
-            outcome = ok(parent, i)
-        else:  # gathering a fan-out: every element must have finished, failed ones included
-            width = widths.get(pd)
-            if width is None:
+    def _ready(self, stage: str, i: int) -> str:
+        """ready, waiting (a parent has not finished) or blocked (a parent failed)."""
+        waiting = False
+        domain = self._domains[stage]
+        for parent in self._parents[stage]:
+            pd = self._domains[parent]
+            if pd is None:
+                outcome = _outcome(self._status.get((parent, 0)))
+            elif pd == domain:
+                outcome = _outcome(self._status.get((parent, i)))
+            else:  # gathering a fan-out: every element must have finished, failed ones included
+                width = self.widths.get(pd)
+                if width is None:  # the list has not come; if its source failed, it never will
+                    if self._source_failed(pd):
+                        return "blocked"
+                    waiting = True
+                    continue
+                counts = self._counts[parent]
+                unfinished = len(width) - sum(counts.values()) + sum(counts.get(k, 0) for k in _UNFINISHED)
+                outcome = None if unfinished else True
+            if outcome is False:
+                return "blocked"
+            if outcome is None:
                 waiting = True
-                continue
-            finished = [ok(parent, j) for j in range(len(width))]
-            outcome = None if any(o is None for o in finished) else True
-        if outcome is False:
-            return "blocked"
-        if outcome is None:
-            waiting = True
-    return "waiting" if waiting else "ready"
+        return "waiting" if waiting else "ready"
 
+    def _set(self, stage: str, i: int, st: str) -> None:
+        key = (stage, i)
+        old = self._status.get(key)
+        if old == st:
+            return
+        self._status[key] = st
+        counts = self._counts[stage]
+        if old is not None:
+            counts[old] -= 1
+            if not counts[old]:
+                del counts[old]
+        counts[st] = counts.get(st, 0) + 1
+        if _outcome(old) is not _outcome(st):
+            self._touch(stage, i)
 
-def _payload(s: Stage, i: int, element: Any, run_input: Mapping[str, Any], domains: Mapping[str, str | None],
-             widths: Mapping[str, list[Any] | None], jobs: Mapping[tuple[str, int], JobView],
-             ok: Callable[[str, int], bool | None], results: Callable[[Sequence[int]], Mapping[int, Any]]
-             ) -> dict[str, Any]:
-    payload = dict(s.params)
-    for arg, ref in s.refs().items():
+    def _touch(self, stage: str, i: int) -> None:
+        """Mark what depends on (stage, i), whose outcome changed."""
+        domain = self._domains[stage]
+        if domain is None:
+            for origin in self._fans_over[stage]:
+                self._refresh_width(origin)
+        for child in self._children[stage]:
+            cd = self._domains[child]
+            if domain is not None:  # the same element of the child, or the child gathers them all
+                self._mark(child, (i,) if cd == domain else (0,))
+            elif cd is None:
+                self._mark(child, (0,))
+            elif (width := self.widths.get(cd)) is not None:
+                self._mark(child, range(len(width)))
+
+    def _mark(self, stage: str, items: Iterable[int]) -> None:
+        self._dirty.setdefault(stage, set()).update(items)
+
+    def _refresh_width(self, origin: str) -> None:
+        if self.widths.get(origin) is not None:
+            return
+        width = self.widths[origin] = self._fan_out(self._stages[origin])
+        for gatherer in self._gatherers.get(origin, ()):  # it waits, goes, or is blocked with the list
+            self._mark(gatherer, (0,))
+        if width is not None:
+            for member in self._members[origin]:
+                self._mark(member, range(len(width)))
+
+    def _source_failed(self, origin: str) -> bool:
+        ref = self._stages[origin].each_ref()
+        return ref is not None and ref.root != "input" and _outcome(self._status.get((ref.root, 0))) is False
+
+    def _problem(self, key: str, why: str, *, keep: bool = False) -> None:
+        if self.problems.get(key) == why or (keep and key in self.problems):
+            return
+        self.problems[key] = why
+        self.revision += 1
+
+    def _fan_out(self, origin: Stage) -> list[Any] | None:
+        ref = origin.each_ref()
+        assert ref is not None
+        where = f"stage {origin.name!r}: each {ref}"
+        key = f"{origin.name}/*"
         if ref.root == "input":
-            payload[arg] = ref.get(run_input)
-        elif ref.root == "item":
-            payload[arg] = ref.get(element)
-        elif domains[ref.root] is None or domains[ref.root] == domains[s.name]:
-            job_id = jobs[(ref.root, 0 if domains[ref.root] is None else i)].job_id
-            payload[arg] = ref.get(results([job_id])[job_id])
-        else:  # gathering: one entry per element, None where it failed
-            width = widths[domains[ref.root] or ""] or []
-            ids = {j: jobs[(ref.root, j)].job_id for j in range(len(width)) if ok(ref.root, j)}
-            found = results(list(ids.values()))
-            payload[arg] = [ref.get(found[ids[j]]) if j in ids else None for j in range(len(width))]
-    return payload
+            source: Any = self.input
+        else:
+            st = self._status.get((ref.root, 0))
+            if st != State.SUCCEEDED.value:
+                if _outcome(st) is False:
+                    self._problem(key, f"{where}: {ref.root} did not succeed", keep=True)
+                return None
+            job_id = self.jobs[(ref.root, 0)].job_id
+            assert self._fetch is not None
+            source = self._fetch([job_id])[job_id]
+        try:
+            value = dig(source, ref.path, ref.root)
+        except BadInput as exc:
+            self._problem(key, f"{where}: {exc}")
+            return []
+        if not isinstance(value, list):
+            self._problem(key, f"{where}: must be a list, got {type(value).__name__}")
+            return []
+        if len(value) > MAX_ITEMS:
+            self._problem(key, f"{where}: {len(value)} elements; at most {MAX_ITEMS} per fan-out")
+            return []
+        return value
+
+    def _payloads(self, s: Stage, ready: Sequence[int]) -> list[tuple[int, dict[str, Any] | BadInput]]:
+        """The payloads of a stage's ready instances, with one fetch of the outputs they use."""
+        if not ready:
+            return []
+        refs = self._refs[s.name]
+        domain = self._domains[s.name]
+        jobs = self.jobs
+        wanted: list[int] = []
+        gathered: dict[str, dict[int, int]] = {}  # gathered stage -> element -> job id, succeeded ones
+        for ref in refs.values():
+            if ref.root in _RESERVED:
+                continue
+            rd = self._domains[ref.root]
+            if rd is None:
+                wanted.append(jobs[(ref.root, 0)].job_id)
+            elif rd == domain:
+                wanted += [jobs[(ref.root, i)].job_id for i in ready]
+            elif ref.root not in gathered:
+                width = len(self.widths.get(rd) or [])
+                gathered[ref.root] = {j: jobs[(ref.root, j)].job_id for j in range(width)
+                                      if self._status.get((ref.root, j)) == State.SUCCEEDED.value}
+                wanted += gathered[ref.root].values()
+        assert self._fetch is not None
+        found = self._fetch(list(dict.fromkeys(wanted))) if wanted else {}
+        elements = (self.widths.get(domain) or []) if domain is not None else []
+        out: list[tuple[int, dict[str, Any] | BadInput]] = []
+        for i in ready:
+            payload = dict(s.params)
+            try:
+                for arg, ref in refs.items():
+                    if ref.root == "input":
+                        payload[arg] = ref.get(self.input)
+                    elif ref.root == "item":
+                        payload[arg] = ref.get(elements[i])
+                    elif (rd := self._domains[ref.root]) is None or rd == domain:
+                        payload[arg] = ref.get(found[jobs[(ref.root, 0 if rd is None else i)].job_id])
+                    else:  # gathering: one entry per element, None where it failed
+                        ids = gathered[ref.root]
+                        width = len(self.widths.get(rd) or [])
+                        payload[arg] = [ref.get(found[ids[j]]) if j in ids else None for j in range(width)]
+            except BadInput as exc:
+                out.append((i, exc))
+            else:
+                out.append((i, payload))
+        return out
 
 
-def _run_state(progress: Sequence[StageProgress], new: Sequence[NewJob], problems: Mapping[str, str]) -> RunState:
-    unfinished = {"waiting", State.PENDING.value, State.QUEUED.value, State.RUNNING.value}
-    if new or any(unfinished & set(p.counts) for p in progress):
+def _outcome(status: str | None) -> bool | None:
+    """True: succeeded, False: failed for good (dead, cancelled, blocked, error), None: not finished."""
+    if status == State.SUCCEEDED.value:
+        return True
+    return None if status is None or status in _UNFINISHED else False
+
+
+def _run_state(progress: Sequence[StageProgress], planned: Collection[Any], problems: Mapping[str, str]) -> RunState:
+    if planned or any(_UNFINISHED & set(p.counts) for p in progress):
         return RunState.RUNNING
     # a fan-out whose list never came (its source failed) leaves its stage's total unknown
     done = all(p.total is not None and set(p.counts) <= {State.SUCCEEDED.value} for p in progress)

@@ -5,17 +5,34 @@ Everything a run needs is in the store (its spec, frozen at start, its input, it
 any process may advance any run, and advancing twice is harmless: a stage job's idempotency key
 is the hash of its task and payload, so asking again finds the same job. The same key makes a
 re-run on the same input reuse the stage jobs already done (unless the run is `fresh`).
+
+The driver keeps the runs it advances in memory between advances (`keep=True`): an advance then
+reads from the store only the run's state and the states of the jobs that finished since, and
+plans again only what depends on them. A run some other process changed meanwhile (its
+`updated_at` is not the one this runner last wrote), or one the driver asks to read whole again
+(its slow sweep), is read from the store as if new: the store stays the truth.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from clusterai.config import ClusterConfig
-from clusterai.core.model import JobSpec, RunRecord, State
-from clusterai.core.pipelines import JobView, Pipeline, Plan, RunState, declared_pipelines, dig, input_key, plan
+from clusterai.core.model import Job, JobSpec, RunRecord, State
+from clusterai.core.pipelines import (
+    JobView,
+    NewJob,
+    Pipeline,
+    Planner,
+    RunState,
+    declared_pipelines,
+    dig,
+    input_key,
+    plan,
+)
 from clusterai.core.tasks import get_task, task_modules
 from clusterai.errors import BadInput, InvalidTransition
 from clusterai.service.submission import spec_factory
@@ -41,11 +58,24 @@ def describe(pipeline: Pipeline) -> dict[str, Any]:
     return {**pipeline.to_dict(), "fan_out": {s.name: pipeline.domain(s.name) for s in pipeline.stages}}
 
 
+@dataclass
+class _Live:
+    """A running run as one runner last saw it."""
+
+    run: RunRecord
+    pipeline: Pipeline
+    planner: Planner
+    stamp: float  # the run's updated_at, as this runner last read or wrote it
+    saved: tuple[str, int]  # the state and the planner's problem revision last stored
+    lost: bool = False  # another process cancelled or finished it meanwhile
+
+
 class PipelineRunner:
     def __init__(self, store: JobStore, config: ClusterConfig, *, wake: Callable[[], None] = lambda: None):
         self.store = store
         self.config = config
         self.wake = wake
+        self._live: dict[int, _Live] = {}  # runs advanced with keep=True
 
     # -- starting -----------------------------------------------------------------------------
 
@@ -80,29 +110,82 @@ class PipelineRunner:
 
     # -- advancing ----------------------------------------------------------------------------
 
-    def advance(self, run_id: int) -> set[int]:
+    def advance(self, run_id: int, finished: Collection[int] | None = None, *, keep: bool = False) -> set[int]:
         """Create every stage job that can be created now and record the run's state. Returns the
-        ids of its stage jobs that have not finished (the driver waits for those)."""
-        run = self.store.get_run(run_id)
+        ids of its unfinished stage jobs to wait for (the driver waits for those).
+
+        Without `keep` the run is read whole from the store and every unfinished job is returned.
+        With `keep` its view stays in memory, and the next call with `finished` (the run's jobs that
+        reached a final state since) reads from the store only the run's state and theirs, and
+        returns only the jobs it did not return before; `finished=None` reads the run whole again."""
+        live = self._live.pop(run_id, None)
+        if not keep or finished is None:
+            live = None
+        elif live is not None:
+            state, _, updated_at = self.store.run_head(run_id)
+            if state != RunState.RUNNING.value:
+                return set()
+            if updated_at != live.stamp:  # changed by someone else: read it again
+                live = None
+        if live is None:
+            live = self._load(run_id)
+            if live is None:
+                return set()
+            waiting = live.planner.unfinished()
+        else:
+            waiting = set()
+            for job_id, state in self.store.states_of(list(finished or ())).items():
+                live.planner.changed(job_id, state)
+                if not state.terminal:
+                    waiting.add(job_id)
+        waiting |= self._step(live)
+        if keep and live.saved[0] == RunState.RUNNING.value and not live.lost:
+            self._live[run_id] = live
+        return waiting
+
+    def forget(self, run_id: int) -> None:
+        """Drop a run kept in memory (it finished, or is no longer this runner's to advance)."""
+        self._live.pop(run_id, None)
+
+    def _load(self, run_id: int) -> _Live | None:
+        run = self.store.get_run(run_id)  # before its jobs: a change after this read shows as a newer stamp
         if run.state != RunState.RUNNING.value:
-            return set()
+            return None
         pipeline = Pipeline.from_dict(run.name, run.spec)
-        problems = dict(run.problems)
+        planner = Planner(pipeline, run.input, self._jobs(run_id), run.problems)
+        return _Live(run, pipeline, planner, run.updated_at, (run.state, planner.revision))
+
+    def _step(self, live: _Live) -> set[int]:
+        """Plan, create, plan again: a reused (already finished) stage job or a refused payload can
+        make the next stage ready at once. Each round creates or refuses something, so few suffice.
+        Records the run's state when it changed; returns the unfinished jobs it created."""
+        planner, run = live.planner, live.run
         cache: dict[int, Any] = {}
-        # Plan, create, plan again: a reused (already finished) stage job or a refused payload can
-        # make the next stage ready at once. Each round creates or refuses something, so few suffice.
-        for _ in range(4 * len(pipeline.stages) + 4):
-            jobs = self._jobs(run_id)
-            current = plan(pipeline, run.input, jobs, self._results(cache), problems)
-            if not current.new:
+        waiting: set[int] = set()
+        for _ in range(4 * len(live.pipeline.stages) + 4):
+            new = planner.step(self._results(cache))
+            if not new:
                 break
-            problems = {**current.problems, **self._create(run, pipeline, current)}
-        else:  # not reached in practice; the driver's sweep comes back to this run
-            current = Plan([], current.stages, RunState.RUNNING, current.problems)
-        state = current.state.value
-        if state != run.state or current.problems != run.problems:
-            self.store.update_run(run_id, state, current.problems, time.time(), expected=run.state)
-        return {v.job_id for v in jobs.values() if not v.state.terminal}
+            created, refused, now = self._create(run, live.pipeline, new)
+            for (stage, item), why in refused.items():
+                planner.refused(stage, item, why)
+            for stage, item, job in created:
+                # a dead or cancelled job found by its key was queued again in the same transaction
+                state = State.QUEUED if job.state in (State.DEAD, State.CANCELLED) else job.state
+                planner.created(stage, item, JobView(job.id, state))
+                if not state.terminal:
+                    waiting.add(job.id)
+            if now is not None:
+                live.stamp = now
+        # not settled (not reached in practice): the run stays running; the next advance goes on
+        saved = (planner.state().value, planner.revision)
+        if saved != live.saved:
+            now = time.time()
+            if self.store.update_run(run.id, saved[0], dict(planner.problems), now, expected=RunState.RUNNING.value):
+                live.stamp, live.saved = now, saved
+            else:  # cancelled or finished meanwhile: not ours to go on with
+                live.lost = True
+        return waiting
 
     def _jobs(self, run_id: int) -> dict[tuple[str, int], JobView]:
         return {(stage, item): JobView(job_id, state, error)
@@ -117,27 +200,31 @@ class PipelineRunner:
 
         return fetch
 
-    def _create(self, run: RunRecord, pipeline: Pipeline, current: Plan) -> dict[str, str]:
-        """Stage jobs for the plan's new entries; those whose payload the task refuses come back
-        as problems (they count as failed; their siblings go on)."""
+    def _create(self, run: RunRecord, pipeline: Pipeline, new: Sequence[NewJob]
+                ) -> tuple[list[tuple[str, int, Job]], dict[tuple[str, int], str], float | None]:
+        """Stage jobs for the plan's new entries (with the time they were stored at, None if none
+        were); those whose payload the task refuses come back as problems (they count as failed;
+        their siblings go on)."""
         entries: list[tuple[str, int, JobSpec]] = []
-        refused: dict[str, str] = {}
+        refused: dict[tuple[str, int], str] = {}
         salt = str(run.id) if run.fresh else ""
         factories: dict[str, Callable[..., JobSpec]] = {}
-        for new in current.new:
-            stage = pipeline.stage(new.stage)
+        for entry in new:
+            stage = pipeline.stage(entry.stage)
             try:
                 if stage.name not in factories:
                     factories[stage.name] = _factory(self.config, stage.task, stage.options, owner=run.owner)
-                clean = get_task(stage.task).validate(new.payload)
-                entries.append((new.stage, new.item, factories[stage.name](
+                clean = get_task(stage.task).validate(entry.payload)
+                entries.append((entry.stage, entry.item, factories[stage.name](
                     clean, idempotency_key=input_key(stage.task, clean, salt))))
             except BadInput as exc:
-                refused[f"{new.stage}/{new.item}"] = str(exc)
-        if entries:
-            self.store.add_run_jobs(run.id, entries, time.time())
-            self.wake()
-        return refused
+                refused[(entry.stage, entry.item)] = str(exc)
+        if not entries:
+            return [], refused, None
+        now = time.time()
+        jobs = self.store.add_run_jobs(run.id, entries, now)
+        self.wake()
+        return [(stage, item, job) for (stage, item, _), job in zip(entries, jobs)], refused, now
 
     # -- reading and changing -----------------------------------------------------------------
 

@@ -97,6 +97,7 @@ class _Cursor:
 
 class PostgresStore(SqlStore):
     _skip_locked = " FOR UPDATE SKIP LOCKED"
+    _one_writer = False  # concurrent writers: a key may be taken between a look-up and an insert
     _minute_of_finish = "FLOOR(finished_at / 60) * 60"
 
     def __init__(self, url: str, *, busy_timeout: float = 30.0, connect_timeout: float = 5.0,

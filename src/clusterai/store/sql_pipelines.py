@@ -8,13 +8,17 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from clusterai.core.chunks import chunked
-from clusterai.core.model import CountPoint, Job, JobSpec, RunRecord, State
+from clusterai.core.model import CountPoint, Job, JobSpec, RunRecord, State, scoped_key
 from clusterai.errors import RunNotFound
 from clusterai.store.sql_events import job_events
 from clusterai.store.sql_where import listing_where
 
 _RUN_COLUMNS = "id, name, spec, input, state, fresh, problems, owner, created_at, updated_at, finished_at"
 _COUNT_COLUMNS = "job_id, camera, frame, video_time, at, total, left_to_right, right_to_left"
+
+
+def _key(spec: JobSpec) -> str | None:
+    return scoped_key(spec.owner, spec.idempotency_key)
 
 
 def _row_to_run(row: Sequence[Any]) -> RunRecord:
@@ -31,6 +35,10 @@ class PipelineTables:
     _read: Callable[..., list[tuple[Any, ...]]]
     _insert_ids: Callable[[Any, str, Sequence[tuple[Any, ...]]], list[int]]
     _insert_jobs: Callable[[Any, Sequence[JobSpec], float], list[Job]]
+    _stored_by_key: Callable[[Any, Sequence[JobSpec]], dict[str, Job]]
+    _unscoped_keys: Callable[[Any, Sequence[JobSpec]], dict[tuple[str | None, str], tuple[int, str]]]
+    _insert_plain: Callable[[Any, Sequence[JobSpec], float], list[Job]]
+    _one_writer: bool
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -58,6 +66,14 @@ class PipelineTables:
 
     def active_runs(self) -> list[int]:
         return [r[0] for r in self._read("SELECT id FROM pipeline_runs WHERE state='running' ORDER BY id")]
+
+    def run_head(self, run_id: int) -> tuple[str, float, float]:
+        """A run's state, created_at and updated_at (every write to the run or its links moves
+        it), without its spec and input: what an advancer that keeps the run in memory checks."""
+        rows = self._read("SELECT state, created_at, updated_at FROM pipeline_runs WHERE id=?", (run_id,))
+        if not rows:
+            raise RunNotFound(run_id)
+        return rows[0][0], rows[0][1], rows[0][2]
 
     def run_jobs(self, run_id: int) -> list[tuple[str, int, int, State, str | None, float]]:
         """(stage, item, job id, job state, error, job created_at) of every stage job of a run."""
@@ -92,7 +108,19 @@ class PipelineTables:
         """Create (or find, by idempotency key) the stage jobs and link them to the run, in one
         transaction. A dead or cancelled job found by its key is queued again: this run wants it."""
         with self._write() as cur:
-            jobs = self._insert_jobs(cur, [spec for _, _, spec in entries], now)
+            specs = [spec for _, _, spec in entries]
+            stored = self._stored_by_key(cur, specs)  # found again (reused): looked up together
+            new = [s for s in specs if _key(s) not in stored]
+            if self._one_writer and new:  # the keys still free can go in together, with one statement
+                legacy = self._unscoped_keys(cur, new)
+                free: dict[str, JobSpec] = {}
+                for s in new:
+                    if (key := _key(s)) is not None and (s.owner, s.idempotency_key) not in legacy:
+                        free.setdefault(key, s)
+                stored.update(zip(free, self._insert_plain(cur, list(free.values()), now)))
+                new = [s for s in new if _key(s) not in stored]
+            made = iter(self._insert_jobs(cur, new, now))  # one by one: keys stored before scoping
+            jobs = [stored[key] if (key := _key(spec)) in stored else next(made) for spec in specs]
             cur.executemany(
                 "INSERT INTO pipeline_jobs (run_id, stage, item, job_id) VALUES (?,?,?,?)"
                 " ON CONFLICT (run_id, stage, item) DO NOTHING",
