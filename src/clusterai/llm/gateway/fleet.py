@@ -50,6 +50,13 @@ class Fleet:
     def backends(self) -> list[Backend]:
         return self.gateway.router.backends
 
+    async def fresh(self) -> None:
+        """The model lists fresh, and each Ollama-kind backend's version known: which server it is
+        decides whether it manages models (a health check asks for it only in the background)."""
+        await self.gateway.fresh()
+        unknown = [b for b in self.backends if b.reachable and b.kind == "ollama" and not b.version]
+        await asyncio.gather(*(self.gateway.learn_version(b) for b in unknown))
+
     def managing(self) -> list[Backend]:
         """Backends that manage their own models: Ollama servers, reachable."""
         return [b for b in self.backends if b.reachable and manages_models(b)]
@@ -100,7 +107,7 @@ class Fleet:
                    insecure: bool = False) -> AsyncIterator[dict[str, Any]]:
         """Pull onto each target at once; yields each backend's progress (with `backend`), summed
         progress lines, and a last line: status success, or the error of those that failed."""
-        await self.gateway.fresh()
+        await self.fresh()
         targets = self.pull_targets(model, backends, replicas)
         body = {"model": model, "stream": True, "insecure": insecure}
         async for line in self._fan_out("/api/pull", body, targets, f"pulling {model}"):
@@ -110,7 +117,7 @@ class Fleet:
                      backends: Sequence[str] | None = None) -> AsyncIterator[dict[str, Any]]:
         """Ollama's /api/create on each target: the chosen ones, else those that have its `from` model,
         else every Ollama server. One that does not know the endpoint is reported as unsupported."""
-        await self.gateway.fresh()
+        await self.fresh()
         model = body.get("model") or body.get("name")
         if not isinstance(model, str) or not model:
             raise BadInput("'model' is required")
@@ -220,7 +227,7 @@ class Fleet:
         return [n for n, e in results if e is None], {n: e for n, e in results if e is not None}
 
     async def delete(self, model: str, *, backends: Sequence[str] | None = None) -> dict[str, Any]:
-        await self.gateway.fresh()
+        await self.fresh()
         targets = self._manageable(backends) if backends else [b for b in self.managing() if b.has(model)]
         if not targets:
             raise ModelNotFound(f"model '{model}' not found on any backend that manages models")
@@ -239,7 +246,7 @@ class Fleet:
     async def copy(self, source: str, destination: str, *, backends: Sequence[str] | None = None) -> dict[str, Any]:
         if not destination:
             raise BadInput("'destination' is required")
-        await self.gateway.fresh()
+        await self.fresh()
         targets = self._manageable(backends) if backends else [b for b in self.managing() if b.has(source)]
         if not targets:
             raise ModelNotFound(f"model '{source}' not found on any backend that manages models")

@@ -178,7 +178,7 @@ class Gateway:
                                     for name, m in loaded.items()} | {m: size for m, (_, size) in kept.items()}
             joined = not backend.reachable
             if joined and backend.kind == "ollama":
-                self.background(self._learn_version(backend))
+                self.background(self.learn_version(backend))
             if joined:
                 log.info("backend %s is reachable: %s", backend.name, ", ".join(sorted(backend.models)))
             backend.reachable = True
@@ -197,7 +197,7 @@ class Gateway:
             for listener in self.on_checked:
                 listener(backend, joined)
 
-    async def _learn_version(self, backend: Backend) -> None:
+    async def learn_version(self, backend: Backend) -> None:
         """Which server it is (clusterai's model servers manage no models): asked aside from the
         health check, which a server slow to say its version must not fail."""
         try:
