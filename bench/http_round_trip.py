@@ -46,7 +46,7 @@ from typing import Any
 import psutil
 
 from bench.common import RESULTS, ROOT, free_port, latency_stats, log, wait_until, write_json
-from bench.http_submit import HOST, PATH, RawHttp, load_process, submission_body
+from bench.http_submit import HOST, PATH, RawHttp, add_tokens, load_process, submission_body
 
 HEAD_START_TIMEOUT = 90
 DRAIN_TIMEOUT = 120
@@ -74,23 +74,6 @@ class Db:
         """(jobs in the store, the largest id)."""
         count, top = self.query("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM jobs")[0]
         return int(count), int(top)
-
-
-def add_tokens(store_url: str, prefix: str, n: int) -> list[str]:
-    """`n` new submitter tokens, one per client, so that each has its own rate limit."""
-    from clusterai.service.access import new_token
-    from clusterai.store.open import open_store
-
-    store = open_store(store_url)
-    try:
-        texts = []
-        for i in range(n):
-            text, record = new_token(f"{prefix}-{i}", "submitter", created_by=None)
-            store.add_token(record)
-            texts.append(text)
-        return texts
-    finally:
-        store.close()
 
 
 class Postgres:

@@ -355,7 +355,9 @@ def store_state(store_path: Path) -> tuple[int, int]:
     return int(count), int(top)
 
 
-def add_tokens(store_path: Path, prefix: str, n: int) -> list[str]:
+def add_tokens(store_path: Path | str, prefix: str, n: int) -> list[str]:
+    """`n` new submitter tokens, one per client, so that each has its own rate limit (a store file
+    or URL)."""
     from clusterai.service.access import new_token
     from clusterai.store.open import open_store
 
