@@ -3,8 +3,8 @@ with the most free memory; progress streamed per backend and summed), delete, co
 and unload (Ollama's keep_alive), what is loaded where (ps), and the placement gateway.models asks
 for, kept by a loop: `replicas` backends have each model (pulled where missing), a preloaded model
 is loaded on them (also on a backend that just joined), and a pinned keep_alive is put back when a
-backend's own clock for the model says otherwise (an OpenAI-style request resets it to Ollama's
-default).
+backend's own clock says it will unload a model pinned for good (an OpenAI-style request resets
+it to Ollama's default).
 
 Only Ollama servers manage models: an OpenAI-only backend and clusterai's own model servers (which
 serve what they were started with) are never asked to pull, copy, create or delete.
@@ -375,21 +375,18 @@ class Fleet:
                 idle = [b for b in having if not b.holds(model) and self._may(model, b, now)]
                 for b in self.by_free_memory(idle, model)[:max(0, placement.replicas - len(holding))]:
                     self._act(model, b, self._ensure_loaded(model, b))
-            pinned = placement.keep_alive_seconds
-            if pinned is not None and pinned > 0:
+            if placement.keep_alive_seconds == FOREVER:
                 for b in having:
-                    if b.holds(model) and b.kind == "ollama" and self._drifted(b, model, pinned, now):
+                    if b.holds(model) and b.kind == "ollama" and self._expires(b, model):
                         self._act(model, b, self._ensure_loaded(model, b))
 
     @staticmethod
-    def _drifted(backend: Backend, model: str, pinned: float, now: float) -> bool:
-        """The backend's clock for the model is shorter than the pin says (by more than a minute,
-        or at all when pinned for good)."""
+    def _expires(backend: Backend, model: str) -> bool:
+        """The backend means to unload a model pinned for good (an OpenAI-style request reset its
+        clock to Ollama's default). A finite pin is left alone: the backend's clock for it is
+        counted from the last request, which the gateway cannot tell from an early reset."""
         name = next((m for m in backend.loaded if m == model or m.removesuffix(":latest") == model), model)
-        until = backend.expires.get(name, math.inf)
-        if pinned == FOREVER:
-            return until != math.inf
-        return until < now + pinned - 60.0
+        return backend.expires.get(name, math.inf) != math.inf
 
     def _may(self, model: str, backend: Backend, now: float) -> bool:
         key = (model, backend.name)
