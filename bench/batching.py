@@ -20,7 +20,6 @@ import argparse
 import os
 import platform
 import queue
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, ROOT, free_port, log, wait_until, write_json
+from bench.common import RESULTS, ROOT, free_port, log, stop_group, wait_until, write_json
 
 WORDS = ["the", "cluster", "runs", "a", "worker", "that", "keeps", "jobs", "in", "its", "store", "and", "answers",
          "the", "head"]
@@ -65,14 +64,6 @@ def start_server(model: Path, max_batch: int, folder: Path) -> tuple[subprocess.
 
     wait_until(up, 120, f"the model server (--max-batch {max_batch})")
     return proc, url
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def run(url: str, texts: list[str], tokens: int, clients: int) -> dict[str, Any]:
@@ -144,7 +135,7 @@ def main() -> None:
                 runs["clients_batched"].append(run(servers[8][1], texts, opts.tokens, opts.clients))
         finally:
             for proc, _ in servers.values():
-                stop(proc)
+                stop_group(proc)
     reference = runs["one_client"][0]["texts"]
     same = all(one["texts"] == reference for results in runs.values() for one in results)
     summary = summarize(runs)

@@ -1,12 +1,15 @@
-"""Shared helpers: the workload sizes, timing, percentiles, RSS sampling and result files."""
+"""Shared helpers: the workload sizes, timing, percentiles, RSS sampling, result files, and server
+processes in sessions of their own."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -132,3 +135,23 @@ def rss_mb() -> float:
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """A server process in a session of its own (so that stop_group reaches its children), its
+    output appended to `log_path`; the repository on its path unless `env` says otherwise."""
+    return subprocess.Popen(args, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env or {**os.environ, "PYTHONPATH": str(ROOT)}, cwd=cwd)
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """SIGTERM to the process's session, SIGKILL after `grace` seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, ROOT, free_port, log, percentile, wait_until, write_json
+from bench.common import RESULTS, ROOT, free_port, log, percentile, spawn, stop_group, wait_until, write_json
 
 ANSWER = json.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "m",
@@ -151,19 +150,6 @@ def load(target: dict[str, Any], rounds: int, seconds: float) -> dict[str, Any]:
 # -- driving -------------------------------------------------------------------------------------
 
 
-def _spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env=env or {**os.environ, "PYTHONPATH": str(ROOT)})
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 def _up(url: str, headers: dict[str, str], timeout: float = 90, body: dict[str, Any] | None = None) -> None:
     import httpx
 
@@ -201,12 +187,12 @@ def main() -> None:
         folder = Path(tmp)
         up_port, ca_port, tr_port, ll_port = free_port(), free_port(), free_port(), free_port()
         upstream = f"http://127.0.0.1:{up_port}"
-        procs = [_spawn([sys.executable, "-m", "bench.gateway", "--role", "upstream", "--port", str(up_port)],
+        procs = [spawn([sys.executable, "-m", "bench.gateway", "--role", "upstream", "--port", str(up_port)],
                         folder / "upstream.log")]
         targets: dict[str, dict[str, Any]] = {"direct": {"url": f"{upstream}/v1/chat/completions", "headers": {}}}
         try:
             _up(targets["direct"]["url"], {})
-            procs.append(_spawn([sys.executable, "-m", "bench.gateway", "--role", "clusterai", "--port", str(ca_port),
+            procs.append(spawn([sys.executable, "-m", "bench.gateway", "--role", "clusterai", "--port", str(ca_port),
                                  "--upstream", upstream, "--folder", str(folder)], folder / "clusterai.log"))
             wait_until(lambda: (folder / "token").exists(), 60, "the clusterai token")
             targets["clusterai"] = {"url": f"http://127.0.0.1:{ca_port}/v1/chat/completions",
@@ -214,7 +200,7 @@ def main() -> None:
             _up(targets["clusterai"]["url"], targets["clusterai"]["headers"])
             # the same upstream declared as OpenAI-only, asked in Ollama's terms: what translation adds
             (folder / "translated").mkdir()
-            procs.append(_spawn([sys.executable, "-m", "bench.gateway", "--role", "clusterai", "--port", str(tr_port),
+            procs.append(spawn([sys.executable, "-m", "bench.gateway", "--role", "clusterai", "--port", str(tr_port),
                                  "--upstream", upstream, "--folder", str(folder / "translated"), "--kind", "openai"],
                                 folder / "translated.log"))
             wait_until(lambda: (folder / "translated" / "token").exists(), 60, "the second clusterai token")
@@ -230,7 +216,7 @@ def main() -> None:
                     "model": "openai/m", "api_base": f"{upstream}/v1", "api_key": "none"}}],
                     "litellm_settings": {"telemetry": False}, "general_settings": {"master_key": master}}))
                 env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-                procs.append(_spawn([opts.litellm, "--config", str(config), "--port", str(ll_port), "--host",
+                procs.append(spawn([opts.litellm, "--config", str(config), "--port", str(ll_port), "--host",
                                      "127.0.0.1", "--num_workers", "1"], folder / "litellm.log", env=env))
                 targets["litellm"] = {"url": f"http://127.0.0.1:{ll_port}/v1/chat/completions",
                                       "headers": {"Authorization": f"Bearer {master}"}}
@@ -247,7 +233,7 @@ def main() -> None:
                     figures[name].append(json.loads(out.stdout))
         finally:
             for proc in reversed(procs):
-                _stop(proc)
+                stop_group(proc)
     summary = summarize(figures)
     write_json(opts.out, {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                       "when": time.strftime("%Y-%m-%d %H:%M:%S")},

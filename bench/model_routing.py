@@ -38,7 +38,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS, ROOT, free_port, log, percentile, wait_until, write_json
+from bench.common import RESULTS, ROOT, free_port, log, percentile, spawn, stop_group, wait_until, write_json
 
 MODELS = ("m1", "m2")
 SHARE_M1 = 0.6
@@ -66,23 +65,6 @@ def request_stream(n: int, seed: int = SEED) -> list[str]:
 # -- processes -----------------------------------------------------------------------------------
 
 
-def _spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None,
-           cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-                            env=env or {**os.environ, "PYTHONPATH": str(ROOT)}, cwd=cwd)
-
-
-def _stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(grace)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-
 class Fakes:
     """Two fake Ollama servers, each in a process of its own; `stop` returns what they counted."""
 
@@ -98,7 +80,7 @@ class Fakes:
                     *(a for m in MODELS for a in ("--model", m)), "--load-seconds", str(LOAD_SECONDS),
                     "--generate-seconds", str(GENERATE_SECONDS), "--max-loaded", "1",
                     "--stats", str(folder / f"fake{i}.json")]
-            self.procs.append(_spawn(args, folder / f"fake{i}.log", env=env))
+            self.procs.append(spawn(args, folder / f"fake{i}.log", env=env))
         import httpx
 
         for url in self.urls:
@@ -108,7 +90,7 @@ class Fakes:
     def stop(self) -> list[dict[str, Any]]:
         counts = []
         for i, proc in enumerate(self.procs):
-            _stop(proc)
+            stop_group(proc, 15)
             stats = self.folder / f"fake{i}.json"
             counts.append(json.loads(stats.read_text()) if stats.exists() else {"loads": {}, "served": {},
                                                                                    "missing": True})
@@ -212,7 +194,7 @@ def run_clusterai(folder: Path, fakes: Fakes, requests: int, clients: int) -> di
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "cluster.yaml").write_text(yaml.safe_dump(clusterai_yaml(folder, fakes.urls), sort_keys=False))
     port = free_port()
-    proc = _spawn([sys.executable, "-m", "bench.model_routing", "--role", "clusterai", "--port", str(port),
+    proc = spawn([sys.executable, "-m", "bench.model_routing", "--role", "clusterai", "--port", str(port),
                    "--folder", str(folder)], folder / "clusterai.log")
     try:
         wait_until(lambda: (folder / "token").exists(), 60, "the clusterai token")
@@ -233,7 +215,7 @@ def run_clusterai(folder: Path, fakes: Fakes, requests: int, clients: int) -> di
                                                 for b in m["backends"]} for m in seen["models"]}
         return figures
     finally:
-        _stop(proc)
+        stop_group(proc, 15)
 
 
 def run_litellm(folder: Path, fakes: Fakes, requests: int, clients: int, litellm: str) -> dict[str, Any]:
@@ -250,7 +232,7 @@ def run_litellm(folder: Path, fakes: Fakes, requests: int, clients: int, litellm
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
            "LITELLM_LOCAL_MODEL_COST_MAP": "True"}  # offline: its bundled price list, no fetch at start
-    proc = _spawn([os.path.abspath(litellm), "--config", str(folder / "litellm.yaml"), "--port", str(port),
+    proc = spawn([os.path.abspath(litellm), "--config", str(folder / "litellm.yaml"), "--port", str(port),
                    "--host", "127.0.0.1", "--num_workers", "1"], folder / "litellm.log", env=env, cwd=folder)
     try:
         headers = {"Authorization": f"Bearer {master}"}
@@ -266,7 +248,7 @@ def run_litellm(folder: Path, fakes: Fakes, requests: int, clients: int, litellm
         wait_until(listed, 240, "LiteLLM's proxy", pause=0.5)
         return _run_load({"url": f"{base}/v1/chat/completions", "headers": headers}, requests, clients)
     finally:
-        _stop(proc)
+        stop_group(proc, 15)
 
 
 def run_openwebui(folder: Path, fakes: Fakes, requests: int, clients: int) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 # The gateway's added latency and requests/s against a minimal upstream, beside a direct call and
 # LiteLLM's proxy (see BENCHMARKS.md). LiteLLM gets a virtualenv of its own (.venv-litellm), so its
 # dependencies never touch clusterai's. Usage: bench/run_gateway.sh [--quick]; about 3 minutes on
-# 2 CPUs; results land in bench/results/gateway.json.
+# 2 CPUs; results land in bench/results/gateway.json. bench/run_model_routing.sh runs through it with
+# BENCH_MODULE=bench.model_routing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
@@ -12,5 +13,5 @@ if [ ! -x .venv-litellm/bin/litellm ]; then
     .venv-litellm/bin/python -m pip install --quiet 'litellm[proxy]'
 fi
 mkdir -p bench/results
-PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec .venv/bin/python -m bench.gateway \
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec .venv/bin/python -m "${BENCH_MODULE:-bench.gateway}" \
     --litellm .venv-litellm/bin/litellm "$@"

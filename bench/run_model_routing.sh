@@ -6,14 +6,4 @@
 # too (.venv-openwebui, made by tests/support/openwebui.py when missing). Usage:
 # bench/run_model_routing.sh [--quick] [--systems clusterai,litellm,openwebui] [--logs DIR]; about
 # 6 minutes on 2 CPUs; results land in bench/results/model_routing.json.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-.venv/bin/python -m pip install --quiet -e '.[test]'
-if [ ! -x .venv-litellm/bin/litellm ]; then
-    python3 -m venv .venv-litellm
-    .venv-litellm/bin/python -m pip install --quiet 'litellm[proxy]'
-fi
-mkdir -p bench/results
-PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec .venv/bin/python -m bench.model_routing \
-    --litellm .venv-litellm/bin/litellm "$@"
+BENCH_MODULE=bench.model_routing exec "$(dirname "$0")/run_gateway.sh" "$@"

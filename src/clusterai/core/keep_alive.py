@@ -11,6 +11,7 @@ from typing import Any
 from clusterai.errors import BadInput
 
 FOREVER = math.inf
+OLLAMA_KEEP_ALIVE = 300.0  # Ollama's default: what a server does with a request that names none
 GO_MAX_DURATION = (2**63 - 1) / 1e9  # Ollama's "forever" in expires_at: Go's longest duration, ~292 years
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d*\.?\d+)(ns|us|µs|μs|ms|s|m|h)")

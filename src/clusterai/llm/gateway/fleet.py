@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from clusterai.core.keep_alive import FOREVER, as_ollama, keep_alive_seconds
+from clusterai.core.keep_alive import FOREVER, OLLAMA_KEEP_ALIVE, as_ollama, keep_alive_seconds
 from clusterai.errors import BadInput, ModelNotFound
 from clusterai.llm.gateway.router import Backend, iso_time
 
@@ -237,8 +237,7 @@ class Fleet:
         failed = {n: e for n, e in failed.items() if n not in missing}
         for b in targets:
             if b.name in done or b.name in missing:
-                b.models = frozenset(m for m in b.models if m != model and m.removesuffix(":latest") != model)
-                b.loaded = frozenset(m for m in b.loaded if m != model and m.removesuffix(":latest") != model)
+                b.forget(model)
         if not done and not failed:
             raise ModelNotFound(f"model '{model}' not found on any backend that manages models")
         return {"model": model, "deleted": done, "failed": failed}
@@ -302,7 +301,7 @@ class Fleet:
             done += again
             failed = {n: e for n, e in failed.items() if n not in again} | still
         seconds = keep_alive_seconds(keep_alive) if keep_alive is not None else None
-        until = time.time() + (seconds if seconds is not None else 300.0)
+        until = time.time() + (seconds if seconds is not None else OLLAMA_KEEP_ALIVE)
         for b in targets:
             if b.name in done:
                 b.note_loaded(model, until)
@@ -385,8 +384,8 @@ class Fleet:
         """The backend means to unload a model pinned for good (an OpenAI-style request reset its
         clock to Ollama's default). A finite pin is left alone: the backend's clock for it is
         counted from the last request, which the gateway cannot tell from an early reset."""
-        name = next((m for m in backend.loaded if m == model or m.removesuffix(":latest") == model), model)
-        return backend.expires.get(name, math.inf) != math.inf
+        until = backend.until(model)
+        return until is not None and until != math.inf
 
     def _may(self, model: str, backend: Backend, now: float) -> bool:
         key = (model, backend.name)

@@ -78,16 +78,27 @@ class Backend:
     def holds(self, model: str) -> bool:
         return model in self.loaded or _base(model) in {_base(m) for m in self.loaded}
 
-    def _loaded_name(self, model: str) -> str | None:
+    def loaded_name(self, model: str) -> str | None:
+        """The name the backend holds the model under (with or without :latest); None: not loaded."""
         for m in self.loaded:
             if m == model or _base(m) == _base(model):
                 return m
         return None
 
+    def until(self, model: str) -> float | None:
+        """When the loaded model unloads (epoch; inf: never); None when it is not loaded."""
+        name = self.loaded_name(model)
+        return None if name is None else self.expires.get(name, math.inf)
+
+    def forget(self, model: str) -> None:
+        """The backend no longer has the model (deleted)."""
+        self.models = frozenset(m for m in self.models if _base(m) != _base(model))
+        self.loaded = frozenset(m for m in self.loaded if _base(m) != _base(model))
+
     def warm(self, model: str, now: float) -> bool:
         """Loaded, and not due to unload within EXPIRY_MARGIN."""
-        name = self._loaded_name(model)
-        return name is not None and self.expires.get(name, math.inf) - now > EXPIRY_MARGIN
+        until = self.until(model)
+        return until is not None and until - now > EXPIRY_MARGIN
 
     def free_memory(self) -> int | None:
         if self.memory is None:
@@ -111,7 +122,7 @@ class Backend:
         """What the gateway expects after sending it a request for the model, until its next /api/ps
         says: loaded until `until`; the models it can no longer hold beside it (by its memory, else
         by the most it was seen to hold at once) are taken out, those due to expire first."""
-        name = self._loaded_name(model) or model
+        name = self.loaded_name(model) or model
         size = self.loaded_sizes.get(name) or self.size_of(model) or 0
         expires = {m: t for m, t in self.expires.items() if m != name}
         sizes = {m: b for m, b in self.loaded_sizes.items() if m != name}

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 
 from clusterai.config import GatewaySection
-from clusterai.core.keep_alive import keep_alive_seconds
+from clusterai.core.keep_alive import OLLAMA_KEEP_ALIVE, keep_alive_seconds
 from clusterai.errors import BadInput, GatewayRefused, ModelNotFound, UpstreamFailed
 from clusterai.llm.gateway.fleet import Fleet
 from clusterai.llm.gateway.router import Backend, ModelStats, Router, iso_time
@@ -43,7 +43,6 @@ from clusterai.placement.breaker import BreakerState, CircuitBreaker
 
 log = logging.getLogger("clusterai.llm.gateway")
 PASSED_HEADERS = ("content-type",)
-OLLAMA_KEEP_ALIVE = 300.0  # Ollama's default: what a backend does with a request that names none
 COLD_LOAD_SECONDS = 0.05  # a load_duration past this was a load from disk, not a model already in memory
 KEEP_ALIVE_PATHS = ("/api/generate", "/api/chat", "/api/embed", "/api/embeddings")
 
@@ -242,8 +241,7 @@ class Gateway:
                     continue
                 stats = b.stats.get(name.removesuffix(":latest"), ModelStats())
                 _add(total, stats)
-                until = next((t for m, t in b.expires.items() if m == name or m.removesuffix(":latest") ==
-                              name.removesuffix(":latest")), math.inf) if b.holds(name) else None
+                until = b.until(name)
                 rows.append({"name": b.name, "url": b.url, "kind": b.kind, "loaded": b.holds(name),
                              "expires_at": None if until is None else iso_time(until),
                              "expiring": until is not None and until - now <= 60.0,
@@ -277,9 +275,11 @@ class Gateway:
         await self.fresh()
         started = time.perf_counter()
         fields = parsed if parsed is not None else json.loads(body or b"{}") if protocol == "ollama" else {}
-        keep = self._keep_alive(model, fields if protocol == "ollama" else {})
-        if protocol == "ollama" and path in KEEP_ALIVE_PATHS and self.pinned(model) is not None:
-            fields = {**fields, "keep_alive": self.settings.models[self.placement_name(model)].keep_alive}
+        placement = self.settings.models.get(self.placement_name(model))
+        pinned = placement.keep_alive_seconds if placement is not None else None
+        keep = pinned if pinned is not None else _keep_alive(fields if protocol == "ollama" else {})
+        if protocol == "ollama" and path in KEEP_ALIVE_PATHS and placement is not None and pinned is not None:
+            fields = {**fields, "keep_alive": placement.keep_alive}
             body = json.dumps(fields).encode()
         # Ollama's "load this model" (an empty prompt): an OpenAI server would generate for it
         loading = protocol == "ollama" and path in ("/api/generate", "/api/chat") and \
@@ -379,18 +379,6 @@ class Gateway:
         placement = self.settings.models.get(self.placement_name(model))
         return None if placement is None else placement.keep_alive_seconds
 
-    def _keep_alive(self, model: str, fields: dict[str, Any]) -> float:
-        """How long the backend will keep the model after this request."""
-        pinned = self.pinned(model)
-        if pinned is not None:
-            return pinned
-        if fields.get("keep_alive") is not None:
-            try:
-                return keep_alive_seconds(fields["keep_alive"])
-            except BadInput:
-                return OLLAMA_KEEP_ALIVE  # the backend will refuse it and say why
-        return OLLAMA_KEEP_ALIVE
-
     def _count(self, backend: Backend, model: str, held: bool, tail: bytes, elapsed: float) -> None:
         """One answer, on the backend and on the model there: tokens, seconds, and whether it was a
         cold load (then: the load's seconds, and read the backend's lists again, as it may have
@@ -483,6 +471,16 @@ def _shown(backend: Backend) -> Answer:
             "remote_host": backend.name}
     return Answer(200, {"content-type": "application/json", "X-Clusterai-Backend": backend.name},
                   content=json.dumps(body).encode())
+
+
+def _keep_alive(fields: dict[str, Any]) -> float:
+    """How long the backend will keep the model after a request that pins nothing."""
+    if fields.get("keep_alive") is not None:
+        try:
+            return keep_alive_seconds(fields["keep_alive"])
+        except BadInput:
+            return OLLAMA_KEEP_ALIVE  # the backend will refuse it and say why
+    return OLLAMA_KEEP_ALIVE
 
 
 @dataclass(frozen=True)
