@@ -278,3 +278,40 @@ def test_store_survives_a_server_restart_and_is_unavailable_while_halted(pg_serv
             s.close()
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_every_pooled_connection_in_use_when_the_server_goes_down_is_unavailable_at_once(pg_server: PgServer):
+    # The coordinator's threads may hold every pooled connection when the server stops. The next
+    # call used to wait out the pool's busy timeout (30 s on the coordinator's event loop, so the API
+    # beside it answered nothing); it must be refused as fast as a closed port is.
+    server = PgServer().start()
+    try:
+        s = open_pg(server.create_database("busy_pool"), busy_timeout=30)
+        try:
+            (a,) = submit(s)
+            held = [s._connection() for _ in range(s._pool.max_size)]
+            began = time.monotonic()
+            assert s.get(a).state is State.QUEUED  # server up, every pooled connection taken: one of its own
+            assert time.monotonic() - began < 5
+            server.halt()
+            for attempt in (lambda: s.get(a), lambda: submit(s)):
+                began = time.monotonic()
+                with pytest.raises(StoreUnavailable, match="unavailable"):
+                    attempt()
+                assert time.monotonic() - began < 3
+            for conn in held:
+                s._release(conn)
+            server.resume()
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert s.get(a).state is State.QUEUED
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < deadline, "the store did not recover after the server came back"
+                    time.sleep(0.2)
+        finally:
+            s.close()
+    finally:
+        server.stop()

@@ -41,6 +41,8 @@ CHANNEL = "clusterai_jobs"
 EVENTS_LOCK = 7_219_450_001
 MIGRATION_LOCK = 7_219_450_002
 COORDINATOR_LOCK = 7_219_450_003
+# how long to wait for a pooled connection before asking the server directly (see _connection)
+POOL_WAIT = 0.5
 
 
 @functools.lru_cache(maxsize=512)
@@ -129,26 +131,25 @@ class PostgresStore(SqlStore):
         self._closing = threading.Event()
         self._listener: threading.Thread | None = None
         self._suspect = threading.Event()  # a pooled connection broke: the server went away, maybe for good
-        self._direct: set[Any] = set()  # connections made outside the pool while it reconnects
+        self._direct: set[Any] = set()  # connections made outside the pool: it was empty or reconnecting
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def _connection(self) -> Any:
-        if not self._suspect.is_set():
-            try:
-                return self._pool.getconn()
-            except (PoolTimeout, psycopg.Error) as exc:
-                raise StoreUnavailable(f"PostgreSQL store {self.url} is unavailable: {_reason(exc)}") from None
-        # After a connection broke, the pool reconnects in the background, with backoff, and getconn()
-        # would wait up to the busy timeout for it: 30 s of a frozen event loop for the coordinator
-        # (and the Dask scheduler and the API beside it) while the server is down. Ask the server
-        # itself instead: refused at once while it is down, a connection of our own once it is back.
+        wait = 0.05 if self._suspect.is_set() else POOL_WAIT
         try:
-            conn = self._pool.getconn(timeout=0.05)
+            conn = self._pool.getconn(timeout=wait)
             self._suspect.clear()
             return conn
-        except (PoolTimeout, psycopg.Error):
+        except PoolTimeout:
             pass
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"PostgreSQL store {self.url} is unavailable: {_reason(exc)}") from None
+        # Nothing pooled to hand: every connection is in use, or the pool is reconnecting (with
+        # backoff) to a server that went away. Waiting the busy timeout would freeze the
+        # coordinator's event loop (and the Dask scheduler and the API beside it) for 30 s while the
+        # server is down. Ask the server itself: refused at once while it is down; while it is up
+        # (the pool only busy) a connection of our own, closed after use.
         try:
             conn = psycopg.connect(self._conninfo, **self._connect_kwargs)
         except psycopg.Error as exc:
