@@ -116,3 +116,34 @@ def test_priority_order_on_one_busy_worker(config_factory, start_cluster, tmp_pa
     client.wait([blocker, *jobs], timeout=30)
     executed = [line.split()[0] for line in log.read_text().splitlines()]
     assert executed == ["critical", "high", "normal", "normal", "low", "low"]
+
+
+@pytest.mark.timeout(60)
+def test_result_comes_with_the_coordinators_report_and_matches_the_store(client, tmp_path, monkeypatch):
+    log = tmp_path / "results.log"
+    reads: list[int] = []
+    read = client.store.get
+    monkeypatch.setattr(client.store, "get", lambda job_id, **kw: reads.append(job_id) or read(job_id, **kw))
+    # sleeping a little: result() is surely waiting before the outcome is stored
+    job = client.submit("test.record", {"path": str(log), "key": "reported", "sleep": 0.2})
+    value = client.result(job, timeout=30)
+    assert reads == [], "the coordinator's report should have carried the result"
+    assert value == read(job.id).result == {"key": "reported", "pid": value["pid"]}
+
+    # finished before anyone waited: read from the store
+    earlier = client.submit("test.record", {"path": str(log), "key": "earlier"})
+    client.wait([earlier], timeout=30)
+    assert client.result(earlier, timeout=5)["key"] == "earlier"
+    assert reads == [earlier.id]
+
+
+@pytest.mark.timeout(60)
+def test_queued_jobs_start_as_soon_as_the_one_ahead_ends(config_factory, start_cluster):
+    # one worker, one thread: each job waits for the one ahead of it. The coordinator looks at the
+    # queue again when a batch ends only if it left work behind; a missed look costs up to a second
+    client = start_cluster(config_factory().with_overrides(**{"cluster.workers": 1}))
+    jobs = client.submit_many("test.sleep", [{"seconds": 0.1}] * 6)
+    client.wait(jobs, timeout=30)
+    attempts = sorted((a for j in jobs for a in client.get(j.id).attempts), key=lambda a: a.started_at)
+    gaps = [b.started_at - a.finished_at for a, b in zip(attempts, attempts[1:])]
+    assert len(attempts) == 6 and max(gaps) < 0.3, gaps

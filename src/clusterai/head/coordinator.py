@@ -21,7 +21,7 @@ from clusterai.config import CoordinatorSection, PlacementSection
 from clusterai.core.model import Finish, Job, Outcome, State, canonical_json, decide
 from clusterai.errors import StoreUnavailable
 from clusterai.head.metrics import Metrics
-from clusterai.head.plugins import CoordinatorPlugin, FinishListener
+from clusterai.head.plugins import CoordinatorPlugin
 from clusterai.head.registry import WorkerRegistry
 from clusterai.placement import Strategy, WorkerSlot, make_strategy
 from clusterai.placement.planner import Batch, Planner
@@ -58,12 +58,17 @@ class Coordinator:
         self.metrics = Metrics()
         self.plugins: list[CoordinatorPlugin] = []
         self._hooked: dict[str, list[CoordinatorPlugin]] = {}  # per-item hooks: only the plugins that have them
+        self._listeners: list[Callable[[Finish], None]] = []
         self.rng = rng or random.Random()
         self._inflight: dict[int, Job] = {}  # attempts started whose outcome is not stored yet: stop() hands them back
         self._accepted: OrderedDict[int, int] = OrderedDict()  # recent accepted outcomes: job -> attempt
         self._loops: list[asyncio.Task[None]] = []
         self._batches: set[asyncio.Task[None]] = set()
         self._waiting: dict[int, str] = {}
+        # ready work was left unplaced (no room, or more than one round fetches): a batch that ends
+        # frees room for it. Without it an ending batch does not look at the queue again: new work
+        # wakes the loop itself, and a fetch of an empty queue would only delay the waiter
+        self._backlog = True
         self._next_due: float | None = None
         self._next_promote = 0.0
         self._fast_registry_until = 0.0
@@ -144,9 +149,10 @@ class Coordinator:
             if getattr(type(plugin), hook) is not getattr(CoordinatorPlugin, hook):
                 self._hooked.setdefault(hook, []).append(plugin)
 
-    def add_listener(self, listener: Callable[[int, State], None]) -> None:
-        """Called on the coordinator's loop whenever a job reaches a final state."""
-        self.add_plugin(FinishListener(listener))
+    def add_listener(self, listener: Callable[[Finish], None]) -> None:
+        """Called on the coordinator's loop with the stored outcome of each job that reaches a final
+        state (its result too: a waiter in this process need not read it back from the store)."""
+        self._listeners.append(listener)
 
     async def _abandon_previous_attempts(self) -> None:
         # Attempts marked running belong to a coordinator that died: nobody will renew their
@@ -189,12 +195,15 @@ class Coordinator:
             self._next_due = self.store.next_due_at()
             self._next_promote = now + 1.0
         limit = min(_MAX_FETCH, self.planner.fetch_limit(list(self.slots.values())))
+        self._backlog = True
         if limit == 0:
             return False
         jobs = self.store.fetch_ready(limit)
         if not jobs:
+            self._backlog = False
             return False
         plan = self.planner.plan(jobs, list(self.slots.values()), now, version=self.registry.version)
+        self._backlog = len(jobs) == limit or sum(len(b.jobs) for b in plan.batches) < len(jobs)
         self._explain(plan.waiting)
         if not plan.batches:
             return False
@@ -243,12 +252,13 @@ class Coordinator:
         if all(j.timeout for j in jobs):
             hard_limit = sum(j.timeout or 0 for j in jobs) + self.settings.hard_timeout_grace
         started = time.monotonic()
-        cancelled = False
+        cancelled = requeued = False
         try:
             finishes = await self._call_worker(batch, items, hard_limit)
             elapsed = time.monotonic() - started
             self._update_breakers(batch, finishes)
             await self._commit(finishes, jobs, elapsed)
+            requeued = any(f.state is State.QUEUED for f in finishes)
         except asyncio.CancelledError:
             # stop(): the worker's answer never came, or its commit waits for the store; either way
             # the outcome is not stored, so the attempts stay in _inflight and stop() hands them back
@@ -262,7 +272,7 @@ class Coordinator:
                         del self._inflight[job.id]
             if slot.status == "gone" and slot.calls == 0:
                 self.registry.forget(slot)
-            if self._wake is not None:
+            if self._wake is not None and (self._backlog or cancelled or requeued):
                 self._wake.set()
 
     async def _call_worker(self, batch: Batch, items: list[dict[str, Any]], hard_limit: float | None
@@ -363,6 +373,8 @@ class Coordinator:
             if finish.state.terminal:
                 for plugin in self._hooked.get("job_finished", ()):
                     plugin.job_finished(finish.job_id, finish.state)
+                for listener in self._listeners:
+                    listener(finish)
 
     # -- liveness -----------------------------------------------------------------------------
 

@@ -115,12 +115,3 @@ class GatewayAccess(CoordinatorPlugin):
         if task_flag(job.task, "gateway"):
             item["gateway"] = {"url": self.url, "token": self.credential_for(slot.address)}
 
-
-class FinishListener(CoordinatorPlugin):
-    """Calls `listener(job_id, state)` when a job finishes."""
-
-    def __init__(self, listener: Callable[[int, State], None]):
-        self.listener = listener
-
-    def job_finished(self, job_id: int, state: State) -> None:
-        self.listener(job_id, state)

@@ -127,8 +127,8 @@ class ClusterRuntime:
                                                 self.sweeps])
         await self.coordinator.start()
         runner = PipelineRunner(self.store, self.config, wake=self.coordinator.wake)
-        self.pipelines = PipelineDriver(runner)
-        self.coordinator.add_listener(self.pipelines.job_finished)
+        self.pipelines = pipelines = PipelineDriver(runner)
+        self.coordinator.add_listener(lambda finish: pipelines.job_finished(finish.job_id, finish.state))
         await self.pipelines.start()
 
     def _autoscaling(self) -> Autoscaling:

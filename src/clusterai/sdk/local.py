@@ -4,6 +4,7 @@ to the store of one already running (for example `clusterai up` in another termi
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ from clusterai.config import ClusterConfig, load_config
 from clusterai.core.chunks import ID_CHUNK
 from clusterai.core.model import (
     AuditEntry,
+    Finish,
     Job,
     JobSpec,
     State,
@@ -50,14 +52,14 @@ class _Waiters:
         self._lock = threading.Lock()
         self._groups: dict[int, list[_Group]] = {}
 
-    def notify(self, job_id: int, state: State) -> None:
+    def notify(self, finish: Finish) -> None:
         with self._lock:
-            groups = self._groups.pop(job_id, ())
+            groups = self._groups.pop(finish.job_id, ())
         for group in groups:
-            group.done(job_id)
+            group.done(finish.job_id, finish)
 
-    def group(self, ids: Iterable[int]) -> _Group:
-        group = _Group(set(ids))
+    def group(self, ids: Iterable[int], keep: bool = False) -> _Group:
+        group = _Group(set(ids), keep)
         with self._lock:
             for job_id in group.remaining:
                 self._groups.setdefault(job_id, []).append(group)
@@ -74,15 +76,19 @@ class _Waiters:
 
 
 class _Group:
-    def __init__(self, ids: set[int]):
+    def __init__(self, ids: set[int], keep: bool = False):
         self.remaining = ids
+        self.keep = keep  # result() keeps the stored outcome our coordinator reports: no read back
+        self.finishes: dict[int, Finish] = {}
         self._lock = threading.Lock()
         self.event = threading.Event()
         if not ids:
             self.event.set()
 
-    def done(self, job_id: int) -> None:
+    def done(self, job_id: int, finish: Finish | None = None) -> None:
         with self._lock:
+            if finish is not None and self.keep:
+                self.finishes[job_id] = finish
             self.remaining.discard(job_id)
             if not self.remaining:
                 self.event.set()
@@ -179,15 +185,23 @@ class Client:
         """Block until every job is finished (succeeded, dead or cancelled); ResultTimeout if they
         are not by then. Read them afterwards with get_many (kept apart: a wait on 100,000 jobs
         should not build 100,000 objects)."""
+        self._wait(jobs, timeout)
+
+    def _wait(self, jobs: Sequence[JobRef], timeout: float | None, keep: bool = False) -> dict[int, Finish]:
+        """With `keep`, the outcomes our own coordinator stored meanwhile, by job id."""
         ids = [_job_id(j) for j in jobs]
         deadline = None if timeout is None else time.monotonic() + timeout
-        left = self._wait_embedded(ids, deadline) if self.runtime is not None else self._poll(ids, deadline)
+        if self.runtime is not None:
+            group = self._waiters.group(ids, keep)
+            left, finishes = self._wait_embedded(group, ids, deadline), group.finishes
+        else:
+            left, finishes = self._poll(ids, deadline), {}
         if left:
             raise ResultTimeout(f"{left} of {len(ids)} jobs still unfinished after {timeout} s")
+        return finishes
 
-    def _wait_embedded(self, ids: list[int], deadline: float | None) -> int:
+    def _wait_embedded(self, group: _Group, ids: list[int], deadline: float | None) -> int:
         """Woken by our own coordinator; a slow re-check catches cancels from other processes."""
-        group = self._waiters.group(ids)
         try:
             self._mark_finished(group, ids)
             while not group.event.wait(2.0):
@@ -228,7 +242,9 @@ class Client:
 
     def result(self, job: JobRef, timeout: float | None = None) -> Any:
         """The job's result, waiting for it; JobFailed if it ended dead or cancelled."""
-        self.wait([job], timeout)
+        stored = self._wait([job], timeout, keep=True).get(_job_id(job))
+        if stored is not None and stored.state is State.SUCCEEDED:
+            return None if stored.result_json is None else json.loads(stored.result_json)
         done = self.store.get(_job_id(job), attempts=False)
         if done.state is not State.SUCCEEDED:
             raise JobFailed(done.id, done.state.value, done.error)
