@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -121,9 +122,15 @@ def test_priority_order_on_one_busy_worker(config_factory, start_cluster, tmp_pa
 @pytest.mark.timeout(60)
 def test_result_comes_with_the_coordinators_report_and_matches_the_store(client, tmp_path, monkeypatch):
     log = tmp_path / "results.log"
-    reads: list[int] = []
+    reads: list[int] = []  # the test's own reads: the coordinator shares the store object
     read = client.store.get
-    monkeypatch.setattr(client.store, "get", lambda job_id, **kw: reads.append(job_id) or read(job_id, **kw))
+
+    def spy(job_id, **kw):
+        if threading.current_thread() is threading.main_thread():
+            reads.append(job_id)
+        return read(job_id, **kw)
+
+    monkeypatch.setattr(client.store, "get", spy)
     # sleeping a little: result() is surely waiting before the outcome is stored
     job = client.submit("test.record", {"path": str(log), "key": "reported", "sleep": 0.2})
     value = client.result(job, timeout=30)
@@ -147,3 +154,54 @@ def test_queued_jobs_start_as_soon_as_the_one_ahead_ends(config_factory, start_c
     attempts = sorted((a for j in jobs for a in client.get(j.id).attempts), key=lambda a: a.started_at)
     gaps = [b.started_at - a.finished_at for a, b in zip(attempts, attempts[1:])]
     assert len(attempts) == 6 and max(gaps) < 0.3, gaps
+
+
+@pytest.mark.timeout(60)
+def test_result_of_a_job_just_submitted_waits_without_reading_the_store(config_factory, start_cluster, tmp_path,
+                                                                        monkeypatch):
+    from clusterai.store.open import open_store
+
+    client = start_cluster(config_factory().with_overrides(**{"cluster.workers": 1}))
+    reads: list[str] = []  # the test's own reads: the coordinator shares the store object
+    for name in ("states_of", "get"):
+        real = getattr(client.store, name)
+
+        def spy(*a, _real=real, _name=name, **kw):
+            if threading.current_thread() is threading.main_thread():
+                reads.append(_name)
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(client.store, name, spy)
+    job = client.submit("test.sleep", {"seconds": 0.2})
+    assert client.result(job, timeout=30)["slept"] == 0.2
+    assert reads == [], "a job submitted here and reported by our coordinator needs no read"
+
+    # the same key again: the finished job comes back, and result() does not wait for a report
+    key = {"idempotency_key": "once"}
+    first = client.submit("test.sleep", {"seconds": 0.0}, **key)
+    client.result(first, timeout=30)
+    again = client.submit("test.sleep", {"seconds": 0.0}, **key)
+    assert again.id == first.id and again.state is State.SUCCEEDED
+    began = time.monotonic()
+    client.result(again, timeout=30)
+    assert time.monotonic() - began < 1.0
+
+    # cancelled here, behind a running job: known at once
+    blocker = client.submit("test.sleep", {"seconds": 3.0})
+    queued = client.submit("test.sleep", {"seconds": 0.0})
+    client.cancel(queued)
+    began = time.monotonic()
+    with pytest.raises(JobFailed, match="cancelled"):
+        client.result(queued, timeout=30)
+    assert time.monotonic() - began < 1.0
+
+    # cancelled by another process (its own store connection): the wait's re-check finds it
+    other = open_store(client.config.store)
+    try:
+        elsewhere = client.submit("test.sleep", {"seconds": 0.0})
+        other.cancel(elsewhere.id, time.time())
+        with pytest.raises(JobFailed, match="cancelled"):
+            client.result(elsewhere, timeout=30)
+    finally:
+        other.close()
+    client.result(blocker, timeout=30)

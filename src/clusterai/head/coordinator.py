@@ -65,10 +65,6 @@ class Coordinator:
         self._loops: list[asyncio.Task[None]] = []
         self._batches: set[asyncio.Task[None]] = set()
         self._waiting: dict[int, str] = {}
-        # ready work was left unplaced (no room, or more than one round fetches): a batch that ends
-        # frees room for it. Without it an ending batch does not look at the queue again: new work
-        # wakes the loop itself, and a fetch of an empty queue would only delay the waiter
-        self._backlog = True
         self._next_due: float | None = None
         self._next_promote = 0.0
         self._fast_registry_until = 0.0
@@ -195,15 +191,12 @@ class Coordinator:
             self._next_due = self.store.next_due_at()
             self._next_promote = now + 1.0
         limit = min(_MAX_FETCH, self.planner.fetch_limit(list(self.slots.values())))
-        self._backlog = True
         if limit == 0:
             return False
         jobs = self.store.fetch_ready(limit)
         if not jobs:
-            self._backlog = False
             return False
         plan = self.planner.plan(jobs, list(self.slots.values()), now, version=self.registry.version)
-        self._backlog = len(jobs) == limit or sum(len(b.jobs) for b in plan.batches) < len(jobs)
         self._explain(plan.waiting)
         if not plan.batches:
             return False
@@ -252,13 +245,12 @@ class Coordinator:
         if all(j.timeout for j in jobs):
             hard_limit = sum(j.timeout or 0 for j in jobs) + self.settings.hard_timeout_grace
         started = time.monotonic()
-        cancelled = requeued = False
+        cancelled = False
         try:
             finishes = await self._call_worker(batch, items, hard_limit)
             elapsed = time.monotonic() - started
             self._update_breakers(batch, finishes)
             await self._commit(finishes, jobs, elapsed)
-            requeued = any(f.state is State.QUEUED for f in finishes)
         except asyncio.CancelledError:
             # stop(): the worker's answer never came, or its commit waits for the store; either way
             # the outcome is not stored, so the attempts stay in _inflight and stop() hands them back
@@ -272,7 +264,7 @@ class Coordinator:
                         del self._inflight[job.id]
             if slot.status == "gone" and slot.calls == 0:
                 self.registry.forget(slot)
-            if self._wake is not None and (self._backlog or cancelled or requeued):
+            if self._wake is not None:
                 self._wake.set()
 
     async def _call_worker(self, batch: Batch, items: list[dict[str, Any]], hard_limit: float | None

@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,24 +47,48 @@ def _job_id(job: JobRef) -> int:
 
 
 class _Waiters:
-    """Threads waiting for jobs to end, woken by the embedded coordinator instead of polling."""
+    """Threads waiting for jobs to end, woken by the embedded coordinator instead of polling.
+
+    It also watches the jobs `submit` stored, until the coordinator reports them finished: result()
+    on a job still watched knows it has not finished (a finish would have ended the watch), so it
+    waits without first reading the job's state from the store. A job that ends another way (a
+    cancel from another process) is seen by the wait's slow re-check."""
+
+    WATCHED = 10_000  # the oldest beyond this are forgotten: result() then reads the store first
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._groups: dict[int, list[_Group]] = {}
+        self._watched: OrderedDict[int, None] = OrderedDict()
 
     def notify(self, finish: Finish) -> None:
         with self._lock:
+            self._watched.pop(finish.job_id, None)
             groups = self._groups.pop(finish.job_id, ())
         for group in groups:
             group.done(finish.job_id, finish)
 
-    def group(self, ids: Iterable[int], keep: bool = False) -> _Group:
+    def watch(self, job: Job) -> None:
+        """From submit, before the coordinator is woken: it cannot have finished the job yet."""
+        if job.state.terminal:  # an idempotency key found a finished job
+            return
+        with self._lock:
+            self._watched[job.id] = None
+            if len(self._watched) > self.WATCHED:
+                self._watched.popitem(last=False)
+
+    def unwatch(self, job_id: int) -> None:
+        with self._lock:
+            self._watched.pop(job_id, None)
+
+    def group(self, ids: Iterable[int], keep: bool = False) -> tuple[_Group, bool]:
+        """A group waiting for `ids`, and whether every one of them is watched (unfinished for sure)."""
         group = _Group(set(ids), keep)
         with self._lock:
+            unfinished = all(job_id in self._watched for job_id in group.remaining)
             for job_id in group.remaining:
                 self._groups.setdefault(job_id, []).append(group)
-        return group
+        return group, unfinished
 
     def forget(self, group: _Group) -> None:
         with self._lock:
@@ -73,7 +98,6 @@ class _Waiters:
                     waiting.remove(group)
                     if not waiting:
                         del self._groups[job_id]
-
 
 class _Group:
     def __init__(self, ids: set[int], keep: bool = False):
@@ -100,8 +124,11 @@ class Client:
         self.config = config
         self.runtime = runtime
         self._waiters = _Waiters()
-        if runtime is not None and runtime.runtime.coordinator is not None:
-            runtime.runtime.coordinator.add_listener(self._waiters.notify)
+        # our own coordinator reports each job it finishes: waits are woken, not polled
+        coordinator = runtime.runtime.coordinator if runtime is not None else None
+        self._reported = coordinator is not None
+        if coordinator is not None:
+            coordinator.add_listener(self._waiters.notify)
         self.service = JobService(store, config, wake=self._wake)
         self.autoscaling = AutoscaleService(store, config)
         driver = runtime.runtime.pipelines if runtime is not None else None
@@ -139,7 +166,9 @@ class Client:
     def submit(self, task: str, payload: dict[str, Any] | None = None, **options: Any) -> Job:
         """Submit one job. Options: queue, priority, run_at, delay, timeout, retries, backoff,
         max_backoff, idempotency_key, resources, labels."""
-        return self.submit_many(task, [payload or {}], **options)[0]
+        spec = spec_factory(self.config, task, **options)(payload or {})
+        watch = (lambda stored: self._waiters.watch(stored[0][0])) if self._reported else None
+        return self.service.submit_groups([([spec], None)], before_wake=watch)[0][0]
 
     def submit_many(self, task: str, payloads: Sequence[dict[str, Any]], **options: Any) -> list[Job]:
         """Submit many jobs of one task in one transaction: all are stored, or none."""
@@ -192,8 +221,8 @@ class Client:
         ids = [_job_id(j) for j in jobs]
         deadline = None if timeout is None else time.monotonic() + timeout
         if self.runtime is not None:
-            group = self._waiters.group(ids, keep)
-            left, finishes = self._wait_embedded(group, ids, deadline), group.finishes
+            group, unfinished = self._waiters.group(ids, keep)
+            left, finishes = self._wait_embedded(group, [] if unfinished else ids, deadline), group.finishes
         else:
             left, finishes = self._poll(ids, deadline), {}
         if left:
@@ -201,9 +230,11 @@ class Client:
         return finishes
 
     def _wait_embedded(self, group: _Group, ids: list[int], deadline: float | None) -> int:
-        """Woken by our own coordinator; a slow re-check catches cancels from other processes."""
+        """Woken by our own coordinator; a slow re-check catches cancels from other processes. `ids`:
+        the jobs to look up first (they may have finished before the group was registered)."""
         try:
-            self._mark_finished(group, ids)
+            if ids:
+                self._mark_finished(group, ids)
             while not group.event.wait(2.0):
                 if deadline is not None and time.monotonic() > deadline:
                     break
@@ -253,6 +284,7 @@ class Client:
     # -- operator actions ---------------------------------------------------------------------
 
     def cancel(self, job: JobRef) -> Job:
+        self._waiters.unwatch(_job_id(job))  # it may end without its coordinator's report
         return self.service.cancel(_job_id(job))
 
     def retry(self, job: JobRef) -> Job:

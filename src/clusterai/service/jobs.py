@@ -26,8 +26,10 @@ class JobService:
 
     # -- submitting ---------------------------------------------------------------------------
 
-    def submit_groups(self, groups: Sequence[tuple[Sequence[JobSpec], AuditEntry | None]]) -> list[list[Job]]:
-        """Several submissions in one transaction: all stored, or none."""
+    def submit_groups(self, groups: Sequence[tuple[Sequence[JobSpec], AuditEntry | None]],
+                      before_wake: Callable[[list[list[Job]]], None] | None = None) -> list[list[Job]]:
+        """Several submissions in one transaction: all stored, or none. `before_wake` sees the stored
+        jobs before the coordinator is told of them."""
         constrained = [s for specs, _ in groups for s in specs if s.resources or s.labels]
         if constrained:
             known = known_workers(self.store, self.config)
@@ -36,6 +38,8 @@ class JobService:
             for spec in distinct.values():
                 check_placeable(spec, known)
         stored = self.store.submit_groups(groups, time.time())
+        if before_wake is not None:
+            before_wake(stored)
         self.wake()
         return stored
 
