@@ -99,6 +99,7 @@ class _Waiters:
                     if not waiting:
                         del self._groups[job_id]
 
+
 class _Group:
     def __init__(self, ids: set[int], keep: bool = False):
         self.remaining = ids
