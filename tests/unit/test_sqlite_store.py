@@ -229,7 +229,7 @@ def test_the_background_checkpointer_copies_the_wal_into_the_database(db_path: P
         store.close()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_the_wal_stays_bounded_while_other_threads_write_and_read(db_path: Path):
     # a checkpoint on another thread never lets the log rewind while writers keep appending (it grew
     # to the size of everything written, 80 MiB in 2 s of API submissions on a head): the commits'
@@ -245,16 +245,15 @@ def test_the_wal_stays_bounded_while_other_threads_write_and_read(db_path: Path)
 
     try:
         threading.Thread(target=read, daemon=True).start()
-        written, largest, slowest = 0, 0, 0.0
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            began = time.perf_counter()
+        written, largest = 0, 0
+        deadline = time.monotonic() + 40
+        # enough written to tell a bounded log from one that grows (unbounded, it held all of it)
+        while written * 500 < 24 * 2**20 and time.monotonic() < deadline:
             submit(store, *[spec(payload={"i": i, "pad": "x" * 500}) for i in range(20)])
-            slowest = max(slowest, time.perf_counter() - began)
             written += 20
             largest = max(largest, wal.stat().st_size)
         stop.set()
-        assert written * 500 > 16 * 2**20, "enough written to tell a bounded log from one that grows"
+        assert written * 500 >= 24 * 2**20, f"only {written} jobs written in 40 s"
         assert largest < 8 * 2**20, f"the WAL reached {largest / 2**20:.1f} MiB after {written} jobs"
         assert reader.job_counts()["queued"] == written
     finally:
