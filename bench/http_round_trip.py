@@ -45,7 +45,7 @@ from typing import Any
 
 import psutil
 
-from bench.common import RESULTS, ROOT, free_port, latency_stats, log, wait_until, write_json
+from bench.common import RESULTS, ROOT, free_port, latency_stats, log, spawn, wait_until, write_json
 from bench.http_submit import HOST, PATH, RawHttp, add_tokens, load_process, submission_body
 
 HEAD_START_TIMEOUT = 90
@@ -161,9 +161,8 @@ class HeadProcess:
         command = [sys.executable, "-m", "bench.http_round_trip", "--serve", store_url, "--port", str(self.port),
                    "--token-file", str(files.with_suffix(".admin.token")), "--lag-file", str(self.lag_file)]
         path = os.pathsep.join(filter(None, [str(src), str(ROOT), os.environ.get("PYTHONPATH")]))
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": path},
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._log_path = log_path
+        self.proc = spawn(command, log_path, env={**os.environ, "PYTHONPATH": path}, cwd=ROOT)
         self.process = psutil.Process(self.proc.pid)
         try:
             wait_until(self._ready, HEAD_START_TIMEOUT, f"head from {src}", pause=0.2)
@@ -173,8 +172,7 @@ class HeadProcess:
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
-            self._log.flush()
-            tail = Path(self._log.name).read_text(errors="replace")[-3000:]
+            tail = self._log_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"the head exited with status {self.proc.returncode}:\n{tail}")
         try:
             conn = http.client.HTTPConnection(HOST, self.port, timeout=1)
@@ -219,7 +217,6 @@ class HeadProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        self._log.close()
 
 
 # -- the round-trip probe ----------------------------------------------------------------------------
@@ -384,7 +381,7 @@ def run_phase(head: HeadProcess, *, clients: int, duration: float, warmup: float
 # -- rounds over the variants, and the report ---------------------------------------------------------
 
 
-def _src(path: str) -> Path:
+def source_dir(path: str) -> Path:
     root = Path(path).resolve()
     for candidate in (root / "src", root):
         if (candidate / "clusterai" / "__init__.py").exists():
@@ -477,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds, args.duration, args.warmup, args.idle = 1, 3.0, 1.0, 2.0
     variants = [v.split("=", 1) for v in args.variant] or [["current", str(ROOT)]]
-    srcs = {name: _src(path) for name, path in variants}
+    srcs = {name: source_dir(path) for name, path in variants}
 
     from bench.jobs import machine
 

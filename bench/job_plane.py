@@ -32,18 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, log, write_json
+from bench.http_round_trip import source_dir
+from bench.jobs import _get, _table
 
 RESULTS = ROOT / "bench" / "results" / "job_plane"
 SEEDS = (20260807, 1, 2, 3)
 LEAST_LOADED = "clusterai:least_loaded"
-
-
-def _source(tree: str) -> Path:
-    root = Path(tree).resolve()
-    src = root / "src" if (root / "src" / "clusterai").is_dir() else root
-    if not (src / "clusterai" / "__init__.py").exists():
-        raise SystemExit(f"{tree}: no clusterai package in it or in its src/")
-    return src
 
 
 def _run(module: str, args: list[str], out: Path, src: Path | None = None) -> dict[str, Any]:
@@ -58,17 +52,6 @@ def _run(module: str, args: list[str], out: Path, src: Path | None = None) -> di
     data: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
     if done.returncode:
         data["exit_code"] = done.returncode
-    return data
-
-
-def _get(data: Any, *keys: Any) -> Any:
-    for key in keys:
-        if not isinstance(data, (dict, list)):
-            return None
-        try:
-            data = data[key]
-        except (KeyError, IndexError, TypeError):
-            return None
     return data
 
 
@@ -151,30 +134,27 @@ def targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def report(figures: dict[str, Any], goals: list[dict[str, Any]]) -> str:
-    lines = ["| system | jobs/s | p50 ms | p99 ms |", "|---|---|---|---|"]
-    for system, f in figures["jobs"].items():
-        lines.append(f"| {system} | {f['jobs_per_s']} | {f['p50_ms']} | {f['p99_ms']} |")
-    for label, f in (figures.get("baseline") or {}).get("jobs", {}).items():
-        lines.append(f"| {label} (baseline) | {f['jobs_per_s']} | {f['p50_ms']} | {f['p99_ms']} |")
-    lines += ["", "| seed | " + " | ".join(figures["pool"]) + " |", "|---" * (len(figures["pool"]) + 1) + "|"]
-    for seed in figures["pool"][LEAST_LOADED]:
-        lines.append(f"| {seed} | " + " | ".join(str(figures["pool"][s][seed]) for s in figures["pool"]) + " |")
-    base_pool = (figures.get("baseline") or {}).get("pool")
-    if base_pool:
-        lines.append("| least_loaded, baseline | " + " / ".join(str(v) for v in base_pool.values()) + " | | |")
-    lines += ["", "| head under 8 submitting clients | submissions/s | round trip p50 / p99 ms | idle p50 ms |",
-              "|---|---|---|---|"]
-    for name, f in figures["http"].items():
-        lines.append(f"| {name} | {f['submissions_per_s']} | {f['round_trip_p50_ms']} / {f['round_trip_p99_ms']} |"
-                     f" {f['idle_round_trip_p50_ms']} |")
-    lines += ["", "| pipeline items | ms a stage job | baseline |", "|---|---|---|"]
-    base_pipes = (figures.get("baseline") or {}).get("pipelines", {})
-    for items, ms in figures["pipelines"].items():
-        lines.append(f"| {items} | {ms} | {base_pipes.get(items, '')} |")
+    base = figures.get("baseline") or {}
+    jobs = [[system, f["jobs_per_s"], f["p50_ms"], f["p99_ms"]] for system, f in figures["jobs"].items()]
+    jobs += [[f"{system} (baseline)", f["jobs_per_s"], f["p50_ms"], f["p99_ms"]]
+             for system, f in base.get("jobs", {}).items()]
+    pool = figures["pool"]
+    seeds = list(pool[LEAST_LOADED])
+    # ratios and ms a job as measured: the table's two decimals would hide the gaps that decide item 2
+    pool_rows = [[seed, *(str(pool[system][seed]) for system in pool), str(_get(base, "pool", seed))]
+                 for seed in seeds]
+    http = [[name, f["submissions_per_s"], f["round_trip_p50_ms"], f["round_trip_p99_ms"], f["idle_round_trip_p50_ms"]]
+            for name, f in figures["http"].items()]
+    pipes = [[items, str(ms), str(_get(base, "pipelines", items))] for items, ms in figures["pipelines"].items()]
     met = {True: "yes", False: "**no**", None: "not measured"}
-    lines += ["", "| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {g['target']} | {json.dumps(g['measured'])} | {met[g['met']]} |" for g in goals]
-    return "\n".join(lines)
+    return "\n\n".join([
+        _table(["system", "jobs/s", "p50 ms", "p99 ms"], jobs),
+        _table(["seed", *pool, "least_loaded, baseline"], pool_rows),
+        _table(["head under 8 submitting clients", "submissions/s", "round trip p50 ms", "p99 ms", "idle p50 ms"],
+               http),
+        _table(["pipeline items", "ms a stage job", "baseline"], pipes),
+        _table(["target", "measured", "met"], [[g["target"], json.dumps(g["measured"]), met[g["met"]]] for g in goals]),
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "job_plane.json")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    base = _source(args.baseline) if args.baseline else None
+    base = source_dir(args.baseline) if args.baseline else None
     quick = ["--quick"] if args.quick else []
     started = time.perf_counter()
     loadavg = os.getloadavg()[0]

@@ -275,7 +275,9 @@ class Client:
     def result(self, job: JobRef, timeout: float | None = None) -> Any:
         """The job's result, waiting for it; JobFailed if it ended dead or cancelled."""
         stored = self._wait([job], timeout, keep=True).get(_job_id(job))
-        if stored is not None and stored.state is State.SUCCEEDED:
+        if stored is not None:  # as committed: no need to read it back
+            if stored.state is not State.SUCCEEDED:
+                raise JobFailed(stored.job_id, stored.state.value, stored.error)
             return None if stored.result_json is None else json.loads(stored.result_json)
         done = self.store.get(_job_id(job), attempts=False)
         if done.state is not State.SUCCEEDED:

@@ -139,7 +139,8 @@ class PostgresStore(SqlStore):
         wait = 0.05 if self._suspect.is_set() else POOL_WAIT
         try:
             conn = self._pool.getconn(timeout=wait)
-            self._suspect.clear()
+            if self._suspect.is_set():  # clear() takes a lock: not on every call
+                self._suspect.clear()
             return conn
         except PoolTimeout:
             pass
